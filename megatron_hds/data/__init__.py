@@ -1,0 +1,1 @@
+"""Data: Megatron indexed datasets, tokenizer, per-domain preprocessing outputs, quality sidecars."""

@@ -1,0 +1,1 @@
+"""Online data-mixing schedulers (static, uniform, ODM, AC-ODM, HDS)."""

@@ -1,0 +1,1 @@
+"""The GPT model: stages, embeddings, transformer layers, optional fused backends."""

@@ -1,0 +1,1 @@
+"""Everything that knows about process groups: rank layout, TP layers, collectives, schedules."""

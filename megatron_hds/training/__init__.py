@@ -1,0 +1,1 @@
+"""Training loop, optimizer, LR schedule, checkpointing, evaluation, metrics."""

@@ -1,0 +1,32 @@
+"""Install megatron_hds.
+
+torch is required but not pinned from above: GPU clusters need their own CUDA build.
+NVIDIA apex is never a dependency (the registry's `apex` is an unrelated package);
+see the README for its from-source install.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron_hds",
+    version="0.1.0",
+    description="Megatron-style GPT pre-training with the Holistic Data Scheduler (SAC data mixing)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_hds", "megatron_hds.*", "kernels", "kernels.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "numpy>=1.24",
+        "sentencepiece>=0.1.99",
+        "zstandard>=0.21",
+        "tqdm>=4.60",
+        "triton>=2.1; platform_system == 'Linux'",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "te": ["transformer-engine[pytorch]"],
+        "plot": ["matplotlib>=3.5"],
+        "tensorboard": ["tensorboard>=2.10"],
+        "wandb": ["wandb"],
+    },
+)
