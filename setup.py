@@ -4,7 +4,26 @@ torch is required but not pinned from above: GPU clusters need their own CUDA bu
 NVIDIA apex is never a dependency (the registry's `apex` is an unrelated package);
 see the README for its from-source install.
 """
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """Build the C speed-ups when a compiler is there; otherwise install anyway
+    (megatron_hds falls back to the equivalent pure-Python code)."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as error:  # noqa: BLE001 - any build failure means "use the fallback"
+            print(f"WARNING: C extensions not built ({error}); using the pure-Python fallbacks")
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as error:  # noqa: BLE001
+            print(f"WARNING: extension {ext.name} not built ({error}); using its pure-Python fallback")
+
 
 setup(
     name="megatron_hds",
@@ -14,6 +33,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_hds", "megatron_hds.*", "kernels", "kernels.*"]),
+    ext_modules=[Extension("megatron_hds.data._mtld", ["megatron_hds/data/_mtld.c"], extra_compile_args=["-O3"])],
+    cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[
         "torch>=2.1",
         "numpy>=1.24",
