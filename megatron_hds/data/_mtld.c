@@ -37,26 +37,51 @@ static uint32_t next_generation(void) {
     return generation;
 }
 
-static double factors_one_direction(const int64_t *ids, Py_ssize_t n, int reverse, double threshold) {
-    double factors = 0.0;
-    Py_ssize_t count = 0, types = 0;
-    uint32_t gen = next_generation();
-    for (Py_ssize_t k = 0; k < n; k++) {
-        int64_t token = ids[reverse ? n - 1 - k : k];
-        count++;
-        if (stamps[token] != gen) {
-            stamps[token] = gen;
-            types++;
-        } else if ((double)types / (double)count <= threshold) {
-            factors += 1.0;
-            count = 0;
-            types = 0;
-            gen = next_generation();
-        }
+/* One function per token width, so the hot loop reads the caller's array in place. */
+#define DEFINE_FACTORS(NAME, TYPE)                                                      \
+    static double NAME(const TYPE *ids, Py_ssize_t n, int reverse, double threshold) {  \
+        double factors = 0.0;                                                           \
+        Py_ssize_t count = 0, types = 0;                                                \
+        uint32_t gen = next_generation();                                               \
+        for (Py_ssize_t k = 0; k < n; k++) {                                            \
+            size_t token = (size_t)ids[reverse ? n - 1 - k : k];                        \
+            count++;                                                                    \
+            if (stamps[token] != gen) {                                                 \
+                stamps[token] = gen;                                                    \
+                types++;                                                                \
+            } else if ((double)types / (double)count <= threshold) {                    \
+                factors += 1.0;                                                         \
+                count = 0;                                                              \
+                types = 0;                                                              \
+                gen = next_generation();                                                \
+            }                                                                           \
+        }                                                                               \
+        if (count) factors += (1.0 - (double)types / (double)count) / (1.0 - threshold);\
+        return factors;                                                                 \
     }
-    if (count) factors += (1.0 - (double)types / (double)count) / (1.0 - threshold);
-    return factors;
-}
+
+DEFINE_FACTORS(factors_u16, uint16_t)
+DEFINE_FACTORS(factors_i32, int32_t)
+DEFINE_FACTORS(factors_i64, int64_t)
+
+/* Largest id, or -1 after setting ValueError for a negative one. */
+#define DEFINE_MAX_ID(NAME, TYPE)                                                        \
+    static int64_t NAME(const TYPE *ids, Py_ssize_t n) {                                 \
+        int64_t max_id = 0;                                                              \
+        for (Py_ssize_t i = 0; i < n; i++) {                                             \
+            if ((int64_t)ids[i] < 0) {                                                   \
+                PyErr_Format(PyExc_ValueError, "token ids must be non-negative, got %lld", \
+                             (long long)ids[i]);                                         \
+                return -1;                                                               \
+            }                                                                            \
+            if ((int64_t)ids[i] > max_id) max_id = (int64_t)ids[i];                      \
+        }                                                                                \
+        return max_id;                                                                   \
+    }
+
+DEFINE_MAX_ID(max_u16, uint16_t)
+DEFINE_MAX_ID(max_i32, int32_t)
+DEFINE_MAX_ID(max_i64, int64_t)
 
 static PyObject *mtld(PyObject *self, PyObject *args) {
     PyObject *obj;
@@ -64,31 +89,38 @@ static PyObject *mtld(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "Od", &obj, &threshold)) return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
-    if (view.itemsize != 8 || view.format == NULL || (strcmp(view.format, "q") && strcmp(view.format, "l") && strcmp(view.format, "<q") && strcmp(view.format, "<l"))) {
+    const char *fmt = view.format ? view.format : "B";
+    if (fmt[0] == '<' || fmt[0] == '=' || fmt[0] == '@') fmt++;
+    int width = 0;
+    if (view.itemsize == 2 && strcmp(fmt, "H") == 0) width = 2;
+    else if (view.itemsize == 4 && (strcmp(fmt, "i") == 0 || strcmp(fmt, "l") == 0)) width = 4;
+    else if (view.itemsize == 8 && (strcmp(fmt, "q") == 0 || strcmp(fmt, "l") == 0)) width = 8;
+    if (!width) {
         PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_TypeError, "_mtld.mtld expects a contiguous int64 buffer");
+        PyErr_Format(PyExc_TypeError, "_mtld.mtld expects uint16, int32 or int64 ids, got format '%s'", fmt);
         return NULL;
     }
-    const int64_t *ids = (const int64_t *)view.buf;
-    Py_ssize_t n = view.len / 8;
+    Py_ssize_t n = view.len / view.itemsize;
     if (n == 0) {
         PyBuffer_Release(&view);
         return PyFloat_FromDouble(0.0);
     }
-    int64_t max_id = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (ids[i] < 0) {
-            PyBuffer_Release(&view);
-            return PyErr_Format(PyExc_ValueError, "token ids must be non-negative, got %lld", (long long)ids[i]);
-        }
-        if (ids[i] > max_id) max_id = ids[i];
-    }
-    if (ensure_stamps((size_t)max_id + 1) < 0) {
+    int64_t max_id = width == 2 ? max_u16(view.buf, n) : width == 4 ? max_i32(view.buf, n) : max_i64(view.buf, n);
+    if (max_id < 0 || ensure_stamps((size_t)max_id + 1) < 0) {
         PyBuffer_Release(&view);
-        return PyErr_NoMemory();
+        return max_id < 0 ? NULL : PyErr_NoMemory();
     }
-    double forward = factors_one_direction(ids, n, 0, threshold);
-    double backward = factors_one_direction(ids, n, 1, threshold);
+    double forward, backward;
+    if (width == 2) {
+        forward = factors_u16(view.buf, n, 0, threshold);
+        backward = factors_u16(view.buf, n, 1, threshold);
+    } else if (width == 4) {
+        forward = factors_i32(view.buf, n, 0, threshold);
+        backward = factors_i32(view.buf, n, 1, threshold);
+    } else {
+        forward = factors_i64(view.buf, n, 0, threshold);
+        backward = factors_i64(view.buf, n, 1, threshold);
+    }
     PyBuffer_Release(&view);
     double f = forward > 0 ? (double)n / forward : (double)n;
     double b = backward > 0 ? (double)n / backward : (double)n;

@@ -92,11 +92,12 @@ def parse_line(line: bytes, json_keys: tuple[str, ...], domain_key: str | None) 
         decoded = line.decode("utf-8")
     except UnicodeDecodeError as e:
         raise MalformedLine("invalid_utf8", str(e)) from None
-    if not decoded.strip():
-        raise MalformedLine("empty_line")
     try:
         obj = json.loads(decoded)
     except ValueError as e:
+        # Checked only on failure: stripping every line would cost the hot path.
+        if not decoded.strip():
+            raise MalformedLine("empty_line") from None
         raise MalformedLine("invalid_json", str(e)) from None
     if not isinstance(obj, dict):
         raise MalformedLine("invalid_json", f"got {type(obj).__name__}")

@@ -24,6 +24,7 @@ try:  # the C loop built by setup.py; same results, ~50x faster than the Python 
 except ImportError:  # no compiler at install time: the Python reference below
     _mtld_c = None
 
+_C_DTYPES = (np.dtype(np.uint16), np.dtype(np.int32), np.dtype(np.int64))
 MTLD_BACKEND = "c" if _mtld_c is not None else "python"
 MTLD_THRESHOLD = 0.72
 QUALITY_SUFFIX = ".mtld.npy"
@@ -77,7 +78,8 @@ def mtld(tokens, threshold: float = MTLD_THRESHOLD) -> float:
         return mtld_python(tokens, threshold)
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"MTLD threshold must be in (0, 1), got {threshold}")
-    return _mtld_c.mtld(np.ascontiguousarray(tokens, dtype=np.int64), threshold)
+    array = tokens if isinstance(tokens, np.ndarray) and tokens.dtype in _C_DTYPES else np.asarray(tokens, np.int64)
+    return _mtld_c.mtld(np.ascontiguousarray(array), threshold)
 
 
 def quality_path(dataset_prefix: str) -> str:

@@ -208,8 +208,9 @@ def train_sentencepiece(
 
     import sentencepiece
 
-    if vocab_size < 16:
-        raise ValueError(f"--vocab-size must be at least 16, got {vocab_size}")
+    # 256 byte-fallback pieces, unk/bos/eos/pad, and the newline and tab symbols.
+    if vocab_size < 262:
+        raise ValueError(f"--vocab-size must be at least 262 (byte fallback needs 256 pieces), got {vocab_size}")
     if model_type not in ("unigram", "bpe", "char", "word"):
         raise ValueError(f"--model-type must be one of unigram, bpe, char, word; got {model_type!r}")
     directory = os.path.dirname(os.path.abspath(model_prefix))

@@ -1,0 +1,54 @@
+"""Shared fixtures: the demo corpus and a SentencePiece model trained on it, made once
+per test session (no network: everything the tests read, the project makes)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS_DIR = os.path.join(REPO_ROOT, "tools")
+if TOOLS_DIR not in sys.path:
+    sys.path.insert(0, TOOLS_DIR)
+
+# Small enough to keep the suite fast, large enough that every domain has many documents.
+DEMO_TEST_SIZE_MB = 1.0
+DEMO_TEST_VOCAB = 2000
+
+
+def run_tool(name: str, *args: str, check: bool = True, cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run tools/<name>.py as a user would, from a fresh interpreter."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(TOOLS_DIR, f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> str:
+    from megatron_hds.data.demo_corpus import write_demo_corpus
+
+    path = str(tmp_path_factory.mktemp("demo") / "demo.jsonl.zst")
+    write_demo_corpus(path, size_mb=DEMO_TEST_SIZE_MB, seed=1234)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_documents(demo_corpus) -> list[tuple[str, str]]:
+    from megatron_hds.data.demo_corpus import read_demo_corpus
+
+    return list(read_demo_corpus(demo_corpus))
+
+
+@pytest.fixture(scope="session")
+def sp_model(demo_corpus, demo_documents, tmp_path_factory) -> str:
+    from megatron_hds.data.tokenizer import train_sentencepiece
+
+    prefix = str(tmp_path_factory.mktemp("tokenizer") / "demo_sp")
+    return train_sentencepiece((text for _, text in demo_documents), prefix, DEMO_TEST_VOCAB, num_threads=2)
