@@ -44,7 +44,7 @@ setup(
         "triton>=2.1; platform_system == 'Linux'",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "matplotlib>=3.5"],
         "te": ["transformer-engine[pytorch]"],
         "plot": ["matplotlib>=3.5"],
         "tensorboard": ["tensorboard>=2.10"],

@@ -1,0 +1,620 @@
+"""Checkpoints in Megatron's legacy layout (``iter_XXXXXXX/mp_rank_XX[_XXX]/model_optim_rng.pt``),
+written so that a crash mid-save never damages the last good checkpoint; RNG capture and
+restore; and the SIGTERM/SIGUSR1 pre-emption handler that asks the loop to save and exit.
+
+The module knows neither the model nor the parallel layout's internals: callers pass their
+rank coordinates, a barrier and process groups.
+
+Save protocol (every rank calls :func:`save_checkpoint` with the same iteration):
+
+1. global rank 0 removes leftovers of crashed saves (``.tmp_iter_*``, ``.stale_iter_*``) and
+   creates ``<save>/.tmp_iter_XXXXXXX``; barrier;
+2. ranks with ``dp_rank == 0`` write their (tp, pp) shard into the temporary directory
+   (temp file + fsync + ``os.replace``); barrier;
+3. global rank 0 renames the temporary directory to ``iter_XXXXXXX`` (moving a complete
+   directory of the same iteration aside first), then atomically rewrites
+   ``latest_checkpointed_iteration.txt``, then applies ``keep_last_n``; barrier.
+
+A crash before step 3's rename leaves only a ``.tmp_iter_*`` directory, which loading
+ignores and the next save deletes; ``latest`` still names the previous checkpoint.
+All ranks must see the same ``save_dir`` (a shared filesystem on multi-node runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 3.0
+TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
+MODEL_FILENAME = "model_optim_rng.pt"
+TMP_PREFIX = ".tmp_iter_"
+STALE_PREFIX = ".stale_iter_"
+
+# Top-level keys this module owns; ``extra`` may not overwrite them.
+RESERVED_KEYS = frozenset(
+    {
+        "args",
+        "checkpoint_version",
+        "iteration",
+        "model",
+        "optimizer",
+        "opt_param_scheduler",
+        "rng_state",
+        "data_sampler",
+        "mixture_scheduler",
+        "parallel",
+    }
+)
+
+_ITER_DIR_RE = re.compile(r"^iter_(\d{7,})$")
+_SHARD_DIR_RE = re.compile(r"^mp_rank_(\d{2,})(?:_(\d{3,}))?$")
+
+DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def iteration_dirname(iteration: int) -> str:
+    return f"iter_{iteration:07d}"
+
+
+def shard_dirname(tp_rank: int, pp_rank: int, pp_size: int) -> str:
+    """Megatron's name: ``mp_rank_{tp:02d}`` when PP == 1, ``mp_rank_{tp:02d}_{pp:03d}`` otherwise."""
+    if pp_size == 1:
+        return f"mp_rank_{tp_rank:02d}"
+    return f"mp_rank_{tp_rank:02d}_{pp_rank:03d}"
+
+
+def checkpoint_dir(save_dir: str, iteration: int) -> str:
+    return os.path.join(save_dir, iteration_dirname(iteration))
+
+
+def checkpoint_path(save_dir: str, iteration: int, tp_rank: int, pp_rank: int, pp_size: int) -> str:
+    """Path of one shard's file inside a committed checkpoint."""
+    return os.path.join(checkpoint_dir(save_dir, iteration), shard_dirname(tp_rank, pp_rank, pp_size), MODEL_FILENAME)
+
+
+def tracker_path(save_dir: str) -> str:
+    return os.path.join(save_dir, TRACKER_FILENAME)
+
+
+def _tmp_dir(save_dir: str, iteration: int) -> str:
+    return os.path.join(save_dir, f"{TMP_PREFIX}{iteration:07d}")
+
+
+def find_latest_iteration(load_dir: str) -> int | None:
+    """The iteration named by ``latest_checkpointed_iteration.txt``, or None when there is none."""
+    path = tracker_path(load_dir)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        if os.path.isdir(load_dir):
+            found = list_iterations(load_dir)
+            if found:
+                logger.warning(
+                    "%s has checkpoint directories for iterations %s but no %s; treating it as empty",
+                    load_dir,
+                    found,
+                    TRACKER_FILENAME,
+                )
+        return None
+    try:
+        iteration = int(text)
+    except ValueError:
+        raise ValueError(f"{path} should hold an iteration number, found {text!r}") from None
+    if iteration < 0:
+        raise ValueError(f"{path} holds a negative iteration {iteration}")
+    return iteration
+
+
+def list_iterations(save_dir: str) -> list[int]:
+    """Iterations of the committed ``iter_*`` directories under save_dir, ascending."""
+    if not os.path.isdir(save_dir):
+        return []
+    out = []
+    for name in os.listdir(save_dir):
+        m = _ITER_DIR_RE.match(name)
+        if m and os.path.isdir(os.path.join(save_dir, name)):
+            out.append(int(m.group(1)))
+    return sorted(out)
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+def _accelerator() -> tuple[str | None, Any]:
+    """(device type, torch device module) of the visible accelerator, or (None, None)."""
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None and acc.is_available():
+        dev = acc.current_accelerator()
+        if dev is not None:
+            return dev.type, torch.get_device_module(dev.type)
+    if torch.cuda.is_available():
+        return "cuda", torch.cuda
+    return None, None
+
+
+def capture_rng_state(tracker_states: Any = None) -> dict:
+    """Python, numpy, torch CPU and (when present) accelerator RNG states; ``tracker_states``
+    is the TP RNG tracker's own state, stored as given under ``rng_tracker``."""
+    dev_type, dev_mod = _accelerator()
+    return {
+        "random_rng_state": random.getstate(),
+        "np_rng_state": np.random.get_state(),
+        "torch_rng_state": torch.get_rng_state(),
+        "accelerator_type": dev_type,
+        "accelerator_rng_state": dev_mod.get_rng_state() if dev_mod is not None else None,
+        "rng_tracker": tracker_states,
+    }
+
+
+def restore_rng_state(state: Mapping) -> Any:
+    """Restore what :func:`capture_rng_state` captured; returns the ``rng_tracker`` entry
+    (None when absent) for the caller to hand back to its tracker."""
+    missing = [k for k in ("random_rng_state", "np_rng_state", "torch_rng_state") if k not in state]
+    if missing:
+        raise KeyError(f"RNG state lacks {missing}; found keys {sorted(state)}")
+    random.setstate(state["random_rng_state"])
+    np.random.set_state(state["np_rng_state"])
+    torch.set_rng_state(state["torch_rng_state"].cpu())
+    saved_type = state.get("accelerator_type")
+    saved_acc = state.get("accelerator_rng_state")
+    if saved_acc is not None:
+        dev_type, dev_mod = _accelerator()
+        if dev_type == saved_type:
+            dev_mod.set_rng_state(saved_acc.cpu())
+        else:
+            logger.warning(
+                "checkpoint holds a %s RNG state but this process has %s; not restoring it",
+                saved_type,
+                dev_type or "no accelerator",
+            )
+    return state.get("rng_tracker")
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def _to_cpu(obj: Any) -> Any:
+    """Tensors moved to CPU (detached) inside nested dicts/lists/tuples."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, Mapping):
+        out = {k: _to_cpu(v) for k, v in obj.items()}
+        if type(obj) is OrderedDict:
+            out = OrderedDict(out)
+            # Module.state_dict() carries per-module versions here; load_state_dict reads them.
+            if hasattr(obj, "_metadata"):
+                out._metadata = obj._metadata
+        return out
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _state_of(obj: Any) -> Any:
+    """A state dict: objects with ``state_dict()`` are asked for theirs, anything else is kept."""
+    if obj is None:
+        return None
+    if hasattr(obj, "state_dict") and callable(obj.state_dict):
+        obj = obj.state_dict()
+    return _to_cpu(obj)
+
+
+def _plain_args(args: Any) -> dict:
+    if args is None:
+        return {}
+    if dataclasses.is_dataclass(args) and not isinstance(args, type):
+        return dataclasses.asdict(args)
+    if isinstance(args, argparse.Namespace):
+        return dict(vars(args))
+    if isinstance(args, Mapping):
+        return dict(args)
+    raise TypeError(f"args must be a dataclass, argparse.Namespace, mapping or None, got {type(args).__name__}")
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def _atomic_torch_save(obj: Any, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _atomic_write_text(text: str, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _default_barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _remove_leftovers(save_dir: str) -> None:
+    """Delete temporary and moved-aside directories of earlier, interrupted saves."""
+    for name in os.listdir(save_dir):
+        if name.startswith((TMP_PREFIX, STALE_PREFIX)):
+            path = os.path.join(save_dir, name)
+            logger.info("removing %s left by an interrupted save", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _prepare(save_dir: str, iteration: int) -> str:
+    """Rank 0, before anyone writes: a fresh, empty temporary directory for this save."""
+    os.makedirs(save_dir, exist_ok=True)
+    _remove_leftovers(save_dir)
+    tmp = _tmp_dir(save_dir, iteration)
+    os.makedirs(tmp)
+    return tmp
+
+
+def _write_shard(save_dir: str, iteration: int, state: dict, tp_rank: int, pp_rank: int, pp_size: int) -> str:
+    """One (tp, pp) shard into the temporary directory; returns the file's path."""
+    shard_dir = os.path.join(_tmp_dir(save_dir, iteration), shard_dirname(tp_rank, pp_rank, pp_size))
+    os.makedirs(shard_dir, exist_ok=True)
+    path = os.path.join(shard_dir, MODEL_FILENAME)
+    _atomic_torch_save(state, path)
+    return path
+
+
+def _commit(save_dir: str, iteration: int) -> str:
+    """Rank 0, after every shard is written: rename into place, then point ``latest`` at it."""
+    tmp = _tmp_dir(save_dir, iteration)
+    if not os.path.isdir(tmp):
+        raise FileNotFoundError(f"cannot commit checkpoint iteration {iteration}: {tmp} does not exist")
+    final = checkpoint_dir(save_dir, iteration)
+    stale = None
+    if os.path.exists(final):
+        # A directory cannot be renamed over a non-empty one; the old copy goes aside and
+        # is deleted only once the new one is in place.
+        stale = os.path.join(save_dir, f"{STALE_PREFIX}{iteration:07d}")
+        logger.warning("%s already exists; replacing it with the new save", final)
+        if os.path.exists(stale):
+            shutil.rmtree(stale)
+        os.replace(final, stale)
+    os.replace(tmp, final)
+    _fsync_dir(save_dir)
+    _atomic_write_text(f"{iteration}\n", tracker_path(save_dir))
+    if stale is not None:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def _apply_retention(save_dir: str, iteration: int, keep_last_n: int) -> list[int]:
+    """Delete committed checkpoints older than the newest ``keep_last_n`` (this one included).
+    Directories with a higher iteration than the one just saved (an abandoned run's future)
+    are left alone."""
+    older = [it for it in list_iterations(save_dir) if it < iteration]
+    newer = [it for it in list_iterations(save_dir) if it > iteration]
+    if newer:
+        logger.warning(
+            "%s holds checkpoints %s newer than the one just saved (%d); retention leaves them",
+            save_dir,
+            newer,
+            iteration,
+        )
+    doomed = older[: max(0, len(older) - (keep_last_n - 1))]
+    for it in doomed:
+        path = checkpoint_dir(save_dir, it)
+        logger.info("keep_last_n=%d: removing %s", keep_last_n, path)
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def _check_coords(tp_rank: int, pp_rank: int, dp_rank: int, tp_size: int, pp_size: int, dp_size: int) -> None:
+    for name, r, n in (("tp", tp_rank, tp_size), ("pp", pp_rank, pp_size), ("dp", dp_rank, dp_size)):
+        if n < 1 or not 0 <= r < n:
+            raise ValueError(f"invalid {name} coordinates: {name}_rank={r}, {name}_size={n}")
+
+
+def save_checkpoint(
+    save_dir: str,
+    iteration: int,
+    *,
+    model: Any,
+    optimizer: Any = None,
+    opt_param_scheduler: Any = None,
+    data_sampler: Any = None,
+    mixture_scheduler: Any = None,
+    args: Any = None,
+    rng_tracker_states: Any = None,
+    extra: Mapping[str, Any] | None = None,
+    tp_rank: int = 0,
+    pp_rank: int = 0,
+    dp_rank: int = 0,
+    tp_size: int = 1,
+    pp_size: int = 1,
+    dp_size: int = 1,
+    rank: int = 0,
+    barrier: Callable[[], None] | None = None,
+    keep_last_n: int | None = None,
+) -> str:
+    """Save one checkpoint; every rank calls this with the same ``iteration``.
+
+    ``model``, ``optimizer``, ``opt_param_scheduler``, ``data_sampler`` and
+    ``mixture_scheduler`` are state dicts or objects with ``state_dict()``; tensors are
+    moved to CPU. ``rank`` is the global rank (rank 0 commits); only ``dp_rank == 0``
+    writes its (tp, pp) shard. ``barrier`` synchronises all ranks (default
+    ``dist.barrier()`` when a process group is initialised, else nothing). Returns the
+    committed ``iter_XXXXXXX`` directory.
+    """
+    if not isinstance(iteration, int) or iteration < 0:
+        raise ValueError(f"iteration must be a non-negative int, got {iteration!r}")
+    if keep_last_n is not None and (not isinstance(keep_last_n, int) or keep_last_n < 1):
+        raise ValueError(f"keep_last_n must be None (keep all) or an int >= 1, got {keep_last_n!r}")
+    _check_coords(tp_rank, pp_rank, dp_rank, tp_size, pp_size, dp_size)
+    if extra:
+        clash = sorted(RESERVED_KEYS.intersection(extra))
+        if clash:
+            raise ValueError(f"extra checkpoint entries {clash} collide with reserved keys {sorted(RESERVED_KEYS)}")
+    barrier = barrier or _default_barrier
+    start = time.perf_counter()
+
+    if rank == 0:
+        _prepare(save_dir, iteration)
+    barrier()
+
+    if dp_rank == 0:
+        state = {
+            "args": _plain_args(args),
+            "checkpoint_version": CHECKPOINT_VERSION,
+            "iteration": iteration,
+            "parallel": {
+                "tp_size": tp_size,
+                "pp_size": pp_size,
+                "dp_size": dp_size,
+                "tp_rank": tp_rank,
+                "pp_rank": pp_rank,
+            },
+            "model": _state_of(model),
+            "optimizer": _state_of(optimizer),
+            "opt_param_scheduler": _state_of(opt_param_scheduler),
+            "rng_state": _to_cpu(capture_rng_state(rng_tracker_states)),
+            "data_sampler": _state_of(data_sampler),
+            "mixture_scheduler": _state_of(mixture_scheduler),
+        }
+        for key, value in (extra or {}).items():
+            state[key] = _to_cpu(value)
+        _write_shard(save_dir, iteration, state, tp_rank, pp_rank, pp_size)
+    barrier()
+
+    final = checkpoint_dir(save_dir, iteration)
+    if rank == 0:
+        _commit(save_dir, iteration)
+        if keep_last_n is not None:
+            _apply_retention(save_dir, iteration, keep_last_n)
+        logger.info("saved checkpoint iteration %d to %s in %.2fs", iteration, final, time.perf_counter() - start)
+    barrier()
+    return final
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_parallel_sizes(state: Mapping) -> tuple[int, int] | None:
+    """(tp_size, pp_size) recorded in a checkpoint dict: ours under ``parallel``, a
+    Megatron-LM file's in its args; None when neither says."""
+    parallel = state.get("parallel")
+    if parallel is not None:
+        return int(parallel["tp_size"]), int(parallel["pp_size"])
+    saved_args = state.get("args") or {}
+    if isinstance(saved_args, argparse.Namespace):
+        saved_args = vars(saved_args)
+    if "tensor_model_parallel_size" in saved_args or "pipeline_model_parallel_size" in saved_args:
+        return (
+            int(saved_args.get("tensor_model_parallel_size", 1)),
+            int(saved_args.get("pipeline_model_parallel_size", 1)),
+        )
+    return None
+
+
+def _saved_layout(iter_dir: str) -> tuple[int, int] | None:
+    """(tp_size, pp_size) of a checkpoint directory whose shard we could not find: read from
+    another shard's file (memory-mapped, so tensors are not read), else implied by the
+    shard directory names; None when the directory has no shards."""
+    names = sorted(n for n in os.listdir(iter_dir) if _SHARD_DIR_RE.match(n))
+    for name in names:
+        path = os.path.join(iter_dir, name, MODEL_FILENAME)
+        try:
+            sizes = _read_parallel_sizes(torch.load(path, map_location="cpu", weights_only=False, mmap=True))
+        except Exception:  # an unreadable neighbour only costs us the better message
+            continue
+        if sizes is not None:
+            return sizes
+    if not names:
+        return None
+    matches = [_SHARD_DIR_RE.match(n) for n in names]
+    tp_size = max(int(m.group(1)) for m in matches) + 1
+    pps = [int(m.group(2)) for m in matches if m.group(2) is not None]
+    return tp_size, (max(pps) + 1 if pps else 1)
+
+
+def _layout_mismatch(path: str, saved: tuple[int, int], current: tuple[int, int]) -> ValueError:
+    diffs = [
+        f"{name} saved {s} vs current {c}" for name, s, c in zip(("TP size", "PP size"), saved, current) if s != c
+    ]
+    return ValueError(
+        f"checkpoint {path} was saved with tensor/pipeline parallel sizes TP={saved[0]}, PP={saved[1]} "
+        f"but this run uses TP={current[0]}, PP={current[1]} ({'; '.join(diffs)}). Resume with the same "
+        "TP and PP sizes (the data-parallel size may differ) or convert the checkpoint first."
+    )
+
+
+def load_checkpoint(
+    load_dir: str,
+    tp_rank: int,
+    pp_rank: int,
+    tp_size: int,
+    pp_size: int,
+    iteration: int | None = None,
+) -> dict:
+    """Read this (tp, pp) shard of the latest (or the given) checkpoint to CPU and return its
+    dict. Refuses a checkpoint saved with other TP/PP sizes; the DP size may differ.
+    Files are unpickled (``weights_only=False``): load only checkpoints you trust."""
+    if iteration is None:
+        iteration = find_latest_iteration(load_dir)
+        if iteration is None:
+            raise FileNotFoundError(f"no checkpoint to load in {load_dir}: {tracker_path(load_dir)} does not exist")
+    iter_dir = checkpoint_dir(load_dir, iteration)
+    if not os.path.isdir(iter_dir):
+        raise FileNotFoundError(
+            f"checkpoint directory {iter_dir} for iteration {iteration} does not exist "
+            f"(committed iterations in {load_dir}: {list_iterations(load_dir)})"
+        )
+    path = checkpoint_path(load_dir, iteration, tp_rank, pp_rank, pp_size)
+    if not os.path.isfile(path):
+        saved = _saved_layout(iter_dir)
+        if saved is not None and saved != (tp_size, pp_size):
+            raise _layout_mismatch(iter_dir, saved, (tp_size, pp_size))
+        raise FileNotFoundError(
+            f"checkpoint shard {path} (tp_rank={tp_rank}, pp_rank={pp_rank}) does not exist; "
+            f"{iter_dir} holds {sorted(os.listdir(iter_dir))}"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a checkpoint dict (found {type(state).__name__})")
+    saved = _read_parallel_sizes(state)
+    if saved is None:
+        raise ValueError(f"{path} does not record its TP/PP sizes (no 'parallel' entry, no parallel sizes in args)")
+    if saved != (tp_size, pp_size):
+        raise _layout_mismatch(path, saved, (tp_size, pp_size))
+    if state.get("iteration") != iteration:
+        raise ValueError(f"{path} holds iteration {state.get('iteration')!r}, expected {iteration}")
+    logger.info("loaded checkpoint %s (iteration %d)", path, iteration)
+    return state
+
+
+# --------------------------------------------------------------------------- pre-emption
+
+
+def _reduce_device(group: Any) -> torch.device:
+    backend = str(dist.get_backend(group)).lower()
+    if "gloo" in backend or "nccl" not in backend:
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def agree(flag: bool, group: Any = None) -> bool:
+    """True on every rank of ``group`` when it is True on any (all-reduce MAX); the flag
+    itself when no process group is initialised. Collective: all ranks must call it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_reduce_device(group))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return bool(t.item())
+
+
+class SignalSaveHandler:
+    """Records SIGTERM / SIGUSR1 (SLURM pre-emption, ``--signal=USR1@N``) so the training
+    loop can save and exit at the next iteration boundary.
+
+    The handler only sets a flag; the loop calls :meth:`should_save_and_exit` each
+    iteration, which agrees across ``group`` (all-reduce MAX) when a process group is
+    initialised, so every rank saves and exits at the same iteration. ``group`` must span
+    every rank that takes part in the save (normally the world). Use as a context manager
+    or call :meth:`close` to restore the previous handlers.
+    """
+
+    def __init__(self, signals: Iterable[int] = DEFAULT_SIGNALS, group: Any = None, install: bool = True):
+        self.signals = tuple(signals)
+        self.group = group
+        self._received: int | None = None
+        self._previous: dict[int, Any] = {}
+        if install:
+            self.install()
+
+    def install(self) -> "SignalSaveHandler":
+        if self._previous:
+            return self
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("SignalSaveHandler must be installed from the main thread (Python signal rule)")
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        logger.debug("pre-emption handler installed for %s", [signal.Signals(s).name for s in self.signals])
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        # No I/O or locks here: the interrupted code may hold them.
+        if self._received is None:
+            self._received = signum
+
+    @property
+    def received_signal(self) -> int | None:
+        """The first signal received on this rank, or None."""
+        return self._received
+
+    def signal_received(self) -> bool:
+        """This rank's own flag, without communication."""
+        return self._received is not None
+
+    def should_save_and_exit(self) -> bool:
+        """Whether any rank got a signal. Collective when a process group is initialised:
+        every rank of ``group`` must call it at the same iteration."""
+        decision = agree(self._received is not None, self.group)
+        if decision and self._received is not None:
+            logger.warning(
+                "received %s: saving a checkpoint and exiting", signal.Signals(self._received).name
+            )
+        return decision
+
+    def close(self) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def __enter__(self) -> "SignalSaveHandler":
+        return self.install()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

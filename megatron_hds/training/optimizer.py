@@ -1,0 +1,538 @@
+"""AdamW for training: weight-decay parameter groups, fp32 master weights for bf16/fp16
+models, the fp16 dynamic loss scaler, and gradient clipping by a given global norm.
+
+Who computes what: the optimizer never reduces across ranks. The training loop passes
+``grad_norm_fn`` (the global norm across TP/PP/DP, computed by the parallel code over
+the pairs this module hands it) and ``found_inf_reduce`` (a MAX all-reduce over the
+model-parallel group so every rank skips an fp16 overflow step together). Without them
+the local fallbacks are used, which are exact for a single process and for pure DP
+after the gradient all-reduce.
+
+Weight-decay rule (Megatron's): a parameter gets NO weight decay when its name ends in
+``bias``, when it has fewer than 2 dimensions (LayerNorm/RMSNorm weights and biases are
+1-D), or, when a module is given, when it belongs to a normalisation module (class name
+containing ``Norm``). Everything else (linear weights, embeddings) is decayed.
+Groups carry ``wd_mult`` (1 / 0) so the LR scheduler can set the constant weight decay.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPE_PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+# Version of the optimizer state_dict layout written below.
+OPTIMIZER_STATE_VERSION = 1
+
+# Megatron's guard against dividing by a zero norm when clipping.
+CLIP_EPS = 1.0e-6
+
+GradPairs = list[tuple[nn.Parameter, torch.Tensor]]
+"""(model parameter, fp32 gradient the optimizer steps on) pairs, for the global norm."""
+
+
+@dataclass(frozen=True)
+class LossScalerConfig:
+    """fp16 dynamic loss scaling, Megatron's defaults (--initial-loss-scale, --min-loss-scale,
+    --loss-scale-window, --hysteresis)."""
+
+    initial_scale: float = 2.0**32
+    min_scale: float = 1.0
+    growth_interval: int = 1000
+    """Consecutive overflow-free steps before the scale grows."""
+    hysteresis: int = 2
+    """Overflows tolerated (since the last growth) before the scale backs off."""
+    backoff_factor: float = 0.5
+    growth_factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.initial_scale) and self.initial_scale > 0):
+            raise ValueError(f"initial_scale must be a finite number > 0, got {self.initial_scale!r}")
+        if not (math.isfinite(self.min_scale) and 0 < self.min_scale <= self.initial_scale):
+            raise ValueError(f"min_scale must be in (0, initial_scale={self.initial_scale}], got {self.min_scale!r}")
+        if isinstance(self.growth_interval, bool) or not isinstance(self.growth_interval, int) or self.growth_interval < 1:
+            raise ValueError(f"growth_interval must be an integer >= 1, got {self.growth_interval!r}")
+        if isinstance(self.hysteresis, bool) or not isinstance(self.hysteresis, int) or self.hysteresis < 1:
+            raise ValueError(f"hysteresis must be an integer >= 1, got {self.hysteresis!r}")
+        if not (0 < self.backoff_factor < 1):
+            raise ValueError(f"backoff_factor must be in (0, 1), got {self.backoff_factor!r}")
+        if not self.growth_factor > 1:
+            raise ValueError(f"growth_factor must be > 1, got {self.growth_factor!r}")
+
+
+class DynamicLossScaler:
+    """Megatron's DynamicGradScaler: back off after ``hysteresis`` overflows, grow after
+    ``growth_interval`` clean steps."""
+
+    def __init__(self, config: LossScalerConfig | None = None) -> None:
+        self.config = config or LossScalerConfig()
+        self.scale = float(self.config.initial_scale)
+        self.growth_tracker = 0
+        self.hysteresis_tracker = self.config.hysteresis
+
+    @property
+    def inv_scale(self) -> float:
+        return 1.0 / self.scale
+
+    def update(self, found_inf: bool) -> None:
+        c = self.config
+        if found_inf:
+            self.growth_tracker = 0
+            self.hysteresis_tracker -= 1
+            if self.hysteresis_tracker <= 0:
+                self.scale = max(self.scale * c.backoff_factor, c.min_scale)
+        else:
+            self.growth_tracker += 1
+            if self.growth_tracker == c.growth_interval:
+                self.growth_tracker = 0
+                self.hysteresis_tracker = c.hysteresis
+                self.scale = self.scale * c.growth_factor
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "growth_tracker": self.growth_tracker, "hysteresis_tracker": self.hysteresis_tracker}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = {"scale", "growth_tracker", "hysteresis_tracker"} - set(state)
+        if missing:
+            raise ValueError(f"loss scaler state lacks {sorted(missing)}")
+        scale = state["scale"]
+        self.scale = float(scale.item() if torch.is_tensor(scale) else scale)
+        self.growth_tracker = int(state["growth_tracker"])
+        self.hysteresis_tracker = int(state["hysteresis_tracker"])
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step did, for logging."""
+
+    skipped: bool
+    """True when no update was applied (fp16 overflow, or a non-finite grad norm)."""
+    grad_norm: float | None
+    """Global grad norm before clipping (None when the step was skipped for overflow)."""
+    loss_scale: float
+    """Loss scale after this step's update (1.0 without a scaler)."""
+
+
+# ---------------------------------------------------------------------------
+# Parameter groups
+
+
+def _named_params(model_or_named_params: nn.Module | Iterable[tuple[str, nn.Parameter]]):
+    """(name, param, in_norm_module) for trainable params, each shared param once."""
+    if isinstance(model_or_named_params, nn.Module):
+        norm_params: set[int] = set()
+        for module in model_or_named_params.modules():
+            if "norm" in type(module).__name__.lower():
+                norm_params.update(id(p) for p in module.parameters(recurse=False))
+        items = [(n, p, id(p) in norm_params) for n, p in model_or_named_params.named_parameters()]
+    else:
+        items = []
+        for entry in model_or_named_params:
+            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)):
+                raise TypeError(f"expected an nn.Module or (name, parameter) pairs, got an item {entry!r:.80}")
+            items.append((entry[0], entry[1], False))
+    seen: set[int] = set()
+    out = []
+    for name, param, in_norm in items:
+        if not param.requires_grad or id(param) in seen:
+            continue
+        seen.add(id(param))
+        out.append((name, param, in_norm))
+    return out
+
+
+def no_weight_decay(name: str, param: torch.Tensor, in_norm_module: bool = False) -> bool:
+    """The weight-decay exemption rule (see the module docstring)."""
+    return name.endswith("bias") or param.dim() < 2 or in_norm_module
+
+
+def weight_decay_groups(
+    model_or_named_params: nn.Module | Iterable[tuple[str, nn.Parameter]], weight_decay: float
+) -> list[dict[str, Any]]:
+    """Two param groups: decayed matrices (wd_mult 1) and exempt biases/norms (wd_mult 0).
+
+    Each group also lists ``param_names`` for checks and debugging. Empty groups are dropped.
+    """
+    decay, exempt = [], []
+    for name, param, in_norm in _named_params(model_or_named_params):
+        (exempt if no_weight_decay(name, param, in_norm) else decay).append((name, param))
+    if not decay and not exempt:
+        raise ValueError("no trainable parameters (requires_grad=True) to optimize")
+    groups = []
+    for label, members, mult in (("decay", decay, 1.0), ("no_decay", exempt, 0.0)):
+        if members:
+            groups.append({
+                "params": [p for _, p in members],
+                "param_names": [n for n, _ in members],
+                "name": label,
+                "wd_mult": mult,
+                "weight_decay": weight_decay * mult,
+            })
+    return groups
+
+
+def adamw_impl_kwargs(params: Sequence[torch.Tensor], fused: bool | None = None) -> dict[str, bool]:
+    """fused=True when every param is on CUDA and this torch's AdamW has ``fused``; foreach otherwise.
+
+    The device is read from the parameters, never from torch.cuda, so CPU-only hosts
+    and GPU hosts run the same code.
+    """
+    supports_fused = "fused" in inspect.signature(torch.optim.AdamW.__init__).parameters
+    on_cuda = bool(params) and all(p.device.type == "cuda" for p in params)
+    if fused is None:
+        fused = supports_fused and on_cuda
+    elif fused and not supports_fused:
+        raise ValueError(f"fused AdamW requested but torch {torch.__version__} has no fused AdamW")
+    return {"fused": True} if fused else {"foreach": True}
+
+
+# ---------------------------------------------------------------------------
+# Gradient norm and clipping
+
+
+def local_grad_norm(grads: Sequence[torch.Tensor]) -> float:
+    """L2 norm over this process's gradients (the single-process / pure-DP fallback)."""
+    grads = [g for g in grads if g is not None]
+    if not grads:
+        return 0.0
+    norms = [torch.linalg.vector_norm(g, 2, dtype=torch.float32) for g in grads]
+    return float(torch.linalg.vector_norm(torch.stack(norms), 2))
+
+
+def clip_grads_by_norm_(grads: Sequence[torch.Tensor], max_norm: float, total_norm: float) -> float:
+    """Scale ``grads`` in place by ``max_norm / (total_norm + 1e-6)`` when that is < 1.
+
+    ``total_norm`` is the ALREADY reduced global norm. This is Megatron's rule: the
+    coefficient's ``+1e-6`` means a norm equal to ``max_norm`` is scaled by a factor
+    just below 1. Returns the factor applied (1.0 when nothing was scaled). A
+    non-finite norm leaves the grads alone (the caller skips such steps).
+    """
+    if max_norm <= 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm!r}")
+    if not math.isfinite(total_norm):
+        return 1.0
+    coeff = max_norm / (total_norm + CLIP_EPS)
+    grads = [g for g in grads if g is not None]
+    if coeff < 1.0 and grads:
+        torch._foreach_mul_(grads, coeff)
+        return coeff
+    return 1.0
+
+
+# ---------------------------------------------------------------------------
+# Optimizers
+
+
+def _model_grad(param: nn.Parameter) -> torch.Tensor | None:
+    # DP code may accumulate into an fp32 ``main_grad`` buffer (Megatron's layout); prefer it.
+    main_grad = getattr(param, "main_grad", None)
+    return main_grad if main_grad is not None else param.grad
+
+
+class TrainingOptimizer:
+    """Common interface of the fp32 and mixed-precision optimizers.
+
+    Per iteration: ``zero_grad()``; ``scale_loss(loss).backward()`` per micro-batch; DP
+    all-reduce of the model grads; ``step(clip_grad, grad_norm_fn, found_inf_reduce)``.
+    """
+
+    precision: str
+    optimizer: torch.optim.AdamW
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    @property
+    def loss_scale(self) -> float:
+        return 1.0
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss
+
+    def model_params(self) -> list[nn.Parameter]:
+        return [p for group in self._model_groups for p in group]
+
+    def grad_pairs(self) -> GradPairs:
+        """(model param, grad the optimizer steps on) for params that have a grad."""
+        raise NotImplementedError
+
+    def _prepare_grads(self, found_inf_reduce: Callable[[torch.Tensor], Any] | None) -> bool:
+        raise NotImplementedError
+
+    def _after_step(self) -> None:
+        """Hook run after a successful inner step (copy masters back)."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for param in self.model_params():
+            if getattr(param, "main_grad", None) is not None:
+                param.main_grad.zero_()
+            if set_to_none:
+                param.grad = None
+            elif param.grad is not None:
+                param.grad.zero_()
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(
+        self,
+        clip_grad: float = 0.0,
+        grad_norm_fn: Callable[[GradPairs], float] | None = None,
+        found_inf_reduce: Callable[[torch.Tensor], Any] | None = None,
+    ) -> StepResult:
+        """Unscale/check grads, measure the global norm, clip, update; or skip.
+
+        ``grad_norm_fn(pairs)`` returns the global L2 norm of the given fp32 grads across
+        all ranks (default: ``local_grad_norm``). ``found_inf_reduce(t)`` all-reduces a
+        one-element float tensor with MAX in place (default: none). ``clip_grad <= 0``
+        disables clipping; the norm is still computed and returned for logging.
+        """
+        found_inf = self._prepare_grads(found_inf_reduce)
+        scaler = getattr(self, "scaler", None)
+        if scaler is not None:
+            scaler.update(found_inf)
+        if found_inf:
+            return StepResult(skipped=True, grad_norm=None, loss_scale=self.loss_scale)
+        pairs = self.grad_pairs()
+        if grad_norm_fn is None:
+            grad_norm = local_grad_norm([g for _, g in pairs])
+        else:
+            grad_norm = float(grad_norm_fn(pairs))
+        if not math.isfinite(grad_norm):
+            # Megatron would write NaN into fp32/bf16 weights here; skipping keeps the run alive.
+            return StepResult(skipped=True, grad_norm=grad_norm, loss_scale=self.loss_scale)
+        if clip_grad > 0:
+            clip_grads_by_norm_([g for _, g in pairs], clip_grad, grad_norm)
+        self.optimizer.step()
+        self._after_step()
+        return StepResult(skipped=False, grad_norm=grad_norm, loss_scale=self.loss_scale)
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _check_state_header(self, state: dict[str, Any]) -> None:
+        version = state.get("version")
+        if version != OPTIMIZER_STATE_VERSION:
+            raise ValueError(
+                f"optimizer state version {version!r} is not supported (this code reads {OPTIMIZER_STATE_VERSION})"
+            )
+        if state.get("precision") != self.precision:
+            raise ValueError(
+                f"checkpoint optimizer precision {state.get('precision')!r} does not match the "
+                f"configured {self.precision!r}; resume with the same --bf16/--fp16 setting, or "
+                "skip loading the optimizer state"
+            )
+
+
+class FP32Optimizer(TrainingOptimizer):
+    """Plain AdamW on fp32 model params (no master copies, no loss scaling)."""
+
+    precision = "fp32"
+
+    def __init__(self, groups: list[dict[str, Any]], lr: float, betas, eps: float, fused: bool | None = None):
+        self._model_groups = [list(g["params"]) for g in groups]
+        params = [p for g in self._model_groups for p in g]
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **adamw_impl_kwargs(params, fused))
+
+    def _prepare_grads(self, found_inf_reduce) -> bool:
+        for param in self.model_params():
+            main_grad = getattr(param, "main_grad", None)
+            if main_grad is not None:
+                param.grad = main_grad
+        return False
+
+    def grad_pairs(self) -> GradPairs:
+        return [(p, p.grad) for p in self.model_params() if p.grad is not None]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": OPTIMIZER_STATE_VERSION, "precision": self.precision, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._check_state_header(state)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class MixedPrecisionOptimizer(TrainingOptimizer):
+    """AdamW on fp32 master copies of bf16/fp16 model params.
+
+    Model grads are copied into the masters' fp32 grads (and, for fp16, unscaled and
+    checked for inf/NaN), AdamW steps the masters, and the masters are copied back into
+    the model params. fp16 uses the dynamic loss scaler and skips overflow steps; bf16
+    has the fp32 exponent range and needs no scaler (as in Megatron).
+    """
+
+    def __init__(
+        self,
+        groups: list[dict[str, Any]],
+        lr: float,
+        betas,
+        eps: float,
+        precision: str,
+        loss_scaler: LossScalerConfig | None = None,
+        fused: bool | None = None,
+    ):
+        if precision not in ("bf16", "fp16"):
+            raise ValueError(f"MixedPrecisionOptimizer precision must be bf16 or fp16, got {precision!r}")
+        if precision == "bf16" and loss_scaler is not None:
+            raise ValueError("loss scaling is for fp16 only; bf16 trains without a loss scaler")
+        self.precision = precision
+        self._model_groups = [list(g["params"]) for g in groups]
+        master_groups = []
+        for group in groups:
+            masters = [p.detach().clone().float() for p in group["params"]]
+            master_groups.append({**group, "params": masters})
+        self._master_groups = [g["params"] for g in master_groups]
+        masters = [m for g in self._master_groups for m in g]
+        self.optimizer = torch.optim.AdamW(
+            master_groups, lr=lr, betas=betas, eps=eps, **adamw_impl_kwargs(masters, fused)
+        )
+        self.scaler = DynamicLossScaler(loss_scaler) if precision == "fp16" else None
+
+    @property
+    def loss_scale(self) -> float:
+        return self.scaler.scale if self.scaler is not None else 1.0
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        # Scale in fp32: an fp16 loss times 2**32 would overflow before backward starts.
+        return loss.float() * self.scaler.scale if self.scaler is not None else loss
+
+    def master_params(self) -> list[torch.Tensor]:
+        return [m for g in self._master_groups for m in g]
+
+    def _pairs_with_masters(self):
+        for model_group, master_group in zip(self._model_groups, self._master_groups):
+            yield from zip(model_group, master_group)
+
+    def grad_pairs(self) -> GradPairs:
+        return [(p, m.grad) for p, m in self._pairs_with_masters() if m.grad is not None]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        for master in self.master_params():
+            master.grad = None
+
+    def _prepare_grads(self, found_inf_reduce) -> bool:
+        for param, master in self._pairs_with_masters():
+            grad = _model_grad(param)
+            master.grad = None if grad is None else grad.detach().float()
+        if self.scaler is None:
+            return False
+        grads = [m.grad for m in self.master_params() if m.grad is not None]
+        if not grads:
+            return False
+        found_inf = torch.zeros(1, dtype=torch.float32, device=grads[0].device)
+        inv_scale = torch.full((1,), self.scaler.inv_scale, dtype=torch.float32, device=grads[0].device)
+        try:
+            # The fused unscale+check (one kernel on GPU; implemented on CPU in recent torch).
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
+        except (RuntimeError, NotImplementedError, AttributeError):
+            torch._foreach_mul_(grads, inv_scale.item())
+            finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+            found_inf.fill_(0.0 if bool(finite) else 1.0)
+        if found_inf_reduce is not None:
+            found_inf_reduce(found_inf)
+        return bool(found_inf.item() > 0)
+
+    def _after_step(self) -> None:
+        with torch.no_grad():
+            for param, master in self._pairs_with_masters():
+                param.copy_(master)
+
+    def reload_model_params(self) -> None:
+        """Copy model params into the masters, after loading model weights WITHOUT optimizer
+        state (otherwise the masters would still hold the initial weights)."""
+        with torch.no_grad():
+            for param, master in self._pairs_with_masters():
+                master.copy_(param)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": OPTIMIZER_STATE_VERSION,
+            "precision": self.precision,
+            "optimizer": self.optimizer.state_dict(),
+            "master_params": [m.detach().clone() for m in self.master_params()],
+            "loss_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._check_state_header(state)
+        saved = state["master_params"]
+        mine = self.master_params()
+        if len(saved) != len(mine):
+            raise ValueError(f"checkpoint has {len(saved)} master params, this model has {len(mine)}")
+        for index, (src, dst) in enumerate(zip(saved, mine)):
+            if tuple(src.shape) != tuple(dst.shape):
+                raise ValueError(
+                    f"master param {index} has shape {tuple(src.shape)} in the checkpoint, "
+                    f"{tuple(dst.shape)} in this model"
+                )
+        self.optimizer.load_state_dict(state["optimizer"])
+        with torch.no_grad():
+            for src, dst in zip(saved, mine):
+                dst.copy_(src)
+        if self.scaler is not None:
+            if state.get("loss_scaler") is None:
+                raise ValueError("fp16 optimizer state has no loss_scaler entry")
+            self.scaler.load_state_dict(state["loss_scaler"])
+
+
+def _infer_precision(params: Sequence[torch.Tensor]) -> str:
+    dtypes = {p.dtype for p in params}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in _DTYPE_PRECISION:
+        raise ValueError(
+            f"model params have dtypes {sorted(str(d) for d in dtypes)}; expected all float32, "
+            "all bfloat16 or all float16"
+        )
+    return _DTYPE_PRECISION[next(iter(dtypes))]
+
+
+def build_optimizer(
+    model_or_named_params: nn.Module | Iterable[tuple[str, nn.Parameter]],
+    lr: float,
+    weight_decay: float = 0.01,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    *,
+    precision: str | None = None,
+    loss_scaler: LossScalerConfig | None = None,
+    fused: bool | None = None,
+) -> FP32Optimizer | MixedPrecisionOptimizer:
+    """AdamW with decay / no-decay groups; fp32 master weights for bf16/fp16 params.
+
+    ``precision`` (fp32, bf16, fp16) must match the params' dtype; None infers it.
+    ``loss_scaler`` configures fp16's dynamic scaler (Megatron defaults when None).
+    ``fused`` None picks fused AdamW on CUDA params when available, foreach otherwise.
+    Betas default to torch's (0.9, 0.999), as Megatron's --adam-beta1/2.
+    """
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    groups = weight_decay_groups(model_or_named_params, weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    found = _infer_precision(params)
+    if precision is None:
+        precision = found
+    elif precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
+    elif precision != found:
+        raise ValueError(f"precision {precision!r} requested but the model params are {found}; cast the model first")
+    betas = (float(betas[0]), float(betas[1]))
+    if precision == "fp32":
+        if loss_scaler is not None:
+            raise ValueError("loss scaling is for fp16 only; fp32 trains without a loss scaler")
+        return FP32Optimizer(groups, lr, betas, eps, fused=fused)
+    return MixedPrecisionOptimizer(groups, lr, betas, eps, precision, loss_scaler=loss_scaler, fused=fused)
