@@ -114,6 +114,14 @@ class ParallelState:
     pp_ranks: List[int] = field(default_factory=list)  # global ranks of this rank's pipeline, stage order
 
     @classmethod
+    def single(cls, device: Optional[torch.device] = None, tensor_model_parallel_size: int = 1,
+               pipeline_model_parallel_size: int = 1) -> "ParallelState":
+        """A one-rank state with no groups (usable whether or not torch.distributed is initialised)."""
+        layout = RankLayout(1, tensor_model_parallel_size, pipeline_model_parallel_size)
+        backend, default_device = default_backend_and_device()
+        return cls(layout, 0, torch.device(device) if device is not None else default_device, backend, pp_ranks=[0])
+
+    @classmethod
     def build(cls, tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1,
               device: Optional[torch.device] = None) -> "ParallelState":
         """Build groups on an initialised world (or a single-process state when there is none).
@@ -121,9 +129,7 @@ class ParallelState:
         Every rank must call this with the same sizes: group creation is collective.
         """
         if not dist.is_initialized():
-            layout = RankLayout(1, tensor_model_parallel_size, pipeline_model_parallel_size)
-            backend, default_device = default_backend_and_device()
-            return cls(layout, 0, device or default_device, backend, pp_ranks=[0])
+            return cls.single(device, tensor_model_parallel_size, pipeline_model_parallel_size)
         world, rank = dist.get_world_size(), dist.get_rank()
         layout = RankLayout(world, tensor_model_parallel_size, pipeline_model_parallel_size)
         backend = dist.get_backend()
