@@ -1,8 +1,8 @@
 """Point-to-point transfer of activations and their gradients between neighbouring pipeline stages.
 
-Every exchange posts all its isend/irecv operations before waiting on any, so a
-send paired with a receive in the other direction cannot deadlock; this works the
-same on gloo (CPU) and nccl (GPU). Activations have a fixed shape [seq, micro-batch,
+Every exchange is one ``batch_isend_irecv`` (all operations posted before any wait,
+grouped on NCCL), so a send paired with a receive in the other direction cannot
+deadlock; this works the same on gloo (CPU) and nccl (GPU). Activations have a fixed shape [seq, micro-batch,
 hidden] known to both sides, so no shape is exchanged.
 """
 from __future__ import annotations
@@ -26,18 +26,20 @@ class P2P:
     def _exchange(self, send_prev: Optional[torch.Tensor] = None, send_next: Optional[torch.Tensor] = None,
                   recv_prev: bool = False, recv_next: bool = False):
         state = self.state
-        works, from_prev, from_next = [], None, None
+        ops, from_prev, from_next = [], None, None
         if recv_prev:
             from_prev = torch.empty(self.shape, dtype=self.dtype, device=state.device)
-            works.append(dist.irecv(from_prev, src=state.prev_stage_rank()))
+            ops.append(dist.P2POp(dist.irecv, from_prev, state.prev_stage_rank()))
         if recv_next:
             from_next = torch.empty(self.shape, dtype=self.dtype, device=state.device)
-            works.append(dist.irecv(from_next, src=state.next_stage_rank()))
+            ops.append(dist.P2POp(dist.irecv, from_next, state.next_stage_rank()))
         if send_prev is not None:
-            works.append(dist.isend(send_prev.contiguous(), dst=state.prev_stage_rank()))
+            ops.append(dist.P2POp(dist.isend, send_prev.contiguous(), state.prev_stage_rank()))
         if send_next is not None:
-            works.append(dist.isend(send_next.contiguous(), dst=state.next_stage_rank()))
-        for work in works:
+            ops.append(dist.P2POp(dist.isend, send_next.contiguous(), state.next_stage_rank()))
+        # One batch: on NCCL the ops are grouped, so a send and a receive with the same peer
+        # cannot block each other on the stream; on gloo they are posted before any wait.
+        for work in dist.batch_isend_irecv(ops):
             work.wait()
         return from_prev, from_next
 

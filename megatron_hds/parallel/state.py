@@ -149,6 +149,9 @@ class ParallelState:
                     setattr(state, attr, group)
                     if attr == "pp_group":
                         state.pp_ranks = list(ranks)
+        # NCCL creates communicators lazily; a first collective over the world keeps later
+        # point-to-point batches from being the first operation on the default group.
+        dist.barrier()
         return state
 
     # ---- coordinates -------------------------------------------------------------------
