@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from megatron_hds.config import ModelConfig
 from megatron_hds.model.gpt import GPTModel
 from megatron_hds.parallel.cross_entropy import vocab_parallel_cross_entropy
-from megatron_hds.parallel.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+from megatron_hds.parallel.layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+                                          is_tensor_parallel)
 from megatron_hds.parallel.random import seed_default_generator
 from megatron_hds.parallel.state import ParallelState
 from tests.distributed import run_distributed
@@ -105,10 +106,23 @@ def _check_dropout_consistency(state):
     assert not torch.equal(states[0], states[1])
 
 
+def _check_model_holds_only_its_shards(state):
+    config = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=64, seq_length=8,
+                         make_vocab_size_divisible_by=16, swiglu=True, untie_embeddings_and_output_weights=True)
+    model = GPTModel(config, state)
+    sharded = sum(p.numel() for p in model.parameters() if is_tensor_parallel(p))
+    replicated = sum(p.numel() for p in model.parameters() if not is_tensor_parallel(p))
+    assert sharded * state.tp_size + replicated == config.num_parameters(state.tp_size)
+    assert replicated < 0.05 * config.num_parameters(state.tp_size)  # only norms and row-parallel biases
+    qkv = model.layers["0"].self_attention.query_key_value.weight
+    assert qkv.shape == (3 * 32 // state.tp_size, 32)
+
+
 def _tp2_worker():
     state = ParallelState.build(tensor_model_parallel_size=2)
     _check_cross_entropy(state)
     _check_layers(state)
+    _check_model_holds_only_its_shards(state)
     _check_dropout_consistency(state)
     return True
 
