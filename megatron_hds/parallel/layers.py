@@ -1,11 +1,11 @@
 """Tensor-parallel layers whose parameters are created directly in their shard.
 
-Initialisation is layout-independent: every slice along the partition dimension
-(one output row of a column-parallel weight, one input column of a row-parallel
-weight, one vocab row of an embedding) is drawn from its own generator seeded by
-(seed, parameter key, slice index). A rank therefore draws exactly its own slices,
-and the shard equals the matching slice of the single-process initialisation,
-without any rank ever holding the full weight.
+Initialisation is layout-independent: along the partition dimension (output rows
+of a column-parallel weight, input columns of a row-parallel weight, vocab rows of
+an embedding) a weight is cut into fixed blocks of INIT_BLOCK slices, and each block
+is drawn from its own generator seeded by (seed, parameter key, block index). A rank
+draws only the blocks its shard overlaps, so the shard equals the matching slice of
+the single-process initialisation without any rank ever holding the full weight.
 """
 from __future__ import annotations
 
@@ -19,9 +19,13 @@ from torch import nn
 from megatron_hds.parallel.mappings import (copy_to_tp, gather_from_tp, group_rank, group_size,
                                             reduce_from_tp, scatter_to_tp)
 
+# Slices per generator block: large enough to amortise per-block overhead, small enough
+# that a shard boundary inside a block wastes little.
+INIT_BLOCK = 64
 
-def _slice_seed(seed: int, key: str, index: int) -> int:
-    digest = hashlib.blake2b(f"{seed}/{key}/{index}".encode(), digest_size=8).digest()
+
+def _block_seed(seed: int, key: str, block: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{key}/{block}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
@@ -30,16 +34,16 @@ def sharded_normal_(param: torch.Tensor, std: float, seed: int, key: str,
                     partition_dim: int = 0, start: int = 0) -> torch.Tensor:
     """Fill `param` (a shard starting at global index `start` along `partition_dim`) with N(0, std^2).
 
-    Slices are drawn on CPU in fp32 so every device and dtype sees the same values.
+    Blocks are drawn on CPU in fp32 so every device and dtype sees the same values.
     """
     moved = param.movedim(partition_dim, 0)
-    slice_shape = moved.shape[1:]
+    end = start + moved.shape[0]
     generator = torch.Generator(device="cpu")
-    rows = []
-    for i in range(moved.shape[0]):
-        generator.manual_seed(_slice_seed(seed, key, start + i))
-        rows.append(torch.randn(slice_shape, generator=generator) * std)
-    moved.copy_(torch.stack(rows))
+    for block in range(start // INIT_BLOCK, (end - 1) // INIT_BLOCK + 1):
+        generator.manual_seed(_block_seed(seed, key, block))
+        values = torch.randn((INIT_BLOCK, *moved.shape[1:]), generator=generator).mul_(std)
+        lo, hi = max(start, block * INIT_BLOCK), min(end, (block + 1) * INIT_BLOCK)
+        moved[lo - start:hi - start].copy_(values[lo - block * INIT_BLOCK:hi - block * INIT_BLOCK])
     return param
 
 
