@@ -42,6 +42,9 @@ class _RankTagged:
     def flush(self):
         self.stream.flush()
 
+    def __getattr__(self, name):  # isatty, fileno, encoding... of the real stream
+        return getattr(self.stream, name)
+
 
 def _worker(rank: int, world_size: int, port: int, results, fn, args) -> None:
     sys.stdout, sys.stderr = _RankTagged(sys.stdout, rank), _RankTagged(sys.stderr, rank)

@@ -13,6 +13,8 @@ from typing import List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from megatron_hds.config import ParallelConfig
+
 
 @dataclass(frozen=True)
 class RankLayout:
@@ -120,6 +122,10 @@ class ParallelState:
         layout = RankLayout(1, tensor_model_parallel_size, pipeline_model_parallel_size)
         backend, default_device = default_backend_and_device()
         return cls(layout, 0, torch.device(device) if device is not None else default_device, backend, pp_ranks=[0])
+
+    @classmethod
+    def from_config(cls, config: ParallelConfig, device: Optional[torch.device] = None) -> "ParallelState":
+        return cls.build(config.tensor_model_parallel_size, config.pipeline_model_parallel_size, device)
 
     @classmethod
     def build(cls, tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1,
