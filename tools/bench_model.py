@@ -160,15 +160,12 @@ def synchronize(device: torch.device) -> None:
         torch.get_device_module(device.type).synchronize(device)
 
 
-def time_steps(step, steps: int, device: torch.device) -> list[float]:
-    times = []
-    for _ in range(steps):
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
+def timed(step, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def main(argv=None) -> None:
@@ -181,9 +178,8 @@ def main(argv=None) -> None:
     parser.add_argument("--num-micro-batches", type=int, default=1, help="micro-batches per step per DP rank")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="parameter/activation dtype")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="rounds alternating ours and the plain GPT (median per-step time is reported)")
+    parser.add_argument("--steps", type=int, default=50,
+                        help="timed steps, alternating with the plain GPT's (median per-step time is reported)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak per rank, overrides the table")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-PyTorch comparison")
     args = parser.parse_args(argv)
@@ -226,11 +222,12 @@ def main(argv=None) -> None:
         our_step()
         if plain is not None:
             plain_step()
+    # Steps of the two models alternate, so load from other processes hits both alike.
     ours_times, plain_times = [], []
-    for _ in range(args.rounds):
-        ours_times += time_steps(our_step, args.steps, device)
+    for _ in range(args.steps):
+        ours_times.append(timed(our_step, device))
         if plain is not None:
-            plain_times += time_steps(plain_step, args.steps, device)
+            plain_times.append(timed(plain_step, device))
 
     tokens_per_step = args.micro_batch_size * config.seq_length * args.num_micro_batches * state.dp_size
     flops_per_step = model_flops_per_token(config, args.tp) * tokens_per_step

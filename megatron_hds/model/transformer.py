@@ -31,11 +31,16 @@ class RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=device) / rotary_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
+        self._cache: dict = {}
+
     def forward(self, seq_len: int) -> Rotary:
-        t = torch.arange(seq_len, dtype=torch.float32, device=self.inv_freq.device)
-        freqs = torch.outer(t, self.inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None, None, :]  # [s, 1, 1, rotary_dim]
-        return emb.cos(), emb.sin()
+        # Tables depend only on the length; computing them once keeps them out of every step.
+        if seq_len not in self._cache:
+            t = torch.arange(seq_len, dtype=torch.float32, device=self.inv_freq.device)
+            freqs = torch.outer(t, self.inv_freq)
+            emb = torch.cat((freqs, freqs), dim=-1)[:, None, None, :]  # [s, 1, 1, rotary_dim]
+            self._cache[seq_len] = (emb.cos(), emb.sin())
+        return self._cache[seq_len]
 
 
 def apply_rotary(x: torch.Tensor, rotary: Rotary) -> torch.Tensor:

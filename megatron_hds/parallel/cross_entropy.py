@@ -37,19 +37,18 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         target_logit = shifted.gather(-1, local_target.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0)
         _all_reduce(target_logit, group)
 
-        exp = shifted.exp()
+        exp = shifted.exp_()  # in place: `shifted` is not needed any more, and logits can be large
         sum_exp = exp.sum(dim=-1)
         _all_reduce(sum_exp, group)
-        loss = sum_exp.log() - target_logit
-
-        ctx.save_for_backward(exp.div_(sum_exp.unsqueeze(-1)), local_target, outside)
-        return loss
+        softmax = exp.div_(sum_exp.unsqueeze(-1))
+        ctx.save_for_backward(softmax, local_target, outside)
+        return sum_exp.log_().sub_(target_logit)
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         softmax, local_target, outside = ctx.saved_tensors
         # d loss / d logits = softmax - onehot(target), where the one-hot lives on this rank's slice.
-        grad = softmax
+        grad = softmax  # reused in place: this graph is not run backward twice (no retain_graph)
         onehot = (~outside).to(grad.dtype).unsqueeze(-1)
         grad.scatter_add_(-1, local_target.unsqueeze(-1), -onehot)
         grad.mul_(grad_loss.unsqueeze(-1))

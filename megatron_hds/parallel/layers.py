@@ -111,6 +111,8 @@ class RowParallelLinear(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if group_size(self.tp_group) == 1:  # nothing to reduce: let the bias fuse into the matmul
+            return F.linear(x, self.weight, self.bias)
         if not self.input_is_parallel:
             x = scatter_to_tp(x, self.tp_group)
         y = reduce_from_tp(F.linear(x, self.weight), self.tp_group)

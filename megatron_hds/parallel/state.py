@@ -92,7 +92,7 @@ def init_distributed(backend: Optional[str] = None) -> None:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     chosen, device = default_backend_and_device(local_rank)
     if device.type != "cpu":
-        torch.cuda.set_device(device)
+        torch.get_device_module(device.type).set_device(device)
     dist.init_process_group(backend=backend or chosen)
 
 

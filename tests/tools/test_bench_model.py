@@ -46,7 +46,7 @@ def test_plain_gpt_reproduces_our_loss_and_gradients(overrides):
 
 def test_bench_prints_throughput_and_mfu(capsys):
     bench_model.main(["--model", "tiny", "--micro-batch-size", "1", "--warmup", "1", "--steps", "1",
-                      "--rounds", "1", "--peak-tflops", "1.0"])
+                      "--peak-tflops", "1.0"])
     out = capsys.readouterr().out
     assert "megatron_hds GPTModel" in out and "plain PyTorch GPT" in out
     assert "tokens/s" in out and "MFU" in out and "peak 1.000 TFLOP/s" in out
