@@ -1,7 +1,8 @@
-"""The 1F1B micro-batch order, from the same control flow that drives training (no processes)."""
+"""The 1F1B micro-batch order (from the same control flow that drives training) and the loss reduction."""
 import pytest
+import torch
 
-from megatron_hds.parallel.schedules import one_f_one_b_order
+from megatron_hds.parallel.schedules import masked_mean_loss, one_f_one_b_order
 
 
 def _parse(text):
@@ -37,3 +38,11 @@ def test_order_invariants(P, M):
         # Steady state strictly alternates F, B after the warmup.
         steady = order[warmup:warmup + 2 * (M - warmup)]
         assert [op for op, _ in steady] == ["F", "B"] * (M - warmup)
+
+
+def test_masked_mean_loss():
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    assert masked_mean_loss(loss, {}).item() == pytest.approx(3.5)
+    mask = torch.tensor([[1, 0, 1], [0, 0, 1]])
+    assert masked_mean_loss(loss, {"loss_mask": mask}).item() == pytest.approx(10.0 / 3)
+    assert masked_mean_loss(loss, {"loss_mask": torch.zeros(2, 3)}).item() == 0.0
