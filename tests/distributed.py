@@ -1,7 +1,8 @@
-"""The one multi-process test helper: spawn N CPU ranks on gloo, collect results, always tear down.
+"""The one multi-process test helper: spawn N ranks (gloo on CPU, or nccl on GPUs), always tear down.
 
 ``run_distributed(fn, world_size, *args)`` runs ``fn(*args)`` on each rank with the
-default process group initialised (gloo, free localhost port). Output is tagged
+default process group initialised (gloo by default, free localhost port; with
+backend="nccl" rank r uses GPU r). Output is tagged
 ``[rank N]``; a rank's exception is re-raised in the test with that rank's traceback;
 a hung rank fails the test after `timeout` seconds instead of hanging pytest. The
 return value is the list of each rank's return value (which must be picklable).
@@ -46,12 +47,14 @@ class _RankTagged:
         return getattr(self.stream, name)
 
 
-def _worker(rank: int, world_size: int, port: int, results, fn, args) -> None:
+def _worker(rank: int, world_size: int, port: int, backend: str, results, fn, args) -> None:
     sys.stdout, sys.stderr = _RankTagged(sys.stdout, rank), _RankTagged(sys.stderr, rank)
     # Ranks share 2 cores: one intra-op thread each avoids oversubscription stalls.
     torch.set_num_threads(1)
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
         results.put((rank, True, fn(*args)))
     except BaseException:
         results.put((rank, False, traceback.format_exc()))
@@ -60,12 +63,12 @@ def _worker(rank: int, world_size: int, port: int, results, fn, args) -> None:
             dist.destroy_process_group()
 
 
-def run_distributed(fn, world_size: int, *args, timeout: float = 240.0):
-    """Run fn(*args) on `world_size` gloo ranks; return the per-rank results in rank order."""
+def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 240.0):
+    """Run fn(*args) on `world_size` ranks; return the per-rank results in rank order."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(rank, world_size, port, results, fn, args), daemon=True)
+    procs = [ctx.Process(target=_worker, args=(rank, world_size, port, backend, results, fn, args), daemon=True)
              for rank in range(world_size)]
     for p in procs:
         p.start()

@@ -121,7 +121,8 @@ class ParallelState:
         """A one-rank state with no groups (usable whether or not torch.distributed is initialised)."""
         layout = RankLayout(1, tensor_model_parallel_size, pipeline_model_parallel_size)
         backend, default_device = default_backend_and_device()
-        return cls(layout, 0, torch.device(device) if device is not None else default_device, backend, pp_ranks=[0])
+        device = torch.device(device) if device is not None else default_device
+        return cls(layout, 0, device, "gloo" if device.type == "cpu" else backend, pp_ranks=[0])
 
     @classmethod
     def from_config(cls, config: ParallelConfig, device: Optional[torch.device] = None) -> "ParallelState":

@@ -36,6 +36,16 @@ CONFIGS = {
 LAYOUTS = [(tp, pp, dp) for tp in (1, 2) for pp in (1, 2) for dp in (1, 2) if tp * pp * dp <= 4]
 
 
+def _cases():
+    """Each layout on gloo (CPU); and on nccl where the box has a GPU per rank (`gpu` marker)."""
+    for tp, pp, dp in LAYOUTS:
+        world, name = tp * pp * dp, f"tp{tp}-pp{pp}-dp{dp}"
+        enough = torch.cuda.is_available() and torch.cuda.device_count() >= world
+        yield pytest.param(tp, pp, dp, "gloo", id=f"{name}-gloo")
+        yield pytest.param(tp, pp, dp, "nccl", id=f"{name}-nccl", marks=[
+            pytest.mark.gpu, pytest.mark.skipif(not enough, reason=f"needs {world} CUDA devices")])
+
+
 def _data(config: ModelConfig, steps: int, global_batch: int):
     g = torch.Generator().manual_seed(SEED)
     seqs = torch.randint(0, config.vocab_size, (steps + 1, global_batch, config.seq_length + 1), generator=g)
@@ -85,7 +95,7 @@ def _check_against_reference(state: ParallelState, config: ModelConfig, global_b
     losses, grad_errors, norm = [], {}, None
     for step, (tokens, labels) in enumerate(_data(config, STEPS, global_batch)):
         rows = slice(state.dp_rank * per_rank, (state.dp_rank + 1) * per_rank)
-        micro = [dict(tokens=t, labels=l) for t, l in
+        micro = [dict(tokens=t.to(state.device), labels=l.to(state.device)) for t, l in
                  zip(tokens[rows].split(micro_batch), labels[rows].split(micro_batch))]
         opt.zero_grad(set_to_none=True)
         per_token = forward_backward(model, micro, forward_only=step == STEPS)
@@ -102,7 +112,7 @@ def _check_against_reference(state: ParallelState, config: ModelConfig, global_b
         if step == 0:
             norm = global_grad_norm(params.values(), state)
             for pname, p in params.items():
-                grad_errors[pname] = _max_rel(_full(p.grad, p, state), ref_grads[pname])
+                grad_errors[pname] = _max_rel(_full(p.grad, p, state).cpu(), ref_grads[pname])
         opt.step()
 
     if state.is_last_stage():
@@ -129,9 +139,9 @@ def _deep_pipeline_worker():
             for global_batch, micro in ((2, 1), (12, 2))]
 
 
-@pytest.mark.parametrize("tp,pp,dp", LAYOUTS, ids=[f"tp{t}-pp{p}-dp{d}" for t, p, d in LAYOUTS])
-def test_parallel_matches_single_process(tp, pp, dp):
-    reports = run_distributed(_parity_worker, tp * pp * dp, tp, pp)
+@pytest.mark.parametrize("tp,pp,dp,backend", list(_cases()))
+def test_parallel_matches_single_process(tp, pp, dp, backend):
+    reports = run_distributed(_parity_worker, tp * pp * dp, tp, pp, backend=backend)
     for name in CONFIGS:
         checked = set().union(*(set(r[name][0]) for r in reports))
         # Every reference parameter was checked on some rank, and no rank invented one.
