@@ -1,0 +1,125 @@
+"""The GPT model as one pipeline stage: embeddings (first stage), layers, final norm and head (last stage).
+
+A rank builds only its own stage and only its TP shards. Layers keep their global
+index in parameter names (``layers.7....``) so names do not depend on the layout.
+With tied embeddings and more than one stage, the last stage holds its own copy of
+the word embeddings (initialised identically); ``allreduce_embedding_grads`` keeps
+the copies equal by summing their gradients over the embedding group.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from megatron_hds.config import ModelConfig
+from megatron_hds.model.backends import build_norm
+from megatron_hds.model.transformer import RotaryEmbedding, TransformerLayer
+from megatron_hds.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megatron_hds.parallel.layers import ColumnParallelLinear, VocabParallelEmbedding, sharded_normal_
+from megatron_hds.parallel.mappings import copy_to_tp
+from megatron_hds.parallel.random import build_rng_tracker
+from megatron_hds.parallel.state import ParallelState
+
+
+class Embedding(nn.Module):
+    """Word embeddings (vocab-parallel) plus optional learned absolute positions."""
+
+    def __init__(self, config: ModelConfig, state: ParallelState, seed: int, dtype: torch.dtype,
+                 with_positions: bool):
+        super().__init__()
+        self.word_embeddings = VocabParallelEmbedding(
+            config.padded_vocab_size(state.tp_size), config.hidden_size, state.tp_group,
+            init_std=config.init_method_std, seed=seed, init_key="embedding.word_embeddings",
+            device=state.device, dtype=dtype)
+        if with_positions:
+            self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size,
+                                                    device=state.device, dtype=dtype)
+            sharded_normal_(self.position_embeddings.weight, config.init_method_std, seed,
+                            "embedding.position_embeddings")
+        else:
+            self.position_embeddings = None
+        self.dropout = config.hidden_dropout
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [b, s] -> [s, b, h]."""
+        x = self.word_embeddings(tokens.t())
+        if self.position_embeddings is not None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device)
+            x = x + self.position_embeddings(positions).unsqueeze(1)
+        return F.dropout(x, self.dropout, self.training) if self.dropout > 0 else x
+
+
+class GPTModel(nn.Module):
+    """This rank's pipeline stage of a GPT model.
+
+    forward(tokens, hidden, labels):
+      first stage reads tokens [b, s]; other stages read hidden [s, b, h] from the previous stage.
+      last stage returns the per-token loss [b, s] (fp32) when labels [b, s] are given, else this
+      rank's vocab slice of the logits [b, s, vocab/TP]; other stages return hidden [s, b, h].
+    """
+
+    def __init__(self, config: ModelConfig, state: ParallelState, seed: int = 1234,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        state.check_model(config.num_layers, config.num_attention_heads)
+        self.config = config
+        self.state = state
+        self.pre_process = state.is_first_stage()
+        self.post_process = state.is_last_stage()
+        self.tied = not config.untie_embeddings_and_output_weights
+        self.rng_tracker = build_rng_tracker(seed, state.tp_rank, state.pp_rank, state.device)
+
+        self.embedding = None
+        if self.pre_process or (self.post_process and self.tied):
+            with_positions = self.pre_process and config.position_embedding_type == "learned_absolute"
+            self.embedding = Embedding(config, state, seed, dtype, with_positions)
+            if not self.pre_process:
+                # The head's copy of the tied weight: counted once in norms (on the first stage).
+                self.embedding.word_embeddings.weight.shared_embedding_duplicate = True
+        self.rotary = (RotaryEmbedding(config.rotary_dim, config.rotary_base, state.device)
+                       if config.position_embedding_type == "rope" else None)
+        self.layers = nn.ModuleDict({
+            str(i): TransformerLayer(config, state, i, seed, self.rng_tracker, dtype)
+            for i in state.layers_of_stage(config.num_layers)})
+        self.final_layernorm = None
+        self.output_layer = None
+        if self.post_process:
+            self.final_layernorm = build_norm(config.normalization, config.hidden_size, config.norm_epsilon,
+                                              config.transformer_impl, state.device, dtype)
+            if not self.tied:
+                self.output_layer = ColumnParallelLinear(
+                    config.hidden_size, config.padded_vocab_size(state.tp_size), state.tp_group,
+                    init_std=config.init_method_std, seed=seed, init_key="output_layer", bias=False,
+                    device=state.device, dtype=dtype)
+
+    def output_weight(self) -> torch.Tensor:
+        return self.embedding.word_embeddings.weight if self.tied else self.output_layer.weight
+
+    def forward(self, tokens: Optional[torch.Tensor] = None, hidden: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.embedding(tokens) if self.pre_process else hidden
+        rotary = self.rotary(x.shape[0]) if self.rotary is not None else None
+        for layer in self.layers.values():
+            x = layer(x, rotary)
+        if not self.post_process:
+            return x
+        x = self.final_layernorm(x)
+        logits = F.linear(copy_to_tp(x, self.state.tp_group), self.output_weight())  # [s, b, v/TP]
+        if labels is None:
+            return logits.transpose(0, 1)
+        return vocab_parallel_cross_entropy(logits, labels.t(), self.state.tp_group).t()
+
+
+def allreduce_embedding_grads(model: GPTModel) -> None:
+    """Sum the tied word-embedding gradients of the first and last stage (no-op unless PP>1 and tied)."""
+    state = model.state
+    if not model.tied or state.pp_size == 1 or model.embedding is None:
+        return
+    weight = model.embedding.word_embeddings.weight
+    if weight.grad is None:  # both ends must join the collective even if one saw no gradient
+        weight.grad = torch.zeros_like(weight)
+    dist.all_reduce(weight.grad, group=state.embedding_group)

@@ -1,0 +1,260 @@
+"""Throughput of one forward+backward training step: tokens/s and model FLOPs utilisation (MFU).
+
+Single process (CPU or one GPU):
+    python tools/bench_model.py --model tiny --micro-batch-size 8
+Several ranks (TP/PP/DP), e.g. on 4 GPUs:
+    torchrun --nproc_per_node 4 tools/bench_model.py --model pythia-1b --tp 2 --pp 2 --num-micro-batches 8
+
+In a single process the same run also times a plain single-file PyTorch GPT of identical
+shape (nn.Linear/nn.Embedding, F.cross_entropy, no parallel plumbing), loaded with the
+same weights, and prints both figures: the overhead of our parallel layers at TP=PP=1.
+
+MFU = achieved model FLOPs / (ranks x peak). Model FLOPs per token follow the PaLM
+convention: 6 x (matmul parameters incl. the output head) + 12 x layers x hidden x seq
+(attention scores and values, causal masking not discounted). Peaks are dense tensor
+throughput from vendor datasheets (PEAK_TFLOPS); a CPU has no datasheet figure here,
+so its "peak" is the measured throughput of a large fp32 matmul on this machine,
+stated in the output, or --peak-tflops.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_hds.config import MODEL_PRESETS, ModelConfig, model_preset  # noqa: E402
+from megatron_hds.model.gpt import GPTModel  # noqa: E402
+from megatron_hds.parallel.schedules import forward_backward  # noqa: E402
+from megatron_hds.parallel.state import ParallelState, init_distributed  # noqa: E402
+
+# Dense (no sparsity) datasheet peaks in TFLOP/s, by substring of the device name.
+PEAK_TFLOPS = {
+    "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
+    "H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},  # SXM; PCIe parts are lower (756 bf16)
+    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5},
+    "L40S": {"bf16": 362.0, "fp16": 362.0, "fp32": 91.6},
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def model_flops_per_token(config: ModelConfig, tp: int) -> float:
+    h, f, L = config.hidden_size, config.ffn_hidden_size, config.num_layers
+    fc1 = 2 * f if config.swiglu else f
+    matmul_params = L * (4 * h * h + h * fc1 + f * h) + config.padded_vocab_size(tp) * h
+    return 6.0 * matmul_params + 12.0 * L * h * config.seq_length
+
+
+def measured_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = math.inf
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e12
+
+
+def device_peak(device: torch.device, dtype_name: str, override: float | None) -> tuple[float, str]:
+    if override:
+        return override, "given by --peak-tflops"
+    if device.type == "cpu":
+        return measured_matmul_tflops(device, DTYPES[dtype_name]), "measured 2048^3 matmul on this CPU"
+    name = torch.get_device_module(device.type).get_device_name(device)
+    for key, peaks in PEAK_TFLOPS.items():
+        if key in name:
+            return peaks[dtype_name], f"datasheet dense {dtype_name} peak of {key} ({name})"
+    raise SystemExit(f"no peak for device {name!r}; known: {', '.join(PEAK_TFLOPS)}; pass --peak-tflops")
+
+
+class PlainGPT(nn.Module):
+    """A plain single-file GPT of the same shape and parameter names as GPTModel at TP=PP=1."""
+
+    def __init__(self, c: ModelConfig, device, dtype):
+        super().__init__()
+        self.c = c
+        vocab = c.padded_vocab_size(1)
+        norm = (lambda: nn.LayerNorm(c.hidden_size, eps=c.norm_epsilon, device=device, dtype=dtype)) \
+            if c.normalization == "LayerNorm" else \
+            (lambda: nn.RMSNorm(c.hidden_size, eps=c.norm_epsilon, device=device, dtype=dtype))
+        linear = lambda i, o: nn.Linear(i, o, bias=c.add_bias_linear, device=device, dtype=dtype)  # noqa: E731
+        self.embedding = nn.Module()
+        self.embedding.word_embeddings = nn.Embedding(vocab, c.hidden_size, device=device, dtype=dtype)
+        if c.position_embedding_type == "learned_absolute":
+            self.embedding.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size,
+                                                              device=device, dtype=dtype)
+        self.layers = nn.ModuleDict()
+        for i in range(c.num_layers):
+            layer = nn.Module()
+            layer.input_layernorm, layer.post_attention_layernorm = norm(), norm()
+            layer.self_attention = nn.Module()
+            layer.self_attention.query_key_value = linear(c.hidden_size, 3 * c.hidden_size)
+            layer.self_attention.dense = linear(c.hidden_size, c.hidden_size)
+            layer.mlp = nn.Module()
+            layer.mlp.dense_h_to_4h = linear(c.hidden_size, (2 if c.swiglu else 1) * c.ffn_hidden_size)
+            layer.mlp.dense_4h_to_h = linear(c.ffn_hidden_size, c.hidden_size)
+            self.layers[str(i)] = layer
+        self.final_layernorm = norm()
+        if c.untie_embeddings_and_output_weights:
+            self.output_layer = nn.Linear(c.hidden_size, vocab, bias=False, device=device, dtype=dtype)
+        rot = c.rotary_dim
+        inv_freq = 1.0 / (c.rotary_base ** (torch.arange(0, rot, 2, device=device).float() / rot))
+        freqs = torch.outer(torch.arange(c.seq_length, device=device).float(), inv_freq)
+        self.register_buffer("cos", torch.cat((freqs, freqs), -1).cos().to(dtype), persistent=False)
+        self.register_buffer("sin", torch.cat((freqs, freqs), -1).sin().to(dtype), persistent=False)
+
+    def _rope(self, x):  # x [b, heads, s, head_dim]
+        rot = self.c.rotary_dim
+        xr, xp = x[..., :rot], x[..., rot:]
+        x1, x2 = xr.chunk(2, -1)
+        return torch.cat((xr * self.cos + torch.cat((-x2, x1), -1) * self.sin, xp), -1)
+
+    def _attention(self, attn, x):
+        b, s, h = x.shape
+        heads = self.c.num_attention_heads
+        q, k, v = attn.query_key_value(x).view(b, s, heads, 3, h // heads).permute(3, 0, 2, 1, 4)
+        if self.c.position_embedding_type == "rope":
+            q, k = self._rope(q), self._rope(k)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return attn.dense(y.transpose(1, 2).reshape(b, s, h))
+
+    def _mlp(self, mlp, x):
+        y = mlp.dense_h_to_4h(x)
+        if self.c.swiglu:
+            y = y.unflatten(-1, (-1, 2))
+            y = F.silu(y[..., 0]) * y[..., 1]
+        else:
+            y = F.gelu(y)
+        return mlp.dense_4h_to_h(y)
+
+    def forward(self, tokens, labels):  # [b, s] batch-first, the layout a plain GPT would use
+        x = self.embedding.word_embeddings(tokens)
+        if self.c.position_embedding_type == "learned_absolute":
+            x = x + self.embedding.position_embeddings.weight[: tokens.shape[1]]
+        for layer in self.layers.values():
+            if self.c.parallel_residual:
+                x = x + self._attention(layer.self_attention, layer.input_layernorm(x)) \
+                    + self._mlp(layer.mlp, layer.post_attention_layernorm(x))
+            else:
+                x = x + self._attention(layer.self_attention, layer.input_layernorm(x))
+                x = x + self._mlp(layer.mlp, layer.post_attention_layernorm(x))
+        x = self.final_layernorm(x)
+        weight = self.output_layer.weight if self.c.untie_embeddings_and_output_weights \
+            else self.embedding.word_embeddings.weight
+        logits = F.linear(x, weight)
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type != "cpu":
+        torch.get_device_module(device.type).synchronize(device)
+
+
+def timed(step, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", choices=sorted(MODEL_PRESETS), help="model size preset")
+    parser.add_argument("--seq-length", type=int, default=None, help="override the preset's sequence length")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-model-parallel size")
+    parser.add_argument("--pp", type=int, default=1, help="pipeline-model-parallel size")
+    parser.add_argument("--micro-batch-size", type=int, default=8)
+    parser.add_argument("--num-micro-batches", type=int, default=1, help="micro-batches per step per DP rank")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="parameter/activation dtype")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--steps", type=int, default=50,
+                        help="timed steps, alternating with the plain GPT's (median per-step time is reported)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak per rank, overrides the table")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain-PyTorch comparison")
+    args = parser.parse_args(argv)
+
+    if "WORLD_SIZE" in os.environ:
+        init_distributed()
+    state = ParallelState.build(args.tp, args.pp)
+    device, dtype = state.device, DTYPES[args.dtype]
+    overrides = {"seq_length": args.seq_length} if args.seq_length else {}
+    config = model_preset(args.model, **overrides)
+    torch.manual_seed(0)
+
+    model = GPTModel(config, state, seed=0, dtype=dtype)
+    world = state.layout.world_size
+    tokens, labels = torch.randint(0, config.vocab_size, (2, args.micro_batch_size, config.seq_length),
+                                   device=device)
+    micro = [dict(tokens=tokens, labels=labels)] * args.num_micro_batches
+
+    def our_step():
+        model.zero_grad(set_to_none=True)
+        forward_backward(model, micro)
+
+    plain = None
+    if world == 1 and not args.no_plain:
+        plain = PlainGPT(config, device, dtype)
+        plain.load_state_dict(model.state_dict())
+
+        def plain_step():
+            plain.zero_grad(set_to_none=True)
+            for _ in range(args.num_micro_batches):
+                (plain(tokens, labels) / args.num_micro_batches).backward()
+
+        with torch.no_grad():  # same weights, same math: the two losses must agree
+            ours_loss = model(tokens=tokens, labels=labels).mean().item()
+            plain_loss = plain(tokens, labels).item()
+        if abs(ours_loss - plain_loss) > 1e-3 * abs(plain_loss):
+            raise SystemExit(f"plain GPT does not reproduce our loss ({plain_loss} vs {ours_loss}): not comparable")
+
+    for _ in range(args.warmup):
+        our_step()
+        if plain is not None:
+            plain_step()
+    # Steps of the two models alternate, so load from other processes hits both alike.
+    ours_times, plain_times = [], []
+    for _ in range(args.steps):
+        ours_times.append(timed(our_step, device))
+        if plain is not None:
+            plain_times.append(timed(plain_step, device))
+
+    tokens_per_step = args.micro_batch_size * config.seq_length * args.num_micro_batches * state.dp_size
+    flops_per_step = model_flops_per_token(config, args.tp) * tokens_per_step
+    peak, peak_source = device_peak(device, args.dtype, args.peak_tflops)
+    if state.rank != 0:
+        return
+
+    def report(name: str, times: list[float]) -> float:
+        step = statistics.median(times)
+        tps = tokens_per_step / step
+        mfu = flops_per_step / step / (world * peak * 1e12)
+        print(f"{name:<26} step {step * 1e3:9.2f} ms   {tps:12,.0f} tokens/s   MFU {100 * mfu:6.2f}%")
+        return tps
+
+    print(f"model {args.model}: {config.num_parameters(args.tp) / 1e6:.2f}M params, layers {config.num_layers}, "
+          f"hidden {config.hidden_size}, seq {config.seq_length}; layout TP={args.tp} PP={args.pp} "
+          f"DP={state.dp_size}; micro-batch {args.micro_batch_size} x {args.num_micro_batches}; {args.dtype} on "
+          f"{device}; {torch.get_num_threads()} threads")
+    print(f"peak {peak:.3f} TFLOP/s per rank ({peak_source}); {flops_per_step / 1e9:.3f} GFLOP per step; "
+          f"median of {len(ours_times)} steps")
+    ours = report("megatron_hds GPTModel", ours_times)
+    if plain is not None:
+        base = report("plain PyTorch GPT", plain_times)
+        print(f"megatron_hds / plain throughput: {ours / base:.3f}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
