@@ -1,9 +1,10 @@
-"""Typed, validated configuration dataclasses (the model and parallel layout so far).
+"""Typed, validated configuration dataclasses: model, parallel layout, data, optimizer,
+training run and data mixing.
 
 Each field's comment is its user-facing help; the Megatron flag of the same meaning
 is named where one exists. Validation happens in ``__post_init__`` so a bad value is
-reported where it is set, naming the value and what is accepted. Data, optimizer,
-training and mixing configs join this module in later issues.
+reported where it is set, naming the value and what is accepted. Only
+``megatron_hds.arguments`` turns argv into these.
 """
 from __future__ import annotations
 
@@ -159,3 +160,122 @@ def model_preset(name: str, **overrides) -> ModelConfig:
     if unknown:
         raise ValueError(f"unknown ModelConfig fields {sorted(unknown)} in overrides for preset {name!r}")
     return ModelConfig(**{**MODEL_PRESETS[name], **overrides})
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+BATCH_LAYOUTS = ("single_domain", "hds", "mixed")
+MIXING_METHODS = ("static", "uniform")
+
+
+@dataclass
+class DataConfig:
+    """Where the per-domain datasets come from and how they are split."""
+
+    data_manifest: Optional[str] = None  # --data-manifest: the preprocessing manifest (one domain per entry)
+    data_path: Optional[list] = None  # --data-path [w1] prefix1 [w2] prefix2 ...: Megatron's blend, one domain per prefix
+    split: str = "969,30,1"  # --split: train/valid/test document shares of every domain
+    data_cache_path: Optional[str] = None  # --data-cache-path: where sample indices are cached
+    tokenizer_type: str = "GPTSentencePieceTokenizer"  # --tokenizer-type
+    tokenizer_model: Optional[str] = None  # --tokenizer-model (default: the manifest's)
+
+    def __post_init__(self):
+        if (self.data_manifest is None) == (not self.data_path):
+            raise ValueError(
+                "give exactly one of --data-manifest and --data-path "
+                f"(got data_manifest={self.data_manifest!r}, data_path={self.data_path!r})")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW, the LR schedule, clipping and numeric precision (Megatron optimizer flags)."""
+
+    lr: float = 3e-4  # --lr: peak learning rate
+    min_lr: float = 0.0  # --min-lr
+    lr_decay_style: str = "cosine"  # --lr-decay-style {constant,linear,cosine}
+    lr_decay_iters: Optional[int] = None  # --lr-decay-iters (default: train iters)
+    lr_warmup_iters: Optional[int] = None  # --lr-warmup-iters
+    lr_warmup_fraction: Optional[float] = None  # --lr-warmup-fraction (of the decay iters)
+    weight_decay: float = 0.01  # --weight-decay (not applied to biases and norms)
+    adam_beta1: float = 0.9  # --adam-beta1
+    adam_beta2: float = 0.999  # --adam-beta2
+    adam_eps: float = 1e-8  # --adam-eps
+    clip_grad: float = 1.0  # --clip-grad: global gradient-norm clip (0 = off)
+    precision: str = "fp32"  # --bf16 / --fp16 (fp32 master weights either way)
+
+    def __post_init__(self):
+        _choice("precision", self.precision, PRECISIONS)
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr!r} is invalid: expected a positive float")
+        if self.clip_grad < 0:
+            raise ValueError(f"clip_grad={self.clip_grad!r} is invalid: expected >= 0 (0 turns clipping off)")
+        for name in ("adam_beta1", "adam_beta2"):
+            _probability(name, getattr(self, name))
+
+
+@dataclass
+class TrainConfig:
+    """The run: batch, length, seed, intervals, checkpoints and logging."""
+
+    train_iters: int  # --train-iters
+    global_batch_size: int  # --global-batch-size: samples per step over all DP ranks
+    micro_batch_size: int = 1  # --micro-batch-size: samples per forward pass per rank
+    seed: int = 1234  # --seed
+    log_interval: int = 10  # --log-interval
+    eval_interval: int = 100  # --eval-interval (0 = no periodic evaluation)
+    eval_iters: int = 10  # --eval-iters: micro-batches per DP rank per domain in one evaluation
+    save: Optional[str] = None  # --save: checkpoint directory
+    load: Optional[str] = None  # --load: checkpoint directory to resume from (latest)
+    save_interval: int = 0  # --save-interval (0 = only at the end and on a pre-emption signal)
+    log_dir: Optional[str] = None  # --log-dir: where metrics.jsonl goes (default: --save)
+    tensorboard_dir: Optional[str] = None  # --tensorboard-dir
+    wandb_project: Optional[str] = None  # --wandb-project
+    wandb_exp_name: Optional[str] = None  # --wandb-exp-name
+    exit_interval: int = 0  # --exit-interval: stop (after saving) once the iteration is a multiple of this
+
+    def __post_init__(self):
+        for name in ("train_iters", "global_batch_size", "micro_batch_size", "log_interval"):
+            _positive(name, getattr(self, name))
+        for name in ("eval_interval", "eval_iters", "save_interval", "exit_interval", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} is invalid: expected a non-negative integer")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"global_batch_size={self.global_batch_size} is not divisible by micro_batch_size="
+                f"{self.micro_batch_size}")
+
+
+@dataclass
+class MixingConfig:
+    """How domain weights are chosen each step (the scheduler) and how batches are laid out."""
+
+    method: str = "static"  # --mixing {static,uniform}: static = natural token shares or --mixing-weights
+    weights: Optional[list] = None  # --mixing-weights: one weight per domain, in manifest order
+    weight_floor: float = 0.0  # --mixing-weight-floor: every domain keeps at least this weight
+    batch_layout: str = "single_domain"  # --mixing-batch-layout {single_domain,hds,mixed}
+
+    def __post_init__(self):
+        _choice("method", self.method, MIXING_METHODS)
+        _choice("batch_layout", self.batch_layout, BATCH_LAYOUTS)
+        if not 0.0 <= self.weight_floor < 1.0:
+            raise ValueError(f"weight_floor={self.weight_floor!r} is invalid: expected a value in [0, 1)")
+        if self.weights is not None:
+            if self.method != "static":
+                raise ValueError(f"--mixing-weights only applies to --mixing static, not {self.method!r}")
+            if any(not w >= 0 for w in self.weights) or not sum(self.weights) > 0:
+                raise ValueError(f"mixing weights {self.weights} are invalid: expected non-negative, positive sum")
+
+
+@dataclass
+class PretrainConfig:
+    """Everything one training run needs."""
+
+    model: ModelConfig
+    parallel: ParallelConfig
+    data: DataConfig
+    optim: OptimConfig
+    train: TrainConfig
+    mixing: MixingConfig
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -65,3 +65,15 @@ def sp_model(demo_corpus, demo_documents, tmp_path_factory) -> str:
 
     prefix = str(tmp_path_factory.mktemp("tokenizer") / "demo_sp")
     return train_sentencepiece((text for _, text in demo_documents), prefix, DEMO_TEST_VOCAB, num_threads=2)
+
+
+@pytest.fixture(scope="session")
+def demo_manifest(demo_corpus, sp_model, tmp_path_factory) -> str:
+    """Per-domain datasets of the demo corpus (tools/preprocess_data.py), for training tests."""
+    import preprocess_data
+
+    prefix = str(tmp_path_factory.mktemp("demo_data") / "demo")
+    preprocess_data.preprocess(preprocess_data.parse_args(
+        ["--input", demo_corpus, "--output-prefix", prefix, "--domain-key", "meta.pile_set_name",
+         "--tokenizer-model", sp_model, "--append-eod"]))
+    return prefix + "_manifest.json"

@@ -10,7 +10,7 @@ hold identical gradients after averaging, so they are not summed again.
 from __future__ import annotations
 
 import math
-from typing import Iterable, List
+from typing import Iterable, List, Tuple
 
 import torch
 import torch.distributed as dist
@@ -68,18 +68,23 @@ def _counts_towards_norm(param: torch.Tensor, state: ParallelState) -> bool:
 
 
 @torch.no_grad()
-def global_grad_norm(params: Iterable[torch.nn.Parameter], state: ParallelState) -> float:
-    """L2 norm of the full model's gradient, each distinct parameter counted once."""
+def global_norm(pairs: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]], state: ParallelState) -> float:
+    """L2 norm over the whole model of (parameter, gradient) pairs, each distinct parameter
+    counted once; the gradient may live elsewhere than .grad (e.g. fp32 master grads)."""
     total = torch.zeros((), dtype=torch.float32, device=state.device)
-    for p in params:
-        if p.grad is not None and _counts_towards_norm(p, state):
-            total += p.grad.float().pow(2).sum()
+    for p, grad in pairs:
+        if grad is not None and _counts_towards_norm(p, state):
+            total += grad.float().pow(2).sum()
     if group_size(state.model_parallel_group) > 1:
         dist.all_reduce(total, group=state.model_parallel_group)
     return math.sqrt(total.item())
 
 
-@torch.no_grad()
+def global_grad_norm(params: Iterable[torch.nn.Parameter], state: ParallelState) -> float:
+    """L2 norm of the full model's gradient (.grad), each distinct parameter counted once."""
+    return global_norm(((p, p.grad) for p in params), state)
+
+
 def clip_grad_norm_(params: Iterable[torch.nn.Parameter], max_norm: float, state: ParallelState) -> float:
     """Scale gradients so the global norm is at most max_norm; returns the norm before clipping."""
     params = [p for p in params if p.grad is not None]

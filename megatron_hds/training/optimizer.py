@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -236,7 +237,7 @@ def _model_grad(param: nn.Parameter) -> torch.Tensor | None:
     return main_grad if main_grad is not None else param.grad
 
 
-class TrainingOptimizer:
+class TrainingOptimizer(ABC):
     """Common interface of the fp32 and mixed-precision optimizers.
 
     Per iteration: ``zero_grad()``; ``scale_loss(loss).backward()`` per micro-batch; DP
@@ -260,12 +261,13 @@ class TrainingOptimizer:
     def model_params(self) -> list[nn.Parameter]:
         return [p for group in self._model_groups for p in group]
 
+    @abstractmethod
     def grad_pairs(self) -> GradPairs:
         """(model param, grad the optimizer steps on) for params that have a grad."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _prepare_grads(self, found_inf_reduce: Callable[[torch.Tensor], Any] | None) -> bool:
-        raise NotImplementedError
+        """Make the grads the inner optimizer steps on; True when an inf/NaN was found."""
 
     def _after_step(self) -> None:
         """Hook run after a successful inner step (copy masters back)."""
@@ -313,11 +315,13 @@ class TrainingOptimizer:
         self._after_step()
         return StepResult(skipped=False, grad_norm=grad_norm, loss_scale=self.loss_scale)
 
+    @abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """Everything needed to continue bit for bit (inner state, masters, loss scale)."""
 
+    @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Restore what state_dict() returned."""
 
     def _check_state_header(self, state: dict[str, Any]) -> None:
         version = state.get("version")

@@ -1,0 +1,224 @@
+"""Megatron-compatible command line -> PretrainConfig (the only module that reads argv).
+
+Flags keep Megatron-LM's spelling and meaning; ours are few (--model presets,
+--data-manifest, --mixing*). Unknown flags and contradictory combinations fail with
+a message naming them. The vocabulary size comes from the tokenizer (the manifest's,
+or --tokenizer-model), never from a flag, so the embedding always matches the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Optional
+
+from megatron_hds.config import (
+    BATCH_LAYOUTS,
+    MIXING_METHODS,
+    MODEL_PRESETS,
+    DataConfig,
+    MixingConfig,
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+    PretrainConfig,
+    TrainConfig,
+    model_preset,
+)
+
+# Model flags: argparse dest -> ModelConfig field. Given flags override the preset.
+_MODEL_FLAGS = {
+    "num_layers": int,
+    "hidden_size": int,
+    "ffn_hidden_size": int,
+    "num_attention_heads": int,
+    "seq_length": int,
+    "max_position_embeddings": int,
+    "rotary_percent": float,
+    "init_method_std": float,
+    "attention_dropout": float,
+    "hidden_dropout": float,
+    "make_vocab_size_divisible_by": int,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m megatron_hds.training.pretrain",
+        description="Pre-train a GPT model with an online data-mixture scheduler (Megatron-style flags).",
+        allow_abbrev=False,
+    )
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", choices=sorted(MODEL_PRESETS), default=None,
+                   help="start from a preset shape (flags below override it); without it the shape flags are required")
+    for dest, kind in _MODEL_FLAGS.items():
+        g.add_argument("--" + dest.replace("_", "-"), dest=dest, type=kind, default=None)
+    g.add_argument("--position-embedding-type", choices=["learned_absolute", "rope"], default=None)
+    g.add_argument("--normalization", choices=["LayerNorm", "RMSNorm"], default=None)
+    g.add_argument("--swiglu", action="store_true", default=None)
+    g.add_argument("--untie-embeddings-and-output-weights", action="store_true", default=None)
+    g.add_argument("--use-parallel-residual", dest="parallel_residual", action="store_true", default=None,
+                   help="x + attn(ln1(x)) + mlp(ln2(x)) (GPT-NeoX / Pythia)")
+    g.add_argument("--disable-bias-linear", action="store_true", help="no biases in linear layers")
+    g.add_argument("--transformer-impl", choices=["local", "transformer_engine"], default=None)
+
+    g = parser.add_argument_group("parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--sequence-parallel", action="store_true",
+                   help="accepted for script compatibility; not implemented (fails when given)")
+
+    g = parser.add_argument_group("data")
+    g.add_argument("--data-manifest", default=None, help="manifest written by tools/preprocess_data.py")
+    g.add_argument("--data-path", nargs="+", default=None, help="Megatron blend: [w1] prefix1 [w2] prefix2 ...")
+    g.add_argument("--split", default="969,30,1")
+    g.add_argument("--data-cache-path", default=None)
+    g.add_argument("--tokenizer-type", default="GPTSentencePieceTokenizer")
+    g.add_argument("--tokenizer-model", default=None)
+
+    g = parser.add_argument_group("batch and run")
+    g.add_argument("--micro-batch-size", type=int, default=1)
+    g.add_argument("--global-batch-size", type=int, required=True)
+    g.add_argument("--train-iters", type=int, required=True)
+    g.add_argument("--seed", type=int, default=1234)
+
+    g = parser.add_argument_group("optimizer")
+    g.add_argument("--lr", type=float, default=3e-4)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-decay-style", choices=["constant", "linear", "cosine"], default="cosine")
+    g.add_argument("--lr-decay-iters", type=int, default=None)
+    g.add_argument("--lr-warmup-iters", type=int, default=None)
+    g.add_argument("--lr-warmup-fraction", type=float, default=None)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.999)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--bf16", action="store_true")
+    g.add_argument("--fp16", action="store_true")
+
+    g = parser.add_argument_group("logging and checkpoints")
+    g.add_argument("--log-interval", type=int, default=10)
+    g.add_argument("--eval-interval", type=int, default=100)
+    g.add_argument("--eval-iters", type=int, default=10)
+    g.add_argument("--save", default=None)
+    g.add_argument("--load", default=None)
+    g.add_argument("--save-interval", type=int, default=0)
+    g.add_argument("--exit-interval", type=int, default=0)
+    g.add_argument("--log-dir", default=None, help="where metrics.jsonl goes (default: --save)")
+    g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--wandb-project", default=None)
+    g.add_argument("--wandb-exp-name", default=None)
+
+    g = parser.add_argument_group("data mixing")
+    g.add_argument("--mixing", choices=MIXING_METHODS, default="static")
+    g.add_argument("--mixing-weights", type=float, nargs="+", default=None)
+    g.add_argument("--mixing-weight-floor", type=float, default=0.0)
+    g.add_argument("--mixing-batch-layout", choices=BATCH_LAYOUTS, default="single_domain")
+    return parser
+
+
+def tokenizer_vocab_size(data: DataConfig) -> int:
+    """The vocabulary size the data was tokenized with (manifest record, else the model file)."""
+    if data.tokenizer_model is None and data.data_manifest is not None:
+        try:
+            with open(data.data_manifest, encoding="utf-8") as f:
+                return int(json.load(f)["tokenizer"]["vocab_size"])
+        except FileNotFoundError:
+            raise ValueError(f"--data-manifest {data.data_manifest!r} does not exist") from None
+    if data.tokenizer_model is None:
+        raise ValueError("--tokenizer-model is required with --data-path (the vocabulary size comes from it)")
+    from megatron_hds.data.tokenizer import build_tokenizer
+
+    return build_tokenizer(data.tokenizer_type, data.tokenizer_model).vocab_size
+
+
+def _model_config(args, vocab_size: int) -> ModelConfig:
+    overrides = {dest: getattr(args, dest) for dest in _MODEL_FLAGS if getattr(args, dest) is not None}
+    for dest in ("position_embedding_type", "normalization", "swiglu", "untie_embeddings_and_output_weights",
+                 "parallel_residual", "transformer_impl"):
+        if getattr(args, dest) is not None:
+            overrides[dest] = getattr(args, dest)
+    if args.disable_bias_linear:
+        overrides["add_bias_linear"] = False
+    overrides["vocab_size"] = vocab_size
+    if args.model is not None:
+        return model_preset(args.model, **overrides)
+    missing = [f"--{f.replace('_', '-')}" for f in ("num_layers", "hidden_size", "num_attention_heads", "seq_length")
+               if f not in overrides]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)} (or give --model with a preset: {', '.join(MODEL_PRESETS)})")
+    return ModelConfig(**overrides)
+
+
+def parse_args(argv: Optional[list] = None) -> PretrainConfig:
+    """Parse Megatron-style flags into a validated PretrainConfig; SystemExit(2) with a message on bad input."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return config_from_args(args)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+
+
+def config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    if args.bf16 and args.fp16:
+        raise ValueError("--bf16 and --fp16 are mutually exclusive")
+    if args.lr_warmup_iters is not None and args.lr_warmup_fraction is not None:
+        raise ValueError("--lr-warmup-iters and --lr-warmup-fraction are mutually exclusive")
+    if args.sequence_parallel:
+        raise ValueError("--sequence-parallel is not supported by megatron_hds yet")
+    if args.load is not None and not os.path.isdir(args.load):
+        raise ValueError(f"--load directory {args.load!r} does not exist")
+    data = DataConfig(
+        data_manifest=args.data_manifest,
+        data_path=args.data_path,
+        split=args.split,
+        data_cache_path=args.data_cache_path,
+        tokenizer_type=args.tokenizer_type,
+        tokenizer_model=args.tokenizer_model,
+    )
+    model = _model_config(args, tokenizer_vocab_size(data))
+    optim = OptimConfig(
+        lr=args.lr,
+        min_lr=args.min_lr,
+        lr_decay_style=args.lr_decay_style,
+        lr_decay_iters=args.lr_decay_iters,
+        lr_warmup_iters=args.lr_warmup_iters,
+        lr_warmup_fraction=args.lr_warmup_fraction,
+        weight_decay=args.weight_decay,
+        adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2,
+        adam_eps=args.adam_eps,
+        clip_grad=args.clip_grad,
+        precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+    )
+    train = TrainConfig(
+        train_iters=args.train_iters,
+        global_batch_size=args.global_batch_size,
+        micro_batch_size=args.micro_batch_size,
+        seed=args.seed,
+        log_interval=args.log_interval,
+        eval_interval=args.eval_interval,
+        eval_iters=args.eval_iters,
+        save=args.save,
+        load=args.load,
+        save_interval=args.save_interval,
+        log_dir=args.log_dir,
+        tensorboard_dir=args.tensorboard_dir,
+        wandb_project=args.wandb_project,
+        wandb_exp_name=args.wandb_exp_name,
+        exit_interval=args.exit_interval,
+    )
+    mixing = MixingConfig(
+        method=args.mixing,
+        weights=args.mixing_weights,
+        weight_floor=args.mixing_weight_floor,
+        batch_layout=args.mixing_batch_layout,
+    )
+    parallel = ParallelConfig(
+        tensor_model_parallel_size=args.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+    )
+    return PretrainConfig(model=model, parallel=parallel, data=data, optim=optim, train=train, mixing=mixing)

@@ -1,0 +1,45 @@
+"""Fixed mixtures: the natural token shares (or user weights), and uniform."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from megatron_hds.mixing.base import Signals, normalized
+
+
+class StaticScheduler:
+    """The same weights every step."""
+
+    def __init__(self, weights, name: str = "static"):
+        self.name = name
+        self._weights = normalized(weights, len(weights), f"{name} weights")
+
+    def initial_weights(self) -> np.ndarray:
+        return self._weights.copy()
+
+    def observe(self, signals: Signals) -> np.ndarray:
+        return self._weights.copy()
+
+    def last_reward(self) -> dict | None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "weights": self._weights.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("name") != self.name or not np.allclose(state.get("weights"), self._weights):
+            raise ValueError(
+                f"checkpoint's mixture scheduler {state.get('name')!r} with weights {state.get('weights')} "
+                f"differs from this run's {self.name!r} with weights {self._weights.tolist()}")
+
+
+def build_scheduler(method: str, natural_weights, user_weights=None):
+    """The scheduler for --mixing METHOD, given the domains' natural weights."""
+    num_domains = len(natural_weights)
+    if method == "uniform":
+        return StaticScheduler(np.full(num_domains, 1.0 / num_domains), name="uniform")
+    if method == "static":
+        if user_weights is not None:
+            return StaticScheduler(normalized(user_weights, num_domains, "--mixing-weights"))
+        return StaticScheduler(natural_weights)
+    raise ValueError(f"unknown mixing method {method!r}")

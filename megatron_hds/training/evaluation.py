@@ -1,0 +1,113 @@
+"""Per-domain losses: turning the last stage's per-token losses into per-domain sums,
+combining them over all ranks in one small all-reduce, and the held-out evaluation
+(the same samples for every run with the same data and seed, independent of the
+mixture weights)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron_hds.parallel.schedules import forward_backward
+from megatron_hds.parallel.state import ParallelState
+
+logger = logging.getLogger(__name__)
+
+
+def micro_batch_from_samples(samples: np.ndarray, device: torch.device) -> dict:
+    """tokens/labels [b, s] from samples of seq_length + 1 tokens [b, s + 1]."""
+    tensor = torch.from_numpy(samples).to(device)
+    return {"tokens": tensor[:, :-1], "labels": tensor[:, 1:]}
+
+
+def load_micro_batch(datasets, domains, indices, device: torch.device) -> dict:
+    """The micro-batch of samples (domains[k], indices[k]) of per-domain datasets."""
+    samples = np.stack([datasets[d][i] for d, i in zip(domains.tolist(), indices.tolist())])
+    return micro_batch_from_samples(samples, device)
+
+
+def add_domain_sums(sums: torch.Tensor, per_token_loss: torch.Tensor, domains: torch.Tensor) -> None:
+    """sums[:D] += loss per domain, sums[D:] += token count per domain, for one micro-batch
+    whose sample k belongs to domain domains[k]."""
+    num_domains = sums.numel() // 2
+    per_sample = per_token_loss.to(sums.dtype).sum(dim=1)
+    sums[:num_domains].index_add_(0, domains, per_sample)
+    tokens = torch.full_like(per_sample, per_token_loss.shape[1])
+    sums[num_domains:].index_add_(0, domains, tokens)
+
+
+def all_reduce_domain_sums(sums: torch.Tensor, state: ParallelState) -> np.ndarray:
+    """Sum the per-domain (loss, tokens) vectors over the world; every rank gets the total.
+
+    Only one TP rank of the last stage of each DP replica contributes (the others hold
+    the same losses or none), so each token is counted once.
+    """
+    if not (state.is_last_stage() and state.tp_rank == 0):
+        sums.zero_()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(sums)
+    return sums.double().cpu().numpy()
+
+
+def split_means(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean loss per domain with NaN where no tokens, tokens per domain) from reduced sums."""
+    num_domains = sums.size // 2
+    loss, tokens = sums[:num_domains], sums[num_domains:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(tokens > 0, loss / np.maximum(tokens, 1), np.nan)
+    return means, tokens
+
+
+@dataclass
+class HeldOutSet:
+    """The fixed evaluation samples of one split: per domain, the first ``count`` samples."""
+
+    split: str
+    datasets: list  # one GPTDataset per domain
+    counts: list  # samples evaluated per domain (a multiple of micro_batch_size * dp)
+
+
+def build_held_out_set(split: str, datasets: list, names: list, eval_iters: int, micro_batch_size: int,
+                       dp_size: int) -> HeldOutSet:
+    """Per domain, eval_iters micro-batches per DP rank (fewer when the split is smaller)."""
+    unit = micro_batch_size * dp_size
+    counts = []
+    for name, dataset in zip(names, datasets):
+        count = min(eval_iters * unit, len(dataset) // unit * unit)
+        if count == 0 and eval_iters > 0:
+            logger.warning("domain %r: its %s split has %d samples, fewer than one micro-batch per DP rank (%d); "
+                           "it is not evaluated", name, split, len(dataset), unit)
+        counts.append(count)
+    return HeldOutSet(split, datasets, counts)
+
+
+@torch.no_grad()
+def evaluate(model, held_out: HeldOutSet, state: ParallelState, micro_batch_size: int) -> np.ndarray:
+    """Mean per-token loss of each domain on the held-out samples (NaN for a domain not
+    evaluated). Every rank runs the same micro-batch sequence (pipeline-safe)."""
+    num_domains = len(held_out.datasets)
+    sums = torch.zeros(2 * num_domains, dtype=torch.float64, device=state.device)
+    was_training = model.training
+    model.eval()
+    try:
+        for domain, (dataset, count) in enumerate(zip(held_out.datasets, held_out.counts)):
+            if count == 0:
+                continue
+            per_rank = count // state.dp_size
+            first = state.dp_rank * per_rank
+            micro_batches = []
+            for start in range(first, first + per_rank, micro_batch_size):
+                samples = np.stack([dataset[i] for i in range(start, start + micro_batch_size)])
+                micro_batches.append(micro_batch_from_samples(samples, state.device))
+            losses = forward_backward(model, micro_batches, forward_only=True)
+            domain_ids = torch.full((micro_batch_size,), domain, dtype=torch.long, device=state.device)
+            for per_token in losses:
+                add_domain_sums(sums, per_token, domain_ids)
+    finally:
+        model.train(was_training)
+    means, _ = split_means(all_reduce_domain_sums(sums, state))
+    return means
