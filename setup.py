@@ -43,6 +43,7 @@ setup(
         "tqdm>=4.60",
         "triton>=2.1; platform_system == 'Linux'",
     ],
+    entry_points={"console_scripts": ["megatron-hds-pretrain = megatron_hds.training.pretrain:main"]},
     extras_require={
         "test": ["pytest>=7", "matplotlib>=3.5"],
         "te": ["transformer-engine[pytorch]"],

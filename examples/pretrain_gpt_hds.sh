@@ -1,71 +1,138 @@
 #!/usr/bin/env bash
-# megatron_hds main job.
+# megatron_hds main job: GPT pre-training with an online data-mixture scheduler.
 #
-#   bash examples/pretrain_gpt_hds.sh      # no SLURM: the built-in demo on this machine's CPU
-#   sbatch examples/pretrain_gpt_hds.sh    # SLURM: the same steps inside the allocation
+#   sbatch examples/pretrain_gpt_hds.sh   # SLURM: multi-node, one srun task per node running torchrun,
+#                                         # the paper's Pythia-1B settings on DATA_MANIFEST
+#   bash examples/pretrain_gpt_hds.sh     # no SLURM: builds the demo data if missing and trains a
+#                                         # small model on this machine's CPU (a few minutes)
 #
-# Steps (each skipped when its output already exists, so a rerun resumes):
-#   1. the demo corpus: a Pile-shaped .jsonl.zst made offline (tools/make_demo_corpus.py)
-#   2. a SentencePiece tokenizer trained on it (tools/train_tokenizer.py)
-#   3. per-domain Megatron datasets + MTLD sidecars + manifest (tools/preprocess_data.py)
-# Training on the manifest is added by the training-loop issue; until then the job
-# stops after step 3 and prints the manifest path.
+# Every setting is an environment variable (defaults: SLURM / demo):
+#   DATA_MANIFEST   manifest from tools/preprocess_data.py      (required / demo data, built if missing)
+#   MODEL           preset: tiny pythia-160m pythia-410m pythia-1b   (pythia-1b / unset: see DEMO_MODEL_ARGS)
+#   SEQ_LENGTH      tokens per sample                           (1024 / 128)
+#   GLOBAL_BATCH    samples per step                            (1152 / 16)
+#   MICRO_BATCH     samples per forward pass per rank           (4 / 8)
+#   TRAIN_ITERS     steps                                       (41667 / 150)
+#   LR, MIN_LR      cosine schedule, 1% warm-up                 (2.5e-4, 2.5e-5 / 3e-3, 3e-4)
+#   PRECISION       fp32 | bf16 | fp16                          (bf16 / fp32)
+#   TP, PP          tensor / pipeline parallel sizes            (1, 1)
+#   EVAL_INTERVAL, SAVE_INTERVAL, LOG_INTERVAL                  (417, 1000, 10 / 25, 0, 10)
+#   MIXING          data-mixing method (--mixing)               (static)
+#   NPROC_PER_NODE  ranks per node (default: GPUs on the node, else 1)
+#   OUTPUT_DIR      checkpoints, metrics, plots                 ($SLURM_SUBMIT_DIR/runs/$SLURM_JOB_ID / ./demo_output)
+#   EXTRA_ARGS      more pretrain flags, appended last (they win)
+#   PYTHON          interpreter                                 (python3)
+#   SPLIT           train,valid,test document shares            (969,30,1 / 90,5,5)
+# Demo data only: DEMO_SIZE_MB (16), VOCAB_SIZE (4096), TOKENIZER_DOCS (1000), WORKERS (CPUs).
 #
-# Settings (environment variables):
-#   OUTPUT_DIR   where everything is written              (default: ./demo_output)
-#   DEMO_SIZE_MB size of the demo corpus in MB of text     (default: 32)
-#   VOCAB_SIZE   SentencePiece vocabulary size             (default: 8000)
-#   TOKENIZER_DOCS documents the tokenizer is trained on   (default: 2000)
-#   WORKERS      preprocessing processes                   (default: CPUs available)
-#   PYTHON       interpreter                               (default: python3)
 #SBATCH --job-name=megatron_hds
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
+#SBATCH --exclusive
+#SBATCH --signal=TERM@300
 #SBATCH --output=megatron_hds_%j.log
+# SIGTERM 300 s before the time limit reaches torchrun, which passes it to every rank;
+# the ranks agree, save a checkpoint and exit, and a resubmitted job resumes from it.
 set -euo pipefail
 
 if [[ -n "${SLURM_SUBMIT_DIR:-}" ]]; then
-  REPO_DIR="$SLURM_SUBMIT_DIR"  # sbatch runs a copy of this script; the repo is where it was submitted
+  REPO_DIR="${REPO_DIR:-$SLURM_SUBMIT_DIR}"  # sbatch runs a copy of this script; submit from the repo root
 else
   REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fi
 PYTHON="${PYTHON:-python3}"
-OUTPUT_DIR="${OUTPUT_DIR:-$PWD/demo_output}"
-DEMO_SIZE_MB="${DEMO_SIZE_MB:-32}"
-VOCAB_SIZE="${VOCAB_SIZE:-8000}"
-TOKENIZER_DOCS="${TOKENIZER_DOCS:-2000}"
-WORKERS="${WORKERS:-${SLURM_CPUS_PER_TASK:-$(nproc)}}"
+export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
 
-CORPUS="$OUTPUT_DIR/demo.jsonl.zst"
-TOKENIZER_PREFIX="$OUTPUT_DIR/demo_sp"
-DATA_PREFIX="$OUTPUT_DIR/data/demo"
-MANIFEST="${DATA_PREFIX}_manifest.json"
+gpus_on_node() {
+  if [[ -n "${SLURM_GPUS_ON_NODE:-}" ]]; then echo "$SLURM_GPUS_ON_NODE"; return; fi
+  if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L 2>/dev/null | wc -l; return; fi
+  echo 0
+}
+GPUS=$(gpus_on_node)
+NPROC_PER_NODE="${NPROC_PER_NODE:-$(( GPUS > 0 ? GPUS : 1 ))}"
 
-mkdir -p "$OUTPUT_DIR"
-echo "megatron_hds demo: output in $OUTPUT_DIR (${SLURM_JOB_ID:+SLURM job $SLURM_JOB_ID, }$WORKERS worker(s))"
-
-if [[ ! -f "$CORPUS" ]]; then
-  echo "== 1/3 demo corpus ($DEMO_SIZE_MB MB)"
-  "$PYTHON" "$REPO_DIR/tools/make_demo_corpus.py" --output "$CORPUS" --size-mb "$DEMO_SIZE_MB" --seed 1234
+if [[ -n "${SLURM_JOB_ID:-}" ]]; then
+  MODE=slurm
+  OUTPUT_DIR="${OUTPUT_DIR:-$SLURM_SUBMIT_DIR/runs/$SLURM_JOB_ID}"
+  if [[ -z "${DATA_MANIFEST:-}" ]]; then
+    echo "set DATA_MANIFEST to the manifest written by tools/preprocess_data.py" >&2
+    exit 2
+  fi
+  # The paper's Pythia-1B setting (../shared/design/METHOD.md).
+  MODEL_ARGS=(--model "${MODEL:-pythia-1b}" --seq-length "${SEQ_LENGTH:-1024}")
+  GLOBAL_BATCH="${GLOBAL_BATCH:-1152}"; MICRO_BATCH="${MICRO_BATCH:-4}"; TRAIN_ITERS="${TRAIN_ITERS:-41667}"
+  LR="${LR:-2.5e-4}"; MIN_LR="${MIN_LR:-2.5e-5}"; PRECISION="${PRECISION:-bf16}"
+  EVAL_INTERVAL="${EVAL_INTERVAL:-417}"; SAVE_INTERVAL="${SAVE_INTERVAL:-1000}"; SPLIT="${SPLIT:-969,30,1}"
 else
-  echo "== 1/3 demo corpus: $CORPUS exists"
+  MODE=demo
+  OUTPUT_DIR="${OUTPUT_DIR:-$PWD/demo_output}"
+  if [[ -z "${DATA_MANIFEST:-}" ]]; then
+    DATA_MANIFEST="$OUTPUT_DIR/data/demo_manifest.json"
+    if [[ ! -f "$DATA_MANIFEST" ]]; then
+      CORPUS="$OUTPUT_DIR/demo.jsonl.zst"
+      TOKENIZER_PREFIX="$OUTPUT_DIR/demo_sp"
+      mkdir -p "$OUTPUT_DIR"
+      [[ -f "$CORPUS" ]] || "$PYTHON" "$REPO_DIR/tools/make_demo_corpus.py" --output "$CORPUS" \
+          --size-mb "${DEMO_SIZE_MB:-16}" --seed 1234
+      [[ -f "$TOKENIZER_PREFIX.model" ]] || "$PYTHON" "$REPO_DIR/tools/train_tokenizer.py" --input "$CORPUS" \
+          --model-prefix "$TOKENIZER_PREFIX" --vocab-size "${VOCAB_SIZE:-4096}" --max-documents "${TOKENIZER_DOCS:-1000}"
+      "$PYTHON" "$REPO_DIR/tools/preprocess_data.py" --input "$CORPUS" --output-prefix "$OUTPUT_DIR/data/demo" \
+          --domain-key meta.pile_set_name --tokenizer-model "$TOKENIZER_PREFIX.model" --append-eod \
+          --workers "${WORKERS:-$(nproc)}"
+    fi
+  fi
+  if [[ -n "${MODEL:-}" ]]; then
+    MODEL_ARGS=(--model "$MODEL" --seq-length "${SEQ_LENGTH:-128}")
+  else
+    read -r -a MODEL_ARGS <<< "${DEMO_MODEL_ARGS:---num-layers 2 --hidden-size 128 --num-attention-heads 4 --seq-length ${SEQ_LENGTH:-128} --position-embedding-type rope}"
+  fi
+  GLOBAL_BATCH="${GLOBAL_BATCH:-16}"; MICRO_BATCH="${MICRO_BATCH:-8}"; TRAIN_ITERS="${TRAIN_ITERS:-150}"
+  LR="${LR:-3e-3}"; MIN_LR="${MIN_LR:-3e-4}"; PRECISION="${PRECISION:-fp32}"
+  EVAL_INTERVAL="${EVAL_INTERVAL:-25}"; SAVE_INTERVAL="${SAVE_INTERVAL:-0}"; SPLIT="${SPLIT:-90,5,5}"
 fi
 
-if [[ ! -f "$TOKENIZER_PREFIX.model" ]]; then
-  echo "== 2/3 tokenizer (vocab $VOCAB_SIZE, first $TOKENIZER_DOCS documents)"
-  "$PYTHON" "$REPO_DIR/tools/train_tokenizer.py" --input "$CORPUS" --model-prefix "$TOKENIZER_PREFIX" \
-    --vocab-size "$VOCAB_SIZE" --max-documents "$TOKENIZER_DOCS"
+SAVE_DIR="$OUTPUT_DIR/checkpoints"
+mkdir -p "$SAVE_DIR"
+PRECISION_ARGS=()
+[[ "$PRECISION" == bf16 ]] && PRECISION_ARGS=(--bf16)
+[[ "$PRECISION" == fp16 ]] && PRECISION_ARGS=(--fp16)
+read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
+
+TRAIN_ARGS=(
+  --data-manifest "$DATA_MANIFEST"
+  "${MODEL_ARGS[@]}"
+  --tensor-model-parallel-size "${TP:-1}" --pipeline-model-parallel-size "${PP:-1}"
+  --global-batch-size "$GLOBAL_BATCH" --micro-batch-size "$MICRO_BATCH" --train-iters "$TRAIN_ITERS"
+  --lr "$LR" --min-lr "$MIN_LR" --lr-decay-style cosine --lr-warmup-fraction 0.01
+  --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95 --clip-grad 1.0 "${PRECISION_ARGS[@]}"
+  --split "$SPLIT" --eval-interval "$EVAL_INTERVAL" --eval-iters "${EVAL_ITERS:-10}"
+  --log-interval "${LOG_INTERVAL:-10}" --save "$SAVE_DIR" --load "$SAVE_DIR" --save-interval "$SAVE_INTERVAL"
+  --mixing "${MIXING:-static}"
+  "${EXTRA[@]}"
+)
+
+echo "megatron_hds ($MODE): output in $OUTPUT_DIR, $NPROC_PER_NODE rank(s) per node"
+if [[ "$MODE" == slurm ]]; then
+  MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+  export MASTER_ADDR MASTER_PORT="${MASTER_PORT:-29500}"
+  NNODES="${SLURM_NNODES:-1}"
+  # One task per node; each starts torchrun for its GPUs. The node rank is read inside
+  # the task (SLURM_NODEID differs per node), hence the single quotes.
+  srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c '
+    exec "$0" -m torch.distributed.run --nnodes "$1" --node_rank "$SLURM_NODEID" --nproc_per_node "$2" \
+      --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" -m megatron_hds.training.pretrain "${@:3}"
+  ' "$PYTHON" "$NNODES" "$NPROC_PER_NODE" "${TRAIN_ARGS[@]}"
+elif [[ "$NPROC_PER_NODE" -gt 1 ]]; then
+  "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC_PER_NODE" \
+    -m megatron_hds.training.pretrain "${TRAIN_ARGS[@]}"
 else
-  echo "== 2/3 tokenizer: $TOKENIZER_PREFIX.model exists"
+  "$PYTHON" -m megatron_hds.training.pretrain "${TRAIN_ARGS[@]}"
 fi
 
-if [[ ! -f "$MANIFEST" ]]; then
-  echo "== 3/3 preprocessing into per-domain datasets"
-  "$PYTHON" "$REPO_DIR/tools/preprocess_data.py" --input "$CORPUS" --output-prefix "$DATA_PREFIX" \
-    --domain-key meta.pile_set_name --tokenizer-type GPTSentencePieceTokenizer \
-    --tokenizer-model "$TOKENIZER_PREFIX.model" --append-eod --workers "$WORKERS"
+echo "metrics: $SAVE_DIR/metrics.jsonl"
+echo "checkpoints: $SAVE_DIR"
+if "$PYTHON" -c "import matplotlib" 2>/dev/null; then
+  "$PYTHON" "$REPO_DIR/tools/plot_run.py" "$SAVE_DIR" --output-dir "$OUTPUT_DIR/plots" | sed 's/^/plot: /'
 else
-  echo "== 3/3 preprocessing: $MANIFEST exists"
+  echo "plots: pip install -e '.[plot]' then python tools/plot_run.py $SAVE_DIR"
 fi
-
-echo "data ready: --data-manifest $MANIFEST --tokenizer-model $TOKENIZER_PREFIX.model"

@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--load", default=None)
     g.add_argument("--save-interval", type=int, default=0)
     g.add_argument("--exit-interval", type=int, default=0)
+    g.add_argument("--override-opt_param-scheduler", dest="override_opt_param_scheduler", action="store_true",
+                   help="on --load, keep this run's LR schedule instead of requiring the checkpoint's")
     g.add_argument("--log-dir", default=None, help="where metrics.jsonl goes (default: --save)")
     g.add_argument("--tensorboard-dir", default=None)
     g.add_argument("--wandb-project", default=None)
@@ -210,6 +212,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         wandb_project=args.wandb_project,
         wandb_exp_name=args.wandb_exp_name,
         exit_interval=args.exit_interval,
+        override_opt_param_scheduler=args.override_opt_param_scheduler,
     )
     mixing = MixingConfig(
         method=args.mixing,

@@ -231,6 +231,7 @@ class TrainConfig:
     wandb_project: Optional[str] = None  # --wandb-project
     wandb_exp_name: Optional[str] = None  # --wandb-exp-name
     exit_interval: int = 0  # --exit-interval: stop (after saving) once the iteration is a multiple of this
+    override_opt_param_scheduler: bool = False  # --override-opt_param-scheduler: keep this run's LR schedule on --load
 
     def __post_init__(self):
         for name in ("train_iters", "global_batch_size", "micro_batch_size", "log_interval"):

@@ -192,7 +192,7 @@ def _build_indices(
     # seq_length+1 tokens per sample, consecutive samples share one token (Megatron's
     # add_extra_token_to_sequence with drop_last_partial_sequence).
     num_samples = max(total_tokens - 1, 0) // seq_length
-    logger.info(
+    logger.debug(
         "building %s indices: %d documents, %d tokens -> %d samples of %d+1 tokens",
         label, order.size, total_tokens, num_samples, seq_length,
     )
@@ -212,7 +212,7 @@ def _build_indices(
             logger.info("  %s: %d / %d samples placed", label, stop, num_samples + 1)
     # Megatron starts the walk at (0, 0) even when the first document is empty.
     sample_index[0] = (0, 0)
-    logger.info("built %s indices in %.2f s", label, time.perf_counter() - t0)
+    logger.debug("built %s indices in %.2f s", label, time.perf_counter() - t0)
     return {"document_index": document_index, "document_offsets": document_offsets, "sample_index": sample_index}
 
 
@@ -322,7 +322,7 @@ class GPTDataset:
             _save_atomic(self.cache_paths[kind], arrays[kind])
         # For humans deciding what a cache file is; never read back.
         _write_text_atomic(self._description_path, json.dumps(self.description, indent=2, sort_keys=True) + "\n")
-        logger.info("saved %s indices to %s", self._label(), self.cache_paths["sample_index"])
+        logger.debug("saved %s indices to %s", self._label(), self.cache_paths["sample_index"])
 
     def _load(self, warn_if_empty: bool = False) -> None:
         arrays = {}

@@ -325,7 +325,8 @@ class Trainer:
         ckpt = load_checkpoint(load_dir, state.tp_rank, state.pp_rank, state.tp_size, state.pp_size)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.lr_scheduler.load_state_dict(ckpt["opt_param_scheduler"])
+        self.lr_scheduler.load_state_dict(ckpt["opt_param_scheduler"],
+                                          override=self.config.train.override_opt_param_scheduler)
         self.sampler.load_state_dict(ckpt["data_sampler"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(ckpt["mixture_scheduler"])
