@@ -17,11 +17,11 @@ import math
 import operator
 import os
 import time
-import uuid
 from typing import Callable, Sequence
 
 import numpy as np
 
+from megatron_hds.atomic_io import atomic_path, write_text_atomic
 from megatron_hds.data.indexed_dataset import IndexedDataset, data_file_path, index_file_path
 
 __all__ = [
@@ -131,25 +131,9 @@ def _shuffle_entropy(dataset_name: str, split_name: str) -> list[int]:
 
 
 def _save_atomic(path: str, array: np.ndarray) -> None:
-    # A reader that sees the final name sees a complete file: write aside, then rename.
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}.npy"
-    try:
+    # A reader that sees the final name sees a complete file.
+    with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, array, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # -- index building ----------------------------------------------------------------------
@@ -321,7 +305,7 @@ class GPTDataset:
         for kind in _CACHE_KINDS:
             _save_atomic(self.cache_paths[kind], arrays[kind])
         # For humans deciding what a cache file is; never read back.
-        _write_text_atomic(self._description_path, json.dumps(self.description, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(self._description_path, json.dumps(self.description, indent=2, sort_keys=True) + "\n")
         logger.debug("saved %s indices to %s", self._label(), self.cache_paths["sample_index"])
 
     def _load(self, warn_if_empty: bool = False) -> None:

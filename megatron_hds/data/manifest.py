@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from megatron_hds.atomic_io import write_text_atomic
 from megatron_hds.data.indexed_dataset import IndexedDataset
 from megatron_hds.data.quality import quality_path
 
@@ -34,15 +35,7 @@ def domain_slug(name: str, taken: dict[str, str] | None = None) -> str:
 
 def write_manifest(path: str, manifest: dict) -> None:
     """Write atomically: the manifest is the marker that a preprocessing run completed."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
 
 
 @dataclass(frozen=True)

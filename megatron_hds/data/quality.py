@@ -19,6 +19,8 @@ import os
 
 import numpy as np
 
+from megatron_hds.atomic_io import atomic_path
+
 try:  # the C loop built by setup.py; same results, ~50x faster than the Python loop
     from megatron_hds.data import _mtld as _mtld_c
 except ImportError:  # no compiler at install time: the Python reference below
@@ -89,14 +91,8 @@ def quality_path(dataset_prefix: str) -> str:
 
 def save_quality(path: str, values) -> None:
     """Write the float32 per-document array atomically (temporary name, then rename)."""
-    array = np.asarray(values, dtype="<f4")
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    try:
-        np.save(tmp, array, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, np.asarray(values, dtype="<f4"), allow_pickle=False)
 
 
 def load_quality(dataset_prefix: str, num_documents: int | None = None) -> np.ndarray:

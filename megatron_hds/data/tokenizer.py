@@ -16,6 +16,8 @@ import hashlib
 import os
 from functools import cached_property
 
+from megatron_hds.atomic_io import write_bytes_atomic
+
 SUPPORTED_TOKENIZER_TYPES = ("GPTSentencePieceTokenizer", "SentencePieceTokenizer", "Llama2Tokenizer")
 # Megatron tokenizer types we recognise but do not implement (they need vocab/merges
 # files or Hugging Face); named so the error can say so instead of "unknown".
@@ -241,10 +243,7 @@ def train_sentencepiece(
         minloglevel=2,
     )
     model_path = model_prefix + ".model"
-    tmp = f"{model_path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(model.getvalue())
-    os.replace(tmp, model_path)
+    write_bytes_atomic(model_path, model.getvalue())
     processor = sentencepiece.SentencePieceProcessor(model_file=model_path)
     with open(model_prefix + ".vocab", "w", encoding="utf-8") as f:
         for i in range(processor.get_piece_size()):

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_hds.atomic_io import atomic_path, fsync_dir, write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 3.0
@@ -235,45 +237,9 @@ def _plain_args(args: Any) -> dict:
     raise TypeError(f"args must be a dataclass, argparse.Namespace, mapping or None, got {type(args).__name__}")
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories; the rename is still atomic
-    finally:
-        os.close(fd)
-
-
 def _atomic_torch_save(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(os.path.dirname(path))
-
-
-def _atomic_write_text(text: str, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(os.path.dirname(path))
+    with atomic_path(path, durable=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def _default_barrier() -> None:
@@ -324,8 +290,8 @@ def _commit(save_dir: str, iteration: int) -> str:
             shutil.rmtree(stale)
         os.replace(final, stale)
     os.replace(tmp, final)
-    _fsync_dir(save_dir)
-    _atomic_write_text(f"{iteration}\n", tracker_path(save_dir))
+    fsync_dir(save_dir)
+    write_text_atomic(tracker_path(save_dir), f"{iteration}\n", durable=True)
     if stale is not None:
         shutil.rmtree(stale, ignore_errors=True)
     return final

@@ -20,19 +20,10 @@ from megatron_hds.data.gpt_dataset import (
     build_domain_datasets,
     split_document_ranges,
 )
-from megatron_hds.data.indexed_dataset import IndexedDatasetBuilder, data_file_path, index_file_path
+from tests.data.test_indexed_dataset import build
 
 
-def write_dataset(prefix, docs, dtype=np.uint16):
-    """docs: list of documents, each a list of sequences (lists of ints)."""
-    prefix = str(prefix)
-    builder = IndexedDatasetBuilder(data_file_path(prefix), dtype=dtype)
-    for doc in docs:
-        for seq in doc:
-            builder.add_item(seq)
-        builder.end_document()
-    builder.finalize(index_file_path(prefix))
-    return prefix
+write_dataset = build  # the indexed-dataset tests' builder of small datasets
 
 
 def random_docs(seed, n_docs=60, max_len=40, vocab=1000):
