@@ -1,0 +1,443 @@
+"""Training-signal probes for the data scheduler: per-domain gradient inner products on
+selected matrices (exact, or CountSketch hashed on global element indices) and the
+Frobenius norms of selected matrices and of their change since the last measurement.
+
+Layout independence. A selected matrix is named by its global parameter name
+(``layers.{i}.mlp.dense_4h_to_h.weight``: the layer index is global, see model/gpt.py),
+and an element of it by its row-major index in the FULL (unsharded) matrix, computed
+from the TP rank and the parameter's ``partition_dim``. The sketch hash is a function of
+(seed, global name, full index) only, so every layout hashes every element the same way:
+CountSketch is linear, and TP shards and PP stages hold disjoint elements, so summing
+the ranks' sketches gives the sketch of the whole gradient. Keying the hash on
+(name, index) is equivalent to hashing the index in the concatenation of the selected
+matrices, without a stage having to know the shapes of the other stages' matrices.
+
+Gradient scale. The hooks see the gradient of the SCALED micro-batch loss (divided by
+the number of micro-batches, and multiplied by the fp16 loss scale). These factors are
+common to every domain: pass ``scale`` to ``reduce``/``alignment_matrix`` to undo them
+when absolute values matter; ``alignment_scores`` is invariant to any positive common
+factor (numerator ~ c^2, denominator ~ c, then z-scored).
+
+No torch.distributed call happens outside ``reduce``/``alignment_matrix``/``measure``;
+process groups come from the ParallelState (or are passed explicitly).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from megatron_hds.parallel.layers import is_tensor_parallel
+from megatron_hds.parallel.mappings import group_size
+from megatron_hds.parallel.state import ParallelState
+
+# Reference selections (METHOD.md): norms on 9 MLP output projections spread over depth,
+# gradient probes on the MLP output projections of 3 late layers.
+NORM_MATRICES = 9
+PROBE_MATRICES = 3
+DEFAULT_SKETCH_SIZE = 4096
+
+MATRIX_TEMPLATES = {
+    "mlp_out": "layers.{}.mlp.dense_4h_to_h.weight",
+    "mlp_in": "layers.{}.mlp.dense_h_to_4h.weight",
+    "attn_out": "layers.{}.self_attention.dense.weight",
+    "attn_qkv": "layers.{}.self_attention.query_key_value.weight",
+}
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+NamedParams = List[Tuple[str, nn.Parameter]]
+
+
+# ---- selection -----------------------------------------------------------------------------
+def layer_index(name: str) -> Optional[int]:
+    """Global transformer-layer index in a parameter name, or None (embeddings, final norm)."""
+    match = _LAYER_RE.search(name)
+    return int(match.group(1)) if match else None
+
+
+def choose_layers(num_layers: int, count: int, placement: str = "spread") -> List[int]:
+    """`count` global layer indices: "spread" evenly over depth (first and last included),
+    or "late" (the last `count` layers). count >= num_layers selects every layer."""
+    if num_layers < 1 or count < 1:
+        raise ValueError(f"num_layers={num_layers} and count={count} must be positive")
+    if count >= num_layers:
+        return list(range(num_layers))
+    if placement == "late":
+        return list(range(num_layers - count, num_layers))
+    if placement == "spread":
+        if count == 1:
+            return [num_layers - 1]
+        # Steps of (L-1)/(k-1) >= 1 when k <= L, so the rounded indices are distinct.
+        return [round(i * (num_layers - 1) / (count - 1)) for i in range(count)]
+    raise ValueError(f"placement={placement!r} is not one of 'spread', 'late'")
+
+
+def selected_names(num_layers: int, which: str = "mlp_out", count: int = NORM_MATRICES,
+                   placement: str = "spread") -> List[str]:
+    """Global names of the selected matrices, in layer order (the same list on every rank)."""
+    if which not in MATRIX_TEMPLATES:
+        raise ValueError(f"which={which!r} is not one of {sorted(MATRIX_TEMPLATES)}")
+    return [MATRIX_TEMPLATES[which].format(i) for i in choose_layers(num_layers, count, placement)]
+
+
+def select_matrices(model: nn.Module, names_or_pattern: Union[None, str, Sequence[str]] = None,
+                    num_layers: Optional[int] = None, which: str = "mlp_out", count: int = NORM_MATRICES,
+                    placement: str = "spread") -> NamedParams:
+    """(global name, parameter) pairs of the selected matrices that THIS rank holds.
+
+    names_or_pattern: None selects `which` matrices of `count` layers chosen by `placement`
+    ("spread" over depth: the norm reference; "late": the gradient-probe reference);
+    a list selects those names; a string is a regular expression matched in full against
+    parameter names. A PP stage holds only its own layers, so the result may be empty.
+    """
+    params = dict(model.named_parameters())
+    if names_or_pattern is None:
+        if num_layers is None:
+            num_layers = model.config.num_layers
+        wanted = selected_names(num_layers, which, count, placement)
+    elif isinstance(names_or_pattern, str):
+        pattern = re.compile(names_or_pattern)
+        wanted = [n for n in params if pattern.fullmatch(n)]
+    else:
+        wanted = list(names_or_pattern)
+    return [(n, params[n]) for n in wanted if n in params]
+
+
+def _contributes(param: torch.Tensor, state: ParallelState) -> bool:
+    """Whether this rank's copy adds to sums over the model-parallel group: TP shards always;
+    a TP-replicated tensor only on TP rank 0, so it is not counted TP times."""
+    return is_tensor_parallel(param) or state.tp_rank == 0
+
+
+# ---- hashing on global element indices ------------------------------------------------------
+def _signed64(value: int) -> int:
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GAMMA = _signed64(0x9E3779B97F4A7C15)
+_MIX1 = _signed64(0xBF58476D1CE4E5B9)
+_MIX2 = _signed64(0x94D049BB133111EB)
+
+
+def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64 finaliser on int64 tensors (two's-complement wrap-around arithmetic)."""
+    z = x + _GAMMA
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    return z ^ _shr(z, 31)
+
+
+def name_key(seed: int, name: str) -> int:
+    """Stable 64-bit key of (seed, global parameter name), as a signed int64."""
+    digest = hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=8).digest()
+    return _signed64(int.from_bytes(digest, "little"))
+
+
+def global_flat_index(param: torch.Tensor, tp_rank: int, tp_size: int) -> torch.Tensor:
+    """int64 tensor of param's local shape: each element's row-major index in the full matrix."""
+    local = list(param.shape)
+    full = list(local)
+    offsets = [0] * len(local)
+    if is_tensor_parallel(param) and tp_size > 1:
+        dim = param.partition_dim
+        full[dim] = local[dim] * tp_size
+        offsets[dim] = tp_rank * local[dim]
+    strides = [1] * len(full)
+    for d in range(len(full) - 2, -1, -1):
+        strides[d] = strides[d + 1] * full[d + 1]
+    index = torch.zeros((), dtype=torch.int64, device=param.device)
+    for d, size in enumerate(local):
+        coord = (torch.arange(size, dtype=torch.int64, device=param.device) + offsets[d]) * strides[d]
+        index = index.unsqueeze(-1) + coord
+    return index
+
+
+def count_sketch_hash(flat_index: torch.Tensor, key: int, sketch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(bucket int32 in [0, m), sign int8 in {-1, +1}) of each global index under `key`."""
+    h = splitmix64(splitmix64(flat_index.reshape(-1)) ^ key)
+    bucket = (_shr(h, 33) % sketch_size).to(torch.int32)
+    sign = ((h & 1) * 2 - 1).to(torch.int8)
+    return bucket, sign
+
+
+# ---- gradient probes -----------------------------------------------------------------------
+def micro_batch_domain(domains: Union[torch.Tensor, Sequence[int]]) -> Optional[int]:
+    """The domain of a micro-batch whose samples all share one domain, else None (not probed)."""
+    values = torch.as_tensor(domains).reshape(-1)
+    if values.numel() == 0 or not bool((values == values[0]).all()):
+        return None
+    return int(values[0])
+
+
+class GradientProbe:
+    """Per-domain gradients of selected matrices, accumulated by gradient hooks.
+
+    Each selected parameter gets a tensor hook, which autograd calls once per backward
+    pass with that backward's gradient (one micro-batch), before accumulation into .grad.
+    The hook adds it to the current domain's accumulator:
+      exact:  a flat fp32 vector per domain over this rank's elements ([D, n_local]);
+      sketch: a CountSketch per domain ([D, m]); element j of the global vector goes to
+              bucket h(j) with sign s(j). Memory does not grow with the matrices (besides
+              the per-element hash table, 5 bytes/element, built once).
+    Telling the probe the domain, either:
+      * ``begin_step(domains)`` before forward_backward with one domain (or None: mixed,
+        not probed) per micro-batch in this rank's order. Each parameter counts its own
+        backward calls, and both schedules (no pipelining and 1F1B) run the backwards of
+        a stage in micro-batch order, so call k of a parameter is micro-batch k even when
+        1F1B runs forward k+1 before backward k. Needs every selected parameter to get a
+        gradient in every backward (true of weight matrices in the stage's layers).
+      * ``set_domain(d)`` right before each micro-batch's BACKWARD (not its forward), after
+        ``reset()`` at the start of the step.
+    A column of per-domain hook counts rides along in the same buffer, so the one
+    all-reduce also says which domains had a gradient this step (``present``).
+    """
+
+    def __init__(self, params: Iterable[Tuple[str, nn.Parameter]], num_domains: int, mode: str = "sketch",
+                 sketch_size: int = DEFAULT_SKETCH_SIZE, seed: int = 0, state: Optional[ParallelState] = None):
+        if mode not in ("exact", "sketch"):
+            raise ValueError(f"mode={mode!r} is not one of 'exact', 'sketch'")
+        if num_domains < 1 or sketch_size < 1:
+            raise ValueError(f"num_domains={num_domains} and sketch_size={sketch_size} must be positive")
+        self.state = state if state is not None else ParallelState.single("cpu")
+        self.mode, self.num_domains, self.sketch_size, self.seed = mode, num_domains, sketch_size, seed
+        self.named = [(n, p) for n, p in params if _contributes(p, self.state)]
+        if mode == "exact" and any(getattr(p, "shared_embedding_duplicate", False) for _, p in self.named):
+            raise ValueError("exact mode needs disjoint elements per rank; the tied-embedding copy on the last "
+                             "stage duplicates the first stage's: select other matrices or use mode='sketch'")
+        device = self.named[0][1].device if self.named else self.state.device
+        width = sketch_size if mode == "sketch" else sum(p.numel() for _, p in self.named)
+        self.width = width
+        # Last column: how many hook calls each domain received (presence after the reduce).
+        self.buffer = torch.zeros(num_domains, width + 1, dtype=torch.float32, device=device)
+        self._hashes: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        self._offsets: List[int] = []
+        offset = 0
+        for name, p in self.named:
+            if mode == "sketch":
+                index = global_flat_index(p, self.state.tp_rank, self.state.tp_size)
+                self._hashes.append(count_sketch_hash(index, name_key(seed, name), sketch_size))
+            self._offsets.append(offset)
+            offset += p.numel()
+        self._domain: Optional[int] = None
+        self._step_domains: Optional[List[Optional[int]]] = None
+        self._calls = [0] * len(self.named)
+        self._handles = [p.register_hook(self._make_hook(slot)) for slot, (_, p) in enumerate(self.named)]
+        self.present: Optional[np.ndarray] = None
+
+    # -- domain bookkeeping
+    def _check(self, d: Optional[int]) -> Optional[int]:
+        if d is not None and not 0 <= int(d) < self.num_domains:
+            raise ValueError(f"domain {d} is outside [0, {self.num_domains})")
+        return None if d is None else int(d)
+
+    def reset(self) -> None:
+        """Zero the accumulators (start of a step)."""
+        self.buffer.zero_()
+        self._calls = [0] * len(self.named)
+        self.present = None
+
+    def begin_step(self, domains: Sequence[Optional[int]]) -> None:
+        """Reset, then attribute this rank's k-th backward of the step to domains[k] (None: skip)."""
+        self.reset()
+        self._domain = None
+        self._step_domains = [self._check(d) for d in domains]
+
+    def set_domain(self, domain: Optional[int]) -> None:
+        """Attribute the following backward(s) to `domain` (None: skip). Call right before backward."""
+        self._step_domains = None
+        self._domain = self._check(domain)
+
+    def _domain_for(self, slot: int) -> Optional[int]:
+        if self._step_domains is None:
+            return self._domain
+        k = self._calls[slot]
+        self._calls[slot] += 1
+        if k >= len(self._step_domains):
+            raise RuntimeError(f"{self.named[slot][0]} received backward {k + 1} but begin_step was given "
+                               f"{len(self._step_domains)} micro-batch domains")
+        return self._step_domains[k]
+
+    def _make_hook(self, slot: int):
+        def hook(grad: torch.Tensor) -> None:
+            d = self._domain_for(slot)
+            if d is None:
+                return
+            g = grad.detach().reshape(-1)
+            row = self.buffer[d]
+            if self.mode == "sketch":
+                bucket, sign = self._hashes[slot]
+                row[:self.width].index_add_(0, bucket, g.float() * sign)
+            else:
+                off = self._offsets[slot]
+                row[off:off + g.numel()].add_(g)
+            row[self.width] += 1
+        return hook
+
+    def remove(self) -> None:
+        """Detach the hooks (the probe keeps its last accumulators)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    # -- combining across ranks
+    def local_sketch(self) -> torch.Tensor:
+        """This rank's [D, m+1] buffer (sketch | hook counts), for a caller that fuses it into
+        another all-reduce over the world; pass the reduced tensor to ``gram_from_reduced``."""
+        if self.mode != "sketch":
+            raise RuntimeError("local_sketch is for mode='sketch'; exact mode reduces with alignment_matrix")
+        return self.buffer
+
+    def gram_from_reduced(self, reduced: torch.Tensor, scale: float = 1.0) -> np.ndarray:
+        """D x D float64 Gram of a world-summed [D, m+1] sketch buffer; sets ``present``."""
+        reduced = reduced.reshape(self.num_domains, self.sketch_size + 1).double()
+        self.present = (reduced[:, -1] > 0).cpu().numpy()
+        sketch = reduced[:, :-1] * scale
+        return (sketch @ sketch.t()).cpu().numpy()
+
+    def reduce(self, group=None, scale: float = 1.0) -> torch.Tensor:
+        """Sketch mode: the [D, m] sketch of the whole per-domain gradient, summed with ONE
+        all-reduce over `group` (default: the world; none for a one-rank state). TP shards and PP stages hold disjoint
+        elements (their sketches add up), DP ranks disjoint micro-batches (their gradients
+        add up), so the group must cover every rank of the TP x PP x DP grid."""
+        if self.mode != "sketch":
+            raise RuntimeError("reduce is for mode='sketch'; exact mode reduces with alignment_matrix")
+        reduced = self.buffer.clone()
+        # A one-rank state (ParallelState.single) never communicates, even inside a larger world.
+        if self.state.layout.world_size > 1 and dist.get_world_size(group) > 1:
+            dist.all_reduce(reduced, group=group)
+        self.present = (reduced[:, -1] > 0).cpu().numpy()
+        return reduced[:, :-1] * scale
+
+    def alignment_matrix(self, group=None, scale: float = 1.0) -> np.ndarray:
+        """D x D float64 matrix of per-domain gradient inner products, on every rank.
+
+        sketch: one all-reduce of [D, m+1] over `group` (default the world), then S S^T.
+        exact:  the per-domain vectors are sums over DP ranks, so first all-reduce the
+                [D, n_local+1] vectors over the DP group, then the local Gram of this rank's
+                disjoint elements, summed over the TP x PP group (two all-reduces; `group`
+                is ignored). scale multiplies the gradients (the Gram by scale^2).
+        """
+        if self.mode == "sketch":
+            sketch = self.reduce(group, scale).double()
+            return (sketch @ sketch.t()).cpu().numpy()
+        state = self.state
+        vectors = self.buffer.clone()
+        if group_size(state.dp_group) > 1:
+            dist.all_reduce(vectors, group=state.dp_group)
+        local = vectors[:, :-1].double() * scale
+        gram = torch.cat([local @ local.t(), vectors[:, -1:].double()], dim=1)
+        if group_size(state.model_parallel_group) > 1:
+            dist.all_reduce(gram, group=state.model_parallel_group)
+        self.present = (gram[:, -1] > 0).cpu().numpy()
+        return gram[:, :-1].cpu().numpy()
+
+
+def alignment_scores(gram: np.ndarray, present: Optional[np.ndarray] = None, eps: float = 1e-6,
+                     clip: float = 3.0) -> np.ndarray:
+    """METHOD.md loss-driven alignment per domain from S = G G^T.
+
+    Over the present domains P: r_i = sum_{j in P, j != i} S_ij / (mean_{k in P} ||g_k|| + eps),
+    z-scored over P (population std; a zero std gives zeros), clamped to [-clip, clip].
+    Absent domains (no gradient this step, or a non-finite row/column in S) score 0; with
+    fewer than two present domains every score is 0. Invariant to a positive common scale
+    of the gradients.
+    """
+    gram = np.asarray(gram, dtype=np.float64)
+    num = gram.shape[0]
+    mask = np.ones(num, dtype=bool) if present is None else np.asarray(present, dtype=bool).copy()
+    finite = np.isfinite(gram)
+    mask &= np.diag(finite)
+    # A non-finite entry between two present domains drops both (a NaN row of an absent one does not).
+    mask &= ~(~finite & mask[None, :]).any(axis=1) & ~(~finite & mask[:, None]).any(axis=0)
+    scores = np.zeros(num)
+    idx = np.flatnonzero(mask)
+    if idx.size < 2:
+        return scores
+    sub = gram[np.ix_(idx, idx)]
+    norms = np.sqrt(np.clip(np.diag(sub), 0.0, None))
+    raw = (sub.sum(axis=1) - np.diag(sub)) / (norms.mean() + eps)
+    std = raw.std()
+    if not np.isfinite(std) or std <= 0:
+        return scores
+    scores[idx] = np.clip((raw - raw.mean()) / std, -clip, clip)
+    return scores
+
+
+# ---- weight norms --------------------------------------------------------------------------
+def sum_of_squares(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """fp32 [n]: the sum of squares of each tensor (the one place a multi-tensor kernel replaces)."""
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float32)
+    return torch.stack([t.detach().float().pow(2).sum() for t in tensors])
+
+
+class WeightNormTracker:
+    """Frobenius norms of L selected matrices and of their change since the last ``measure``.
+
+    `named_params` are the selected matrices this rank holds; `names` the global list of all
+    L selected names (``selected_names(...)``; default: the local names, for one process).
+    Each rank fills its slots of a zero-padded [2L] vector of sums of squares (TP shards
+    each add their part; a TP-replicated tensor only from TP rank 0) and ONE all-reduce over
+    the TP x PP group gives every rank all L values. DP replicas hold identical weights.
+    The previous values are kept as an fp32 copy of the local shards, taken by the last
+    ``measure`` or by ``snapshot``; with no previous copy the change is reported as 0.
+    In the training loop call ``snapshot()`` right before the optimizer step and
+    ``measure()`` right after it: the change is then exactly this step's update, and no
+    state has to be checkpointed for a resumed run to report the same values.
+    """
+
+    def __init__(self, named_params: Iterable[Tuple[str, nn.Parameter]], state: Optional[ParallelState] = None,
+                 names: Optional[Sequence[str]] = None):
+        self.state = state if state is not None else ParallelState.single("cpu")
+        named = list(named_params)
+        self.names = list(names) if names is not None else [n for n, _ in named]
+        slot_of = {n: i for i, n in enumerate(self.names)}
+        missing = [n for n, _ in named if n not in slot_of]
+        if missing:
+            raise ValueError(f"parameters {missing} are not among the selected names {self.names}")
+        self.local = [(slot_of[n], p) for n, p in named
+                      if _contributes(p, self.state) and not getattr(p, "shared_embedding_duplicate", False)]
+        self.device = named[0][1].device if named else self.state.device
+        self.previous: Optional[List[torch.Tensor]] = None
+
+    @torch.no_grad()
+    def snapshot(self) -> None:
+        """Keep an fp32 copy of the local shards as W_{t-1} for the next ``measure`` (no communication)."""
+        weights = [p.detach() for _, p in self.local]
+        if self.previous is None:
+            self.previous = [w.float().clone() for w in weights]
+        else:
+            for prev, w in zip(self.previous, weights):
+                prev.copy_(w)
+
+    @torch.no_grad()
+    def measure(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(norms [L], change_norms [L]) as float64 arrays, on every rank."""
+        num = len(self.names)
+        weights = [p.detach() for _, p in self.local]
+        diffs = ([w.float() - prev for w, prev in zip(weights, self.previous)]
+                 if self.previous is not None else [])
+        squares = sum_of_squares(weights + diffs).to(self.device)
+        values = torch.zeros(2 * num, dtype=torch.float32, device=self.device)
+        slots = torch.tensor([s for s, _ in self.local], dtype=torch.int64, device=self.device)
+        if self.local:
+            values[slots] = squares[:len(weights)]
+            if diffs:
+                values[slots + num] = squares[len(weights):]
+        group = self.state.model_parallel_group
+        if group_size(group) > 1:
+            dist.all_reduce(values, group=group)
+        self.snapshot()
+        values = values.double().clamp_(min=0).sqrt_().cpu().numpy()
+        return values[:num], values[num:]
