@@ -118,6 +118,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixing-weights", type=float, nargs="+", default=None)
     g.add_argument("--mixing-weight-floor", type=float, default=0.0)
     g.add_argument("--mixing-batch-layout", choices=BATCH_LAYOUTS, default="single_domain")
+    g.add_argument("--mixing-update-interval", type=int, default=1)
+    g.add_argument("--mixing-warmup-fraction", type=float, default=0.02,
+                   help="HDS: share of the run at the initial weights before the agent acts")
+    g.add_argument("--odm-variant", choices=["paper", "released"], default="paper")
+    g.add_argument("--odm-smoothing", type=float, default=0.5)
+    g.add_argument("--odm-warmup-steps", type=int, default=0)
+    g.add_argument("--hds-reward", default="align,quality,norm", help="reward components (comma-separated)")
+    g.add_argument("--hds-lambda-align", type=float, default=1.0)
+    g.add_argument("--hds-lambda-quality", type=float, default=10.0)
+    g.add_argument("--hds-lambda-norm", type=float, default=10.0)
+    g.add_argument("--hds-gamma", type=float, default=0.95)
+    g.add_argument("--hds-tau", type=float, default=0.001)
+    g.add_argument("--hds-buffer-size", type=int, default=10_000)
+    g.add_argument("--hds-batch-size", type=int, default=32)
+    g.add_argument("--hds-lr", type=float, default=1e-4)
+    g.add_argument("--hds-hidden-sizes", type=int, nargs="+", default=[256, 256])
+    g.add_argument("--hds-weight-floor", type=float, default=None, help="default 0.1 / number of domains")
+    g.add_argument("--hds-seed", type=int, default=0)
+    g.add_argument("--hds-encoder", choices=["mlp", "domain_tokens"], default="mlp")
+    g.add_argument("--hds-probe", choices=["sketch", "exact"], default="sketch")
+    g.add_argument("--hds-sketch-size", type=int, default=4096)
+    g.add_argument("--hds-norm-matrices", type=int, default=9)
     return parser
 
 
@@ -219,6 +241,27 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         weights=args.mixing_weights,
         weight_floor=args.mixing_weight_floor,
         batch_layout=args.mixing_batch_layout,
+        update_interval=args.mixing_update_interval,
+        warmup_fraction=args.mixing_warmup_fraction,
+        odm_variant=args.odm_variant,
+        odm_smoothing=args.odm_smoothing,
+        odm_warmup_steps=args.odm_warmup_steps,
+        agent_gamma=args.hds_gamma,
+        agent_tau=args.hds_tau,
+        agent_buffer_size=args.hds_buffer_size,
+        agent_batch_size=args.hds_batch_size,
+        agent_lr=args.hds_lr,
+        agent_hidden_sizes=tuple(args.hds_hidden_sizes),
+        agent_weight_floor=args.hds_weight_floor,
+        agent_seed=args.hds_seed,
+        hds_encoder=args.hds_encoder,
+        hds_reward=tuple(c.strip() for c in args.hds_reward.split(",") if c.strip()),
+        hds_lambda_align=args.hds_lambda_align,
+        hds_lambda_quality=args.hds_lambda_quality,
+        hds_lambda_norm=args.hds_lambda_norm,
+        probe_mode=args.hds_probe,
+        sketch_size=args.hds_sketch_size,
+        norm_matrices=args.hds_norm_matrices,
     )
     parallel = ParallelConfig(
         tensor_model_parallel_size=args.tensor_model_parallel_size,

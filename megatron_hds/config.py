@@ -164,7 +164,8 @@ def model_preset(name: str, **overrides) -> ModelConfig:
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 BATCH_LAYOUTS = ("single_domain", "hds", "mixed")
-MIXING_METHODS = ("static", "uniform")
+MIXING_METHODS = ("static", "uniform", "odm", "hds")
+REWARD_COMPONENTS = ("align", "quality", "norm")
 
 
 @dataclass
@@ -250,19 +251,51 @@ class TrainConfig:
 class MixingConfig:
     """How domain weights are chosen each step (the scheduler) and how batches are laid out."""
 
-    method: str = "static"  # --mixing {static,uniform}: static = natural token shares or --mixing-weights
-    weights: Optional[list] = None  # --mixing-weights: one weight per domain, in manifest order
-    weight_floor: float = 0.0  # --mixing-weight-floor: every domain keeps at least this weight
+    method: str = "static"  # --mixing {static,uniform,odm,hds}
+    weights: Optional[list] = None  # --mixing-weights: the static weights, or the start of a learning scheduler
+    weight_floor: float = 0.0  # --mixing-weight-floor: the sampler keeps every domain at least this weight
     batch_layout: str = "single_domain"  # --mixing-batch-layout {single_domain,hds,mixed}
+    update_interval: int = 1  # --mixing-update-interval: learning schedulers act every this many steps
+    warmup_fraction: float = 0.02  # --mixing-warmup-fraction: HDS keeps the initial weights this share of the run
+    # ODM (EXP3) settings
+    odm_variant: str = "paper"  # --odm-variant {paper,released}
+    odm_smoothing: float = 0.5  # --odm-smoothing: a in R <- a R + (1 - a) reward
+    odm_warmup_steps: int = 0  # --odm-warmup-steps: steps at the initial weights (released 1B scripts: 2000)
+    # HDS agent (SAC) settings; METHOD.md's reference values
+    agent_gamma: float = 0.95  # --hds-gamma
+    agent_tau: float = 0.001  # --hds-tau
+    agent_buffer_size: int = 10_000  # --hds-buffer-size
+    agent_batch_size: int = 32  # --hds-batch-size
+    agent_lr: float = 1e-4  # --hds-lr: actor, critics and temperature
+    agent_hidden_sizes: tuple = (256, 256)  # --hds-hidden-sizes
+    agent_weight_floor: Optional[float] = None  # --hds-weight-floor (default 0.1 / D)
+    agent_seed: int = 0  # --hds-seed
+    hds_encoder: str = "mlp"  # --hds-encoder {mlp,domain_tokens}
+    hds_reward: tuple = REWARD_COMPONENTS  # --hds-reward align,quality,norm
+    hds_lambda_align: float = 1.0  # --hds-lambda-align
+    hds_lambda_quality: float = 10.0  # --hds-lambda-quality
+    hds_lambda_norm: float = 10.0  # --hds-lambda-norm
+    probe_mode: str = "sketch"  # --hds-probe {sketch,exact}: per-domain gradients on 3 late MLP outputs
+    sketch_size: int = 4096  # --hds-sketch-size: CountSketch buckets per domain
+    norm_matrices: int = 9  # --hds-norm-matrices: MLP output projections whose norms enter the state
 
     def __post_init__(self):
         _choice("method", self.method, MIXING_METHODS)
         _choice("batch_layout", self.batch_layout, BATCH_LAYOUTS)
+        _choice("odm_variant", self.odm_variant, ("paper", "released"))
+        _choice("probe_mode", self.probe_mode, ("sketch", "exact"))
+        _choice("hds_encoder", self.hds_encoder, ("mlp", "domain_tokens"))
         if not 0.0 <= self.weight_floor < 1.0:
             raise ValueError(f"weight_floor={self.weight_floor!r} is invalid: expected a value in [0, 1)")
+        for name in ("update_interval", "agent_buffer_size", "agent_batch_size", "sketch_size", "norm_matrices"):
+            _positive(name, getattr(self, name))
+        unknown = [c for c in self.hds_reward if c not in REWARD_COMPONENTS]
+        if unknown or not self.hds_reward:
+            raise ValueError(f"--hds-reward {','.join(self.hds_reward)!r} is invalid: choose from "
+                             f"{','.join(REWARD_COMPONENTS)}")
         if self.weights is not None:
-            if self.method != "static":
-                raise ValueError(f"--mixing-weights only applies to --mixing static, not {self.method!r}")
+            if self.method == "uniform":
+                raise ValueError("--mixing-weights does not apply to --mixing uniform")
             if any(not w >= 0 for w in self.weights) or not sum(self.weights) > 0:
                 raise ValueError(f"mixing weights {self.weights} are invalid: expected non-negative, positive sum")
 

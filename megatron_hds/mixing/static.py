@@ -31,15 +31,3 @@ class StaticScheduler:
             raise ValueError(
                 f"checkpoint's mixture scheduler {state.get('name')!r} with weights {state.get('weights')} "
                 f"differs from this run's {self.name!r} with weights {self._weights.tolist()}")
-
-
-def build_scheduler(method: str, natural_weights, user_weights=None):
-    """The scheduler for --mixing METHOD, given the domains' natural weights."""
-    num_domains = len(natural_weights)
-    if method == "uniform":
-        return StaticScheduler(np.full(num_domains, 1.0 / num_domains), name="uniform")
-    if method == "static":
-        if user_weights is not None:
-            return StaticScheduler(normalized(user_weights, num_domains, "--mixing-weights"))
-        return StaticScheduler(natural_weights)
-    raise ValueError(f"unknown mixing method {method!r}")

@@ -32,8 +32,9 @@ from megatron_hds.data.gpt_dataset import build_domain_datasets
 from megatron_hds.data.indexed_dataset import IndexedDataset
 from megatron_hds.data.manifest import load_manifest
 from megatron_hds.data.mixture import MixtureConfig, MixtureSampler
+from megatron_hds.data.quality import load_quality
 from megatron_hds.mixing.base import Signals
-from megatron_hds.mixing.static import build_scheduler
+from megatron_hds.mixing.factory import LEARNING_METHODS, build_scheduler
 from megatron_hds.model.gpt import GPTModel, allreduce_embedding_grads
 from megatron_hds.parallel.data_parallel import GradientAllReducer, global_norm
 from megatron_hds.parallel.schedules import forward_backward, masked_mean_loss
@@ -160,6 +161,10 @@ class Trainer:
             lr_decay_iters=optim.lr_decay_iters, lr_warmup_iters=optim.lr_warmup_iters,
             lr_warmup_fraction=optim.lr_warmup_fraction, weight_decay=optim.weight_decay))
         self.grad_reducer = GradientAllReducer(self.model.parameters(), state.dp_group)
+        self.num_matrices = min(config.mixing.norm_matrices, model_cfg.num_layers)
+        self.probe = self.norm_tracker = self.quality = None
+        if config.mixing.method in LEARNING_METHODS:
+            self._build_probes()
         self.sampler = MixtureSampler(MixtureConfig(
             domain_names=tuple(self.domains.names), domain_sizes=tuple(len(d) for d in self.train_sets),
             global_batch_size=train.global_batch_size, micro_batch_size=train.micro_batch_size,
@@ -168,12 +173,13 @@ class Trainer:
         # The scheduler lives on global rank 0 only; its weights reach the others by broadcast.
         self.scheduler = None
         if state.rank == 0:
-            self.scheduler = scheduler or build_scheduler(config.mixing.method, self.domains.natural_weights,
-                                                          config.mixing.weights)
+            self.scheduler = scheduler or build_scheduler(config.mixing, self.domains.natural_weights,
+                                                          self.num_matrices, train.train_iters, model_cfg.seq_length)
         self.weights = _broadcast_weights(
             self.scheduler.initial_weights() if self.scheduler else None, num_domains, state)
         self.iteration = 0
         self.consumed_samples = 0
+        self._signals_time = 0.0
         if train.load is not None:
             self._load(train.load)
 
@@ -188,6 +194,52 @@ class Trainer:
         if self.iteration == 0:
             self.metrics.log_config(config.to_dict() | {"domains": self.domains.names,
                                                         "natural_weights": self.domains.natural_weights.tolist()})
+
+    def _build_probes(self) -> None:
+        """The learning schedulers' signals: per-domain gradients on 3 late MLP output
+        projections, norms of MLP output projections spread over depth, and (rank 0) the
+        MTLD sidecars for the quality of the drawn samples."""
+        from megatron_hds.mixing.signals import (
+            PROBE_MATRICES,
+            GradientProbe,
+            WeightNormTracker,
+            select_matrices,
+            selected_names,
+        )
+
+        mixing, num_layers = self.config.mixing, self.config.model.num_layers
+        probed = selected_names(num_layers, count=min(PROBE_MATRICES, num_layers), placement="late")
+        self.probe = GradientProbe(select_matrices(self.model, probed), len(self.domains.names),
+                                   mode=mixing.probe_mode, sketch_size=mixing.sketch_size,
+                                   seed=self.config.train.seed, state=self.state)
+        names = selected_names(num_layers, count=self.num_matrices, placement="spread")
+        self.norm_tracker = WeightNormTracker(select_matrices(self.model, names), self.state, names=names)
+        if self.state.rank == 0:
+            try:
+                self.quality = [load_quality(d.indexed.path_prefix, d.indexed.num_documents)
+                                for d in self.train_sets]
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"--mixing {mixing.method} needs each dataset's MTLD sidecar: {error}") from None
+
+    def _batch_quality(self, plan) -> float:
+        """Mean MTLD of the step's samples, each weighted by its tokens (all samples are equally long)."""
+        pairs = np.asarray(plan.pairs())
+        values = [self.train_sets[d].samples_quality(pairs[pairs[:, 0] == d, 1], self.quality[d])
+                  for d in np.unique(pairs[:, 0])]
+        return float(np.concatenate(values).mean())
+
+    def _learning_signals(self, plan, result) -> dict:
+        """Gradient alignment, weight norms and batch quality for the learning schedulers."""
+        from megatron_hds.mixing.signals import alignment_scores
+
+        gram = self.probe.alignment_matrix()
+        norms, change = self.norm_tracker.measure()
+        extra = {"weight_norms": norms, "weight_change_norms": change}
+        if not result.skipped and np.all(np.isfinite(gram)):
+            extra["alignment"] = alignment_scores(gram, self.probe.present)
+        if self.quality is not None:
+            extra["quality"] = self._batch_quality(plan)
+        return extra
 
     # ---- one step --------------------------------------------------------------------
     def _loss_fn(self, per_token_loss, micro_batch):
@@ -210,9 +262,15 @@ class Trainer:
             micro_domains.append(torch.tensor(domains, dtype=torch.long, device=state.device))
 
         self.optimizer.zero_grad()
+        if self.probe is not None:
+            from megatron_hds.mixing.signals import micro_batch_domain
+
+            self.probe.begin_step([micro_batch_domain(d) for d in micro_domains])
         losses = forward_backward(self.model, micro_batches, loss_fn=self._loss_fn)
         allreduce_embedding_grads(self.model)
         self.grad_reducer.allreduce()
+        if self.norm_tracker is not None:
+            self.norm_tracker.snapshot()
         result = self.optimizer.step(
             self.config.optim.clip_grad, grad_norm_fn=lambda pairs: global_norm(pairs, state),
             found_inf_reduce=self._found_inf_reduce)
@@ -223,20 +281,24 @@ class Trainer:
         for per_token, domains in zip(losses, micro_domains):
             add_domain_sums(sums, per_token, domains)
         domain_loss, domain_tokens = split_means(all_reduce_domain_sums(sums, state))
+        signals_start = time.perf_counter()
+        extra = self._learning_signals(plan, result) if self.probe is not None else {}
+        self._signals_time = time.perf_counter() - signals_start
         self.iteration += 1
         self.consumed_samples += self.config.train.global_batch_size
-        return plan, result, domain_loss, domain_tokens
+        return plan, result, domain_loss, domain_tokens, extra
 
-    def observe(self, plan, domain_loss, domain_tokens) -> float:
-        """Rank 0's scheduler sees the step; the next weights reach every rank. Returns the time it took."""
-        start = time.perf_counter()
+    def observe(self, plan, domain_loss, domain_tokens, extra) -> float:
+        """Rank 0's scheduler sees the step; the next weights reach every rank. Returns the time the
+        scheduler cost this step (its signals, its update and the broadcast)."""
+        start = time.perf_counter() - self._signals_time
         next_weights = None
         if self.scheduler is not None:
             total = float(np.nansum(domain_loss * domain_tokens) / max(domain_tokens.sum(), 1))
             next_weights = self.scheduler.observe(Signals(
                 iteration=self.iteration, train_iters=self.config.train.train_iters, weights=plan.weights.copy(),
                 domain_loss=domain_loss, domain_tokens=domain_tokens,
-                domain_samples=np.asarray(plan.domain_sample_counts), loss=total))
+                domain_samples=np.asarray(plan.domain_sample_counts), loss=total, extra=extra))
         self.weights = _broadcast_weights(next_weights, len(self.domains.names), self.state)
         return time.perf_counter() - start
 
@@ -250,8 +312,8 @@ class Trainer:
         with SignalSaveHandler() as signals:
             while self.iteration < cfg.train_iters:
                 start = time.perf_counter()
-                plan, result, domain_loss, domain_tokens = self.train_step()
-                scheduler_time = self.observe(plan, domain_loss, domain_tokens)
+                plan, result, domain_loss, domain_tokens, extra = self.train_step()
+                scheduler_time = self.observe(plan, domain_loss, domain_tokens, extra)
                 window.add(time.perf_counter() - start, domain_loss, domain_tokens, plan, result, scheduler_time)
                 if self.iteration % cfg.log_interval == 0 or self.iteration == cfg.train_iters:
                     self._log_train(window, tokens_per_step)
@@ -272,7 +334,8 @@ class Trainer:
             last_eval = self._evaluate("valid")
         test_eval = self._evaluate("test")
         self.metrics.close()
-        return {"iteration": self.iteration, "stopped_early": False, "valid": last_eval, "test": test_eval}
+        return {"iteration": self.iteration, "stopped_early": False, "valid": last_eval, "test": test_eval,
+                "weight_history": np.asarray(self.sampler.weight_history)}
 
     def _log_train(self, window: "_Window", tokens_per_step: int) -> None:
         names = self.domains.names
@@ -376,7 +439,7 @@ def main(argv=None) -> dict:
     config = parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         init_distributed()
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
         # Ranks sharing a CPU must share its cores: oversubscribed OpenMP pools stall every
         # small op (measured: 100x slower steps for the tiny model on 2 busy cores).
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

@@ -52,13 +52,14 @@ class DriftingScheduler:
         self.rng.bit_generator.state = state["rng"]
 
 
-def _train(argv, loss_coupling=0.1):
-    """One run on this rank (spawned by run_distributed, or in-process for a single rank)."""
+def _train(argv, loss_coupling=0.1, builtin_scheduler=False):
+    """One run on this rank (spawned by run_distributed, or in-process for a single rank);
+    the DriftingScheduler unless builtin_scheduler (then --mixing decides)."""
     torch.set_num_threads(1)  # the tests share 2 cores; see pretrain.main
     config = parse_args(argv)
     state = ParallelState.from_config(config.parallel)
-    trainer = Trainer(config, state, scheduler=DriftingScheduler(7, seed=3, loss_coupling=loss_coupling))
-    return trainer.train()
+    scheduler = None if builtin_scheduler else DriftingScheduler(7, seed=3, loss_coupling=loss_coupling)
+    return Trainer(config, state, scheduler=scheduler).train()
 
 
 def _records(log_dir):
@@ -84,7 +85,8 @@ def test_arguments_reject_bad_and_contradictory_flags(demo_manifest, capsys):
         (["--lr-warmup-fraction", "0.1"], "--lr-warmup-iters and --lr-warmup-fraction"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["--data-path", "x"], "exactly one of --data-manifest and --data-path"),
-        (["--mixing", "uniform", "--mixing-weights", "1", "2"], "--mixing-weights only applies"),
+        (["--mixing", "uniform", "--mixing-weights", "1", "2"], "does not apply to --mixing uniform"),
+        (["--hds-reward", "align,bogus"], "--hds-reward 'align,bogus' is invalid"),
         (["--num-attention-heads", "5"], "hidden_size=32 is not divisible by num_attention_heads=5"),
         (["--load", "/nonexistent/ckpt"], "/nonexistent/ckpt"),
     ]:
@@ -160,3 +162,34 @@ def test_resume_with_a_different_dp_size_sees_the_same_batches(demo_manifest, tm
     run_distributed(_train, 2, _argv(demo_manifest, *no_dropout, "--save", resumed, "--load", resumed), 0.0)
     a, b = _records(straight), _records(resumed)
     _assert_same_steps(a, b, range(1, 5), exact=False)
+
+
+LEARNING = ["--mixing-warmup-fraction", "0.25", "--hds-batch-size", "4", "--hds-hidden-sizes", "32", "32",
+            "--hds-sketch-size", "256", "--hds-lr", "1e-3", "--odm-warmup-steps", "1"]
+
+
+@pytest.mark.parametrize("method", ["hds", "odm", "uniform"])
+def test_each_mixing_method_trains_checkpoints_and_resumes_exactly(demo_manifest, tmp_path, method):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    common = ["--mixing", method, *LEARNING, "--train-iters", "8"]
+    _train(_argv(demo_manifest, *common, "--save", straight), builtin_scheduler=True)
+    _train(_argv(demo_manifest, *common, "--save", resumed, "--exit-interval", "4"), builtin_scheduler=True)
+    _train(_argv(demo_manifest, *common, "--save", resumed, "--load", resumed), builtin_scheduler=True)
+    a, b = _records(straight), _records(resumed)
+    _assert_same_steps(a, b, range(1, 9), exact=True)
+    weights = [tuple(a[i]["domain_weights"].values()) for i in range(1, 9)]
+    if method == "hds":
+        assert len(set(weights[2:])) == 6  # past the 2-step warm-up the agent acts every step
+        assert set(a[8]["reward"]) >= {"align", "quality", "norm", "total"}
+        assert all(np.isfinite(list(a[8]["reward"].values())))
+    if method == "uniform":
+        assert np.allclose(weights, 1 / 7, rtol=0, atol=1e-15)
+
+
+def test_hds_weights_are_identical_on_every_rank_under_tp2_pp2(demo_manifest, tmp_path):
+    argv = _argv(demo_manifest, "--mixing", "hds", *LEARNING, "--train-iters", "6", "--tensor-model-parallel-size",
+                 "2", "--pipeline-model-parallel-size", "2", "--log-dir", str(tmp_path))
+    results = run_distributed(_train, 4, argv, 0.0, True)
+    histories = [r["weight_history"] for r in results]
+    assert len(histories[0]) == 6 and len({h.tobytes() for h in histories}) == 1
+    assert len({row.tobytes() for row in histories[0]}) >= 4  # the agent changed them

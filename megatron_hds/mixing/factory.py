@@ -1,0 +1,46 @@
+"""The one place that turns the --mixing choice into a scheduler object."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from megatron_hds.config import MixingConfig
+from megatron_hds.mixing.base import normalized
+from megatron_hds.mixing.static import StaticScheduler
+
+# Schedulers that need gradient probes, weight norms and sample quality every step.
+LEARNING_METHODS = ("hds", "acodm")
+
+
+def build_scheduler(mixing: MixingConfig, natural_weights, num_matrices: int, train_iters: int, seq_length: int):
+    """The scheduler for MixingConfig.method, starting from the natural (or given) weights."""
+    num_domains = len(natural_weights)
+    start = normalized(mixing.weights if mixing.weights is not None else natural_weights, num_domains,
+                       "--mixing-weights" if mixing.weights is not None else "natural weights")
+    if mixing.method == "uniform":
+        return StaticScheduler(np.full(num_domains, 1.0 / num_domains), name="uniform")
+    if mixing.method == "static":
+        return StaticScheduler(start)
+    if mixing.method == "odm":
+        from megatron_hds.mixing.odm import ODMScheduler
+
+        return ODMScheduler(num_domains, initial_weights=start, variant=mixing.odm_variant,
+                            smoothing=mixing.odm_smoothing, warmup_steps=mixing.odm_warmup_steps,
+                            update_interval=mixing.update_interval, weight_floor=mixing.weight_floor)
+    if mixing.method == "hds":
+        from megatron_hds.mixing.hds import HDSConfig, HDSScheduler
+        from megatron_hds.mixing.rewards import RewardConfig
+        from megatron_hds.mixing.sac import SACConfig
+
+        sac = SACConfig(
+            state_dim=3 * num_domains + 2 * num_matrices + 1, num_domains=num_domains, gamma=mixing.agent_gamma,
+            tau=mixing.agent_tau, buffer_size=mixing.agent_buffer_size, batch_size=mixing.agent_batch_size,
+            actor_lr=mixing.agent_lr, critic_lr=mixing.agent_lr, alpha_lr=mixing.agent_lr,
+            hidden_sizes=tuple(mixing.agent_hidden_sizes), encoder=mixing.hds_encoder,
+            weight_floor=mixing.agent_weight_floor, seed=mixing.agent_seed)
+        reward = RewardConfig(components=tuple(mixing.hds_reward), lambda_align=mixing.hds_lambda_align,
+                              lambda_quality=mixing.hds_lambda_quality, lambda_norm=mixing.hds_lambda_norm,
+                              mtld_max=float(seq_length))
+        return HDSScheduler(start, num_matrices, train_iters, sac, reward,
+                            HDSConfig(mixing.warmup_fraction, mixing.update_interval))
+    raise ValueError(f"unknown mixing method {mixing.method!r}")

@@ -1,0 +1,128 @@
+"""HDS: the Holistic Data Scheduler. A SAC agent (mixing/sac.py) observes the training
+state after every step, is paid the holistic reward (mixing/rewards.py) for the weights
+it chose, and picks the next weights.
+
+Timeline of one observe(signals of step t):
+  1. s_{t+1} = state built from the signals; r_t = reward of the action u_t that drew step t's batch.
+  2. The transition (s_t, u_t, r_t, s_{t+1}) goes to the replay buffer (refused and
+     counted if anything in it is NaN/Inf).
+  3. During warm-up (the first warmup_fraction of the run) the weights stay at the
+     initial ones and the agent does not update; afterwards it updates and acts every
+     update_interval steps (between, the last weights stay).
+The action of warm-up steps is the logit vector whose weights are the initial weights,
+so the stored transitions describe what was really done.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from megatron_hds.mixing.base import Signals, normalized
+from megatron_hds.mixing.rewards import HolisticReward, RewardConfig, StateBuilder
+from megatron_hds.mixing.sac import SACAgent, SACConfig
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class HDSConfig:
+    """When the agent acts; the agent's and the reward's own settings are SACConfig / RewardConfig."""
+
+    warmup_fraction: float = 0.02  # first 2% of steps at the initial weights (transitions stored)
+    update_interval: int = 1  # act and update every this many steps
+
+    def __post_init__(self):
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction={self.warmup_fraction!r} is invalid: expected a value in [0, 1)")
+        if not isinstance(self.update_interval, int) or self.update_interval < 1:
+            raise ValueError(f"update_interval={self.update_interval!r} is invalid: expected a positive integer")
+
+
+def logits_for_weights(weights: np.ndarray, floor: float) -> np.ndarray:
+    """A logit vector u with floor + (1 - D*floor) * softmax(u) == weights (weights >= floor)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    share = (weights - floor) / (1.0 - weights.size * floor)
+    logits = np.log(np.clip(share, 1e-12, None))
+    return logits - logits.mean()
+
+
+class HDSScheduler:
+    """The SAC data scheduler on rank 0."""
+
+    name = "hds"
+
+    def __init__(self, initial_weights, num_matrices: int, train_iters: int, sac: SACConfig,
+                 reward: RewardConfig = RewardConfig(), config: HDSConfig = HDSConfig()):
+        self.num_domains = sac.num_domains
+        self.config = config
+        self.train_iters = train_iters
+        self.states = StateBuilder(self.num_domains, num_matrices)
+        if sac.state_dim != self.states.state_dim:
+            raise ValueError(f"SAC state_dim {sac.state_dim} does not match the state's {self.states.state_dim} "
+                             f"(3 x {self.num_domains} domains + 2 x {num_matrices} matrices + 1)")
+        self.agent = SACAgent(sac)
+        self.reward = HolisticReward(reward)
+        floor = sac.floor
+        weights = normalized(initial_weights, self.num_domains, "HDS initial weights")
+        # The agent's weights never go below the floor; lift the initial ones the same way.
+        weights = np.maximum(weights, floor)
+        self._initial = weights / weights.sum()
+        self._initial_logits = logits_for_weights(self._initial, floor)
+        self.warmup_steps = int(math.ceil(config.warmup_fraction * train_iters))
+        self.state = self.states.initial_state()
+        self.logits = self._initial_logits.copy()
+        self.weights = self._initial.copy()
+        self.skipped_transitions = 0
+        self._last = None
+
+    def initial_weights(self) -> np.ndarray:
+        return self._initial.copy()
+
+    def observe(self, signals: Signals) -> np.ndarray:
+        next_state = self.states.build(signals)
+        parts = self.reward.components(signals)
+        total = self.reward.total(parts)
+        stored = math.isfinite(total) and self.agent.add_transition(self.state, self.logits, total, next_state)
+        if not stored:
+            self.skipped_transitions += 1
+        self.state = next_state
+        losses = None
+        step = signals.iteration
+        if step >= self.warmup_steps and (step - self.warmup_steps) % self.config.update_interval == 0:
+            losses = self.agent.update()
+            self.logits, self.weights = self.agent.act(next_state)
+        self._last = {**parts, "total": total, "alpha": self.agent.alpha,
+                      "skipped_transitions": float(self.skipped_transitions),
+                      **({f"{k}": float(v) for k, v in losses.items()} if losses else {})}
+        return np.asarray(self.weights, dtype=np.float64).copy()
+
+    def last_reward(self) -> dict | None:
+        return None if self._last is None else dict(self._last)
+
+    def state_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "version": STATE_VERSION,
+            "agent": self.agent.state_dict(),
+            "states": self.states.state_dict(),
+            "reward": self.reward.state_dict(),
+            "state": self.state.tolist(),
+            "logits": np.asarray(self.logits).tolist(),
+            "weights": np.asarray(self.weights).tolist(),
+            "skipped_transitions": self.skipped_transitions,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("name") != self.name or state.get("version") != STATE_VERSION:
+            raise ValueError(f"checkpoint's mixture scheduler is {state.get('name')!r} "
+                             f"(version {state.get('version')}), not {self.name!r} version {STATE_VERSION}")
+        self.agent.load_state_dict(state["agent"])
+        self.states.load_state_dict(state["states"])
+        self.reward.load_state_dict(state["reward"])
+        self.state = np.asarray(state["state"], dtype=np.float64)
+        self.logits = np.asarray(state["logits"], dtype=np.float64)
+        self.weights = np.asarray(state["weights"], dtype=np.float64)
+        self.skipped_transitions = int(state["skipped_transitions"])

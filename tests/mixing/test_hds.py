@@ -1,0 +1,107 @@
+"""HDS: state vectors, the holistic reward, and the scheduler's timeline (warm-up, NaN
+signals, exact continuation)."""
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_hds.mixing.base import Signals
+from megatron_hds.mixing.hds import HDSConfig, HDSScheduler, logits_for_weights
+from megatron_hds.mixing.rewards import HolisticReward, RewardConfig, StateBuilder, zscore_clamped
+from megatron_hds.mixing.sac import SACConfig, weights_from_logits
+
+D, L = 4, 2
+
+
+def _signals(iteration, loss, samples=(4, 4, 4, 4), weights=(0.25,) * 4, **extra):
+    return Signals(iteration=iteration, train_iters=100, weights=np.asarray(weights), domain_loss=np.asarray(loss),
+                   domain_tokens=np.asarray(samples) * 32.0, domain_samples=np.asarray(samples), loss=float(np.nanmean(loss)),
+                   extra=extra)
+
+
+def test_zscore_clamped():
+    assert np.allclose(zscore_clamped([1.0, 2.0, 3.0]), [-1.2247449, 0.0, 1.2247449])
+    assert zscore_clamped([5.0, 5.0]).tolist() == [0.0, 0.0]
+    assert zscore_clamped([0.0] * 99 + [1e6]).max() == 3.0
+
+
+def test_state_keeps_the_last_loss_of_undrawn_domains():
+    builder = StateBuilder(D, L)
+    assert builder.state_dim == 3 * D + 2 * L + 1
+    first = builder.build(_signals(1, [1.0, 2.0, 3.0, 4.0], weight_norms=[1.0, 2.0], weight_change_norms=[0.1, 0.3]))
+    assert first.shape == (builder.state_dim,) and first[-1] == pytest.approx(0.01)
+    second = builder.build(_signals(2, [2.0, np.nan, 3.0, 4.0], samples=(8, 0, 4, 4)))
+    assert np.allclose(second[:D], zscore_clamped([2.0, 2.0, 3.0, 4.0]))  # domain 1 keeps its last loss
+    assert np.allclose(second[D:2 * D], zscore_clamped([1.0, 0.0, 0.0, 0.0]))  # change since the last step
+    assert np.allclose(second[2 * D:3 * D], zscore_clamped([8, 0, 4, 4]))
+
+
+def test_reward_components_by_hand():
+    reward = HolisticReward(RewardConfig(mtld_min=2.0, mtld_max=102.0))
+    weights = np.array([0.4, 0.3, 0.2, 0.1])
+    parts = reward.components(_signals(50, [1, 1, 1, 1], weights=weights, alignment=np.array([1.0, -1.0, 0.5, 0.0]),
+                                       quality=52.0, weight_norms=np.array([10.0, 20.0])))
+    assert parts["align"] == pytest.approx(0.4 - 0.3 + 0.1)
+    assert parts["quality"] == pytest.approx(0.5 * 0.5)  # (52 - 2) / 100, times progress 50/100
+    assert parts["norm"] == 0.0  # no previous norms yet
+    parts = reward.components(_signals(51, [1, 1, 1, 1], weight_norms=np.array([11.0, 19.5])))
+    assert parts["norm"] == pytest.approx(1 / 1.5)  # |11 - 10| + |19.5 - 20|
+    assert np.isnan(parts["align"]) and np.isnan(parts["quality"])
+    parts = reward.components(_signals(52, [1, 1, 1, 1], weight_norms=np.array([11.0, 19.5])))
+    assert parts["norm"] == 5.0  # no drift: capped
+    total = HolisticReward(RewardConfig(components=("align", "norm"))).total({"align": 0.2, "quality": np.nan, "norm": 3})
+    assert total == pytest.approx(0.2 + 10 * 3)
+    with pytest.raises(ValueError, match="bogus"):
+        RewardConfig(components=("align", "bogus"))
+
+
+def test_logits_for_weights_inverts_the_action_map():
+    floor = 0.1 / D
+    weights = np.array([0.5, 0.2, 0.2, 0.1])
+    assert np.allclose(weights_from_logits(logits_for_weights(weights, floor), floor), weights)
+
+
+def _scheduler(seed=0):
+    torch.set_num_threads(1)
+    sac = SACConfig(state_dim=3 * D + 2 * L + 1, num_domains=D, batch_size=4, hidden_sizes=(16, 16), seed=seed)
+    return HDSScheduler([0.4, 0.3, 0.2, 0.1], L, train_iters=100, sac=sac, config=HDSConfig(warmup_fraction=0.05))
+
+
+def _feed(scheduler, steps, start=1, rng_seed=0):
+    rng = np.random.default_rng(rng_seed + start)
+    out = []
+    for t in range(start, start + steps):
+        loss = rng.random(D) + 2
+        weights = scheduler.observe(_signals(t, loss, alignment=rng.standard_normal(D), quality=30.0,
+                                             weight_norms=rng.random(L) + 5, weight_change_norms=rng.random(L)))
+        out.append(weights)
+    return np.array(out)
+
+
+def test_warmup_keeps_initial_weights_then_the_agent_acts():
+    scheduler = _scheduler()
+    weights = _feed(scheduler, 12)
+    assert np.allclose(weights[:4], [0.4, 0.3, 0.2, 0.1])  # warm-up: 5% of 100 steps, observations 1..4
+    assert not np.allclose(weights[5], weights[4])
+    assert np.allclose(weights.sum(axis=1), 1.0) and (weights >= 0.1 / D - 1e-12).all()
+    assert set(scheduler.last_reward()) >= {"align", "quality", "norm", "total", "alpha"}
+    assert len(scheduler.agent.buffer) == 12
+
+
+def test_nan_signals_never_reach_the_agent():
+    scheduler = _scheduler()
+    _feed(scheduler, 3)
+    weights = scheduler.observe(_signals(4, [np.inf, 1, 1, 1], alignment=np.array([np.nan] * D)))
+    assert scheduler.skipped_transitions == 1 and len(scheduler.agent.buffer) == 3  # the 3 finite ones
+    assert np.isfinite(weights).all() and weights.sum() == pytest.approx(1.0)
+
+
+def test_state_dict_continues_exactly():
+    a, b = _scheduler(seed=3), _scheduler(seed=3)
+    _feed(a, 10)
+    _feed(b, 10)
+    restored = _scheduler(seed=99)
+    restored.load_state_dict(b.state_dict())
+    assert np.array_equal(_feed(a, 10, start=11), _feed(restored, 10, start=11))
+    with pytest.raises(ValueError, match="hds"):
+        restored.load_state_dict({"name": "odm"})
