@@ -17,7 +17,7 @@
 #   PRECISION       fp32 | bf16 | fp16                          (bf16 / fp32)
 #   TP, PP          tensor / pipeline parallel sizes            (1, 1)
 #   EVAL_INTERVAL, SAVE_INTERVAL, LOG_INTERVAL                  (417, 1000, 10 / 25, 0, 10)
-#   MIXING          data-mixing method (--mixing)               (static)
+#   MIXING          data-mixing method: hds odm static uniform  (hds)
 #   NPROC_PER_NODE  ranks per node (default: GPUs on the node, else 1)
 #   OUTPUT_DIR      checkpoints, metrics, plots                 ($SLURM_SUBMIT_DIR/runs/$SLURM_JOB_ID / ./demo_output)
 #   EXTRA_ARGS      more pretrain flags, appended last (they win)
@@ -107,7 +107,7 @@ TRAIN_ARGS=(
   --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95 --clip-grad 1.0 "${PRECISION_ARGS[@]}"
   --split "$SPLIT" --eval-interval "$EVAL_INTERVAL" --eval-iters "${EVAL_ITERS:-10}"
   --log-interval "${LOG_INTERVAL:-10}" --save "$SAVE_DIR" --load "$SAVE_DIR" --save-interval "$SAVE_INTERVAL"
-  --mixing "${MIXING:-static}"
+  --mixing "${MIXING:-hds}"
   "${EXTRA[@]}"
 )
 
@@ -129,6 +129,16 @@ else
   "$PYTHON" -m megatron_hds.training.pretrain "${TRAIN_ARGS[@]}"
 fi
 
+"$PYTHON" - "$SAVE_DIR" <<'PY'
+import sys
+from megatron_hds.training.metrics import read_metrics
+train = read_metrics(sys.argv[1])["train"]
+if train:
+    last = train[-1]
+    ranked = sorted(last["domain_weights"].items(), key=lambda kv: -kv[1])
+    print(f"domain weights chosen for iteration {last['iteration']}: "
+          + ", ".join(f"{name} {weight:.3f}" for name, weight in ranked))
+PY
 echo "metrics: $SAVE_DIR/metrics.jsonl"
 echo "checkpoints: $SAVE_DIR"
 if "$PYTHON" -c "import matplotlib" 2>/dev/null; then

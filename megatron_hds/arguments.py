@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hds-weight-floor", type=float, default=None, help="default 0.1 / number of domains")
     g.add_argument("--hds-seed", type=int, default=0)
     g.add_argument("--hds-encoder", choices=["mlp", "domain_tokens"], default="mlp")
+    g.add_argument("--acodm-noise-std", type=float, default=0.1,
+                   help="AC-ODM exploration noise (its agent shares the --hds-gamma/tau/buffer/batch/lr/hidden flags)")
     g.add_argument("--hds-probe", choices=["sketch", "exact"], default="sketch")
     g.add_argument("--hds-sketch-size", type=int, default=4096)
     g.add_argument("--hds-norm-matrices", type=int, default=9)
@@ -255,6 +257,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         agent_weight_floor=args.hds_weight_floor,
         agent_seed=args.hds_seed,
         hds_encoder=args.hds_encoder,
+        acodm_noise_std=args.acodm_noise_std,
         hds_reward=tuple(c.strip() for c in args.hds_reward.split(",") if c.strip()),
         hds_lambda_align=args.hds_lambda_align,
         hds_lambda_quality=args.hds_lambda_quality,

@@ -164,7 +164,7 @@ def model_preset(name: str, **overrides) -> ModelConfig:
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 BATCH_LAYOUTS = ("single_domain", "hds", "mixed")
-MIXING_METHODS = ("static", "uniform", "odm", "hds")
+MIXING_METHODS = ("static", "uniform", "odm", "acodm", "hds")
 REWARD_COMPONENTS = ("align", "quality", "norm")
 
 
@@ -251,7 +251,7 @@ class TrainConfig:
 class MixingConfig:
     """How domain weights are chosen each step (the scheduler) and how batches are laid out."""
 
-    method: str = "static"  # --mixing {static,uniform,odm,hds}
+    method: str = "static"  # --mixing {static,uniform,odm,acodm,hds}
     weights: Optional[list] = None  # --mixing-weights: the static weights, or the start of a learning scheduler
     weight_floor: float = 0.0  # --mixing-weight-floor: the sampler keeps every domain at least this weight
     batch_layout: str = "single_domain"  # --mixing-batch-layout {single_domain,hds,mixed}
@@ -271,6 +271,7 @@ class MixingConfig:
     agent_weight_floor: Optional[float] = None  # --hds-weight-floor (default 0.1 / D)
     agent_seed: int = 0  # --hds-seed
     hds_encoder: str = "mlp"  # --hds-encoder {mlp,domain_tokens}
+    acodm_noise_std: float = 0.1  # --acodm-noise-std: exploration noise on the DDPG actor's logits
     hds_reward: tuple = REWARD_COMPONENTS  # --hds-reward align,quality,norm
     hds_lambda_align: float = 1.0  # --hds-lambda-align
     hds_lambda_quality: float = 10.0  # --hds-lambda-quality

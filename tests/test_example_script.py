@@ -46,6 +46,9 @@ def test_plain_bash_builds_demo_data_trains_and_reports(demo_run):
     assert valid[-1]["mean_ppl"] < valid[0]["mean_ppl"]  # it learns
     assert (out / "checkpoints" / "iter_0000012" / "mp_rank_00" / "model_optim_rng.pt").is_file()
     assert f"metrics: {out / 'checkpoints' / 'metrics.jsonl'}" in proc.stdout
+    assert "domain weights chosen for iteration 12: " in proc.stdout
+    assert records["config"][0]["mixing"]["method"] == "hds"  # the product is the default
+    assert set(records["train"][-1]["reward"]) >= {"align", "quality", "norm", "total"}
 
 
 def test_plain_bash_rerun_resumes_instead_of_restarting(demo_run):

@@ -59,3 +59,20 @@ def normalized(weights, num_domains: int, what: str = "weights") -> np.ndarray:
     if not np.all(np.isfinite(array)) or np.any(array < 0) or not array.sum() > 0:
         raise ValueError(f"{what} {list(array)} must be finite, non-negative and sum to a positive value")
     return array / array.sum()
+
+
+def lift_to_floor(weights: np.ndarray, floor: float) -> np.ndarray:
+    """The weights with every entry >= floor, still summing to 1: entries below the floor
+    are raised to it and the others scaled down together, repeated until none falls
+    below (a single clip-and-renormalise can push a raised entry under the floor again).
+    Weights already on the floored simplex come back unchanged."""
+    weights = np.asarray(weights, dtype=np.float64)
+    pinned = np.zeros(weights.size, dtype=bool)
+    while True:
+        low = ~pinned & (weights < floor)
+        if not low.any():
+            return weights
+        pinned |= low
+        free = weights[~pinned]
+        weights = np.where(pinned, floor, 0.0)
+        weights[~pinned] = free * (1.0 - pinned.sum() * floor) / free.sum()

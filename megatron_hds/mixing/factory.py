@@ -27,13 +27,23 @@ def build_scheduler(mixing: MixingConfig, natural_weights, num_matrices: int, tr
         return ODMScheduler(num_domains, initial_weights=start, variant=mixing.odm_variant,
                             smoothing=mixing.odm_smoothing, warmup_steps=mixing.odm_warmup_steps,
                             update_interval=mixing.update_interval, weight_floor=mixing.weight_floor)
+    state_dim = 3 * num_domains + 2 * num_matrices + 1
+    if mixing.method == "acodm":
+        from megatron_hds.mixing.acodm import ACODMScheduler, DDPGConfig
+
+        ddpg = DDPGConfig(
+            state_dim=state_dim, num_domains=num_domains, gamma=mixing.agent_gamma, tau=mixing.agent_tau,
+            buffer_size=mixing.agent_buffer_size, batch_size=mixing.agent_batch_size, actor_lr=mixing.agent_lr,
+            critic_lr=mixing.agent_lr, hidden_sizes=tuple(mixing.agent_hidden_sizes),
+            noise_std=mixing.acodm_noise_std, weight_floor=mixing.agent_weight_floor, seed=mixing.agent_seed)
+        return ACODMScheduler(start, num_matrices, train_iters, ddpg, mixing.warmup_fraction, mixing.update_interval)
     if mixing.method == "hds":
         from megatron_hds.mixing.hds import HDSConfig, HDSScheduler
         from megatron_hds.mixing.rewards import RewardConfig
         from megatron_hds.mixing.sac import SACConfig
 
         sac = SACConfig(
-            state_dim=3 * num_domains + 2 * num_matrices + 1, num_domains=num_domains, gamma=mixing.agent_gamma,
+            state_dim=state_dim, num_domains=num_domains, gamma=mixing.agent_gamma,
             tau=mixing.agent_tau, buffer_size=mixing.agent_buffer_size, batch_size=mixing.agent_batch_size,
             actor_lr=mixing.agent_lr, critic_lr=mixing.agent_lr, alpha_lr=mixing.agent_lr,
             hidden_sizes=tuple(mixing.agent_hidden_sizes), encoder=mixing.hds_encoder,

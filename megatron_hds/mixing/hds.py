@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from megatron_hds.mixing.base import Signals, normalized
+from megatron_hds.mixing.base import Signals, lift_to_floor, normalized
 from megatron_hds.mixing.rewards import HolisticReward, RewardConfig, StateBuilder
 from megatron_hds.mixing.sac import SACAgent, SACConfig
 
@@ -49,34 +49,42 @@ def logits_for_weights(weights: np.ndarray, floor: float) -> np.ndarray:
     return logits - logits.mean()
 
 
-class HDSScheduler:
-    """The SAC data scheduler on rank 0."""
+class AgentScheduler:
+    """The timeline shared by the learning schedulers (HDS, AC-ODM): an agent with
+    act / add_transition / update / state_dict, a reward, and the state builder."""
 
-    name = "hds"
+    name = "agent"
+    log_all_components = True  # log every reward component, also ones not paid (ablations)
 
-    def __init__(self, initial_weights, num_matrices: int, train_iters: int, sac: SACConfig,
-                 reward: RewardConfig = RewardConfig(), config: HDSConfig = HDSConfig()):
-        self.num_domains = sac.num_domains
+    def __init__(self, initial_weights, num_matrices: int, train_iters: int, agent, reward: HolisticReward,
+                 floor: float, config: HDSConfig):
+        self.num_domains = agent.config.num_domains
         self.config = config
-        self.train_iters = train_iters
+        if isinstance(train_iters, bool) or not isinstance(train_iters, (int, np.integer)) or train_iters < 1:
+            raise ValueError(f"train_iters={train_iters!r} is invalid: expected a positive integer")
+        self.train_iters = int(train_iters)
         self.states = StateBuilder(self.num_domains, num_matrices)
-        if sac.state_dim != self.states.state_dim:
-            raise ValueError(f"SAC state_dim {sac.state_dim} does not match the state's {self.states.state_dim} "
-                             f"(3 x {self.num_domains} domains + 2 x {num_matrices} matrices + 1)")
-        self.agent = SACAgent(sac)
-        self.reward = HolisticReward(reward)
-        floor = sac.floor
-        weights = normalized(initial_weights, self.num_domains, "HDS initial weights")
-        # The agent's weights never go below the floor; lift the initial ones the same way.
-        weights = np.maximum(weights, floor)
-        self._initial = weights / weights.sum()
+        if agent.config.state_dim != self.states.state_dim:
+            raise ValueError(f"{self.name}: agent state_dim {agent.config.state_dim} does not match the state's "
+                             f"{self.states.state_dim} (3 x {self.num_domains} domains + 2 x {num_matrices} "
+                             f"matrices + 1)")
+        self.agent = agent
+        self.reward = reward
+        weights = normalized(initial_weights, self.num_domains, f"{self.name} initial weights")
+        self._initial = lift_to_floor(weights, floor)  # the agent's weights never go below the floor
         self._initial_logits = logits_for_weights(self._initial, floor)
-        self.warmup_steps = int(math.ceil(config.warmup_fraction * train_iters))
+        self.warmup_steps = int(math.ceil(config.warmup_fraction * self.train_iters))
         self.state = self.states.initial_state()
         self.logits = self._initial_logits.copy()
         self.weights = self._initial.copy()
         self.skipped_transitions = 0
         self._last = None
+
+    def _act(self, state):
+        return self.agent.act(state)
+
+    def _log_fields(self) -> dict:
+        return {}
 
     def initial_weights(self) -> np.ndarray:
         return self._initial.copy()
@@ -93,10 +101,11 @@ class HDSScheduler:
         step = signals.iteration
         if step >= self.warmup_steps and (step - self.warmup_steps) % self.config.update_interval == 0:
             losses = self.agent.update()
-            self.logits, self.weights = self.agent.act(next_state)
-        self._last = {**parts, "total": total, "alpha": self.agent.alpha,
+            self.logits, self.weights = self._act(next_state)
+        logged = parts if self.log_all_components else {k: parts[k] for k in self.reward.config.components}
+        self._last = {**logged, "total": total, **self._log_fields(),
                       "skipped_transitions": float(self.skipped_transitions),
-                      **({f"{k}": float(v) for k, v in losses.items()} if losses else {})}
+                      **({k: float(v) for k, v in losses.items()} if losses else {})}
         return np.asarray(self.weights, dtype=np.float64).copy()
 
     def last_reward(self) -> dict | None:
@@ -106,6 +115,8 @@ class HDSScheduler:
         return {
             "name": self.name,
             "version": STATE_VERSION,
+            "warmup_steps": self.warmup_steps,
+            "update_interval": self.config.update_interval,
             "agent": self.agent.state_dict(),
             "states": self.states.state_dict(),
             "reward": self.reward.state_dict(),
@@ -116,9 +127,14 @@ class HDSScheduler:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("name") != self.name or state.get("version") != STATE_VERSION:
-            raise ValueError(f"checkpoint's mixture scheduler is {state.get('name')!r} "
-                             f"(version {state.get('version')}), not {self.name!r} version {STATE_VERSION}")
+        name, version = (state.get("name"), state.get("version")) if isinstance(state, dict) else (None, None)
+        if name != self.name or version != STATE_VERSION:
+            raise ValueError(f"checkpoint's mixture scheduler is {name!r} (version {version}), "
+                             f"not {self.name!r} version {STATE_VERSION}")
+        schedule = (state["warmup_steps"], state["update_interval"])
+        if schedule != (self.warmup_steps, self.config.update_interval):
+            raise ValueError(f"{self.name} checkpoint has warm-up {schedule[0]} steps and update interval "
+                             f"{schedule[1]}; this run has {self.warmup_steps} and {self.config.update_interval}")
         self.agent.load_state_dict(state["agent"])
         self.states.load_state_dict(state["states"])
         self.reward.load_state_dict(state["reward"])
@@ -126,3 +142,17 @@ class HDSScheduler:
         self.logits = np.asarray(state["logits"], dtype=np.float64)
         self.weights = np.asarray(state["weights"], dtype=np.float64)
         self.skipped_transitions = int(state["skipped_transitions"])
+
+
+class HDSScheduler(AgentScheduler):
+    """The SAC data scheduler on rank 0, paid the holistic reward."""
+
+    name = "hds"
+
+    def __init__(self, initial_weights, num_matrices: int, train_iters: int, sac: SACConfig,
+                 reward: RewardConfig = RewardConfig(), config: HDSConfig = HDSConfig()):
+        super().__init__(initial_weights, num_matrices, train_iters, SACAgent(sac), HolisticReward(reward),
+                         sac.floor, config)
+
+    def _log_fields(self) -> dict:
+        return {"alpha": self.agent.alpha}

@@ -99,7 +99,8 @@ class SACConfig:
             raise ValueError(f"SACConfig.weight_floor={self.weight_floor!r} is invalid: expected "
                              f"0 <= floor < 1/num_domains = {1.0 / self.num_domains:.6g}")
         if self.encoder not in ENCODERS:
-            raise ValueError(f"SACConfig.encoder={self.encoder!r} is invalid: accepted values are {', '.join(ENCODERS)}")
+            raise ValueError(f"SACConfig.encoder={self.encoder!r} is invalid: "
+                             f"accepted values are {', '.join(ENCODERS)}")
         if self.encoder == "domain_tokens":
             if self.token_dim % self.token_heads:
                 raise ValueError(f"SACConfig.token_dim={self.token_dim} is not divisible by "
@@ -293,7 +294,8 @@ class SACAgent:
             p.requires_grad_(False)
         self.log_alpha = torch.tensor(float(cfg.log_alpha_init), device=self.device, requires_grad=True)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, foreach=True)
-        self.critic_optimizer = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.critic_lr, foreach=True)
+        self.critic_optimizer = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()],
+                                                 lr=cfg.critic_lr, foreach=True)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, foreach=True)
         self.buffer = ReplayBuffer(cfg.buffer_size, cfg.state_dim, cfg.num_domains)
         self.rng = np.random.Generator(np.random.PCG64(cfg.seed))
@@ -463,8 +465,8 @@ class SACAgent:
         """Restore ``state_dict()``; refuses another format/version or a different config,
         naming the fields that differ."""
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a SAC agent state (format {state.get('format') if isinstance(state, dict) else None!r},"
-                             f" expected {STATE_FORMAT!r})")
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"not a SAC agent state (format {found!r}, expected {STATE_FORMAT!r})")
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"SAC agent state version {state.get('version')!r} is not supported "
                              f"(this code reads version {STATE_VERSION})")

@@ -1,0 +1,322 @@
+"""AC-ODM (arXiv 2505.23878), the actor-critic baseline of HDS: a deterministic actor
+trained by DDPG with Gaussian exploration noise and no entropy term, on the same state
+(mixing/rewards.py StateBuilder) and the same loss-driven alignment reward as HDS.
+
+Parameterisation: as in mixing/sac.py. The DDPG action is the vector of D logits u; the
+weights the run uses are w(u) = floor + (1 - D * floor) * softmax(u), a map treated as
+part of the environment, so the action space is all of R^D. The actor outputs mu(s) in
+R^D; exploration adds N(0, sigma^2 I) to the logits, sigma = max(noise_std_min,
+noise_std * noise_decay^n) after n explored actions. The critic reads the action through
+the weights it produces, Q(s, u) = f(s, D * w(u)), exactly as the SAC critics do.
+
+DDPG (Lillicrap et al. 2016): critic target y = r + gamma Q'(s', mu'(s')) with no
+terminal cut (continuing task), critic loss (Q(s, u) - y)^2, actor loss -Q(s, mu(s)),
+then Polyak updates of both targets by tau after every update.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megatron_hds.mixing.hds import AgentScheduler, HDSConfig
+from megatron_hds.mixing.rewards import HolisticReward, RewardConfig
+from megatron_hds.mixing.sac import ReplayBuffer, _mlp, _torch_weights, weights_from_logits
+
+AGENT_FORMAT = "megatron_hds.ddpg"
+AGENT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DDPGConfig:
+    """Hyperparameters of the AC-ODM agent; shared ones default to METHOD.md's SAC values."""
+
+    state_dim: int  # length of the state vector (3D + 2L + 1)
+    num_domains: int  # D: the action is D logits, the weights D numbers
+    gamma: float = 0.95  # discount of the continuing task (no terminal states)
+    tau: float = 0.001  # Polyak rate of the actor and critic targets, after every update
+    buffer_size: int = 10_000  # replay buffer capacity (a ring)
+    batch_size: int = 32  # minibatch per update; no update until the buffer holds this many
+    actor_lr: float = 1e-4  # Adam learning rate of the actor
+    critic_lr: float = 1e-4  # Adam learning rate of the critic
+    hidden_sizes: tuple = (256, 256)  # hidden layers of the actor and of the critic
+    noise_std: float = 0.1  # std of the Gaussian exploration noise added to the logits
+    noise_decay: float = 1.0  # the std is multiplied by this after every explored action (1: constant)
+    noise_std_min: float = 0.0  # the decayed std never falls below this
+    weight_floor: Optional[float] = None  # least weight of any domain; default 0.1 / D
+    seed: int = 0  # seeds network init, minibatch sampling and exploration noise
+
+    def __post_init__(self):
+        for name in ("state_dim", "num_domains", "buffer_size", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"DDPGConfig.{name}={value!r} is invalid: expected a positive integer")
+        if self.num_domains < 2:
+            raise ValueError(f"DDPGConfig.num_domains={self.num_domains} is invalid: a mixture needs at least 2 domains")
+        if not 0.0 <= self.gamma < 1.0:
+            raise ValueError(f"DDPGConfig.gamma={self.gamma!r} is invalid: expected 0 <= gamma < 1 (continuing task)")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"DDPGConfig.tau={self.tau!r} is invalid: expected 0 < tau <= 1")
+        if self.batch_size > self.buffer_size:
+            raise ValueError(f"DDPGConfig.batch_size={self.batch_size} exceeds buffer_size={self.buffer_size}: "
+                             f"expected batch_size <= buffer_size")
+        for name in ("actor_lr", "critic_lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"DDPGConfig.{name}={value!r} is invalid: expected a positive finite number")
+        for name in ("noise_std", "noise_std_min"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"DDPGConfig.{name}={value!r} is invalid: expected a finite number >= 0")
+        if not (isinstance(self.noise_decay, (int, float)) and 0.0 < self.noise_decay <= 1.0):
+            raise ValueError(f"DDPGConfig.noise_decay={self.noise_decay!r} is invalid: expected 0 < decay <= 1")
+        hidden = tuple(self.hidden_sizes)
+        if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
+            raise ValueError(f"DDPGConfig.hidden_sizes={self.hidden_sizes!r} is invalid: "
+                             f"expected a non-empty sequence of positive integers")
+        object.__setattr__(self, "hidden_sizes", hidden)  # lists from argv become hashable tuples
+        if not 0.0 <= self.floor < 1.0 / self.num_domains:
+            raise ValueError(f"DDPGConfig.weight_floor={self.weight_floor!r} is invalid: expected "
+                             f"0 <= floor < 1/num_domains = {1.0 / self.num_domains:.6g}")
+
+    @property
+    def floor(self) -> float:
+        """The weight floor in effect (weight_floor, or 0.1 / D)."""
+        return 0.1 / self.num_domains if self.weight_floor is None else float(self.weight_floor)
+
+
+class DeterministicActor(nn.Module):
+    """state -> mu(s), the D logits."""
+
+    def __init__(self, cfg: DDPGConfig):
+        super().__init__()
+        self.net = _mlp([cfg.state_dim, *cfg.hidden_sizes, cfg.num_domains])
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.net(state)
+
+
+class DDPGCritic(nn.Module):
+    """Q(s, u), reading the action u through the weights it produces (scaled by D)."""
+
+    def __init__(self, cfg: DDPGConfig):
+        super().__init__()
+        self.num_domains, self.floor = cfg.num_domains, cfg.floor
+        self.net = _mlp([cfg.state_dim + cfg.num_domains, *cfg.hidden_sizes, 1])
+
+    def forward(self, state: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        scaled = self.num_domains * _torch_weights(logits, self.floor)
+        return self.net(torch.cat([state, scaled], dim=-1)).squeeze(-1)
+
+
+class DDPGAgent:
+    """DDPG over mixture logits.
+
+    ``act`` picks logits and weights for a state (plus exploration noise unless
+    explore=False); ``add_transition`` stores what the environment answered; ``update``
+    takes one gradient step. Randomness comes only from the agent's own numpy Generator
+    (minibatches) and torch Generator (noise), so the global RNGs are untouched and
+    ``state_dict`` captures everything a resume needs."""
+
+    def __init__(self, config: DDPGConfig, device: str | torch.device = "cpu"):
+        self.config = cfg = config
+        self.device = torch.device(device)
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+            torch.manual_seed(cfg.seed)
+            self.actor = DeterministicActor(cfg).to(self.device)
+            self.critic = DDPGCritic(cfg).to(self.device)
+        self.actor_target, self.critic_target = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
+        for p in [*self.actor_target.parameters(), *self.critic_target.parameters()]:
+            p.requires_grad_(False)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, foreach=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, foreach=True)
+        self.buffer = ReplayBuffer(cfg.buffer_size, cfg.state_dim, cfg.num_domains)
+        self.rng = np.random.Generator(np.random.PCG64(cfg.seed))
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(cfg.seed + 1)
+        self.updates = 0  # gradient steps taken
+        self.explored_actions = 0  # act(explore=True) calls, the clock of the noise decay
+        self.rejected_transitions = 0  # transitions refused for NaN/Inf
+        self.skipped_steps = {"critic": 0, "actor": 0}  # optimizer steps withheld for a NaN/Inf loss
+
+    # ----- acting ---------------------------------------------------------------------
+    @property
+    def noise_std(self) -> float:
+        """The exploration std the next explored action uses."""
+        cfg = self.config
+        return max(cfg.noise_std_min, cfg.noise_std * cfg.noise_decay ** self.explored_actions)
+
+    def _state_tensor(self, state) -> tuple[torch.Tensor, bool]:
+        """The state(s) as a [B, state_dim] float32 tensor, and whether one unbatched state came in."""
+        s = torch.as_tensor(np.asarray(state, dtype=np.float32), device=self.device)
+        if s.dim() not in (1, 2) or s.shape[-1] != self.config.state_dim:
+            raise ValueError(f"state has shape {tuple(s.shape)}, expected [state_dim] or [batch, state_dim] "
+                             f"with state_dim={self.config.state_dim}")
+        return (s.unsqueeze(0), True) if s.dim() == 1 else (s, False)
+
+    @torch.no_grad()
+    def act(self, state, explore: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(logits u, weights w) for a state [state_dim] or a batch [B, state_dim]. u = mu(s)
+        plus N(0, noise_std^2) noise when explore (float32, what add_transition expects);
+        w = floor + (1 - D*floor) * softmax(u) in float64. explore=False draws no noise."""
+        s, single = self._state_tensor(state)
+        u = self.actor(s)
+        if explore:
+            std = self.noise_std
+            if std > 0:
+                u = u + std * torch.randn(u.shape, generator=self.generator, device=self.device, dtype=u.dtype)
+            self.explored_actions += 1
+        u = u.cpu().numpy()
+        u = u[0] if single else u
+        return u, weights_from_logits(u, self.config.floor)
+
+    @torch.no_grad()
+    def q_value(self, state, logits) -> np.ndarray:
+        """The critic's Q(s, u), per state (float64)."""
+        s, single = self._state_tensor(state)
+        u = torch.as_tensor(np.asarray(logits, dtype=np.float32), device=self.device).reshape(s.shape[0], -1)
+        out = self.critic(s, u).double().cpu().numpy()
+        return out[0] if single else out
+
+    # ----- learning -------------------------------------------------------------------
+    def add_transition(self, state, logits, reward, next_state) -> bool:
+        """Store (s, u, r, s'); refuse (return False, count) one with a NaN/Inf anywhere."""
+        cfg = self.config
+        s = np.asarray(state, dtype=np.float64).reshape(-1)
+        u = np.asarray(logits, dtype=np.float64).reshape(-1)
+        s2 = np.asarray(next_state, dtype=np.float64).reshape(-1)
+        r = np.asarray(reward, dtype=np.float64)
+        if s.size != cfg.state_dim or s2.size != cfg.state_dim or u.size != cfg.num_domains or r.size != 1:
+            raise ValueError(f"transition shapes s={s.shape} u={u.shape} r={r.shape} s'={s2.shape} do not match "
+                             f"state_dim={cfg.state_dim}, num_domains={cfg.num_domains} and a scalar reward")
+        finite32 = np.finfo(np.float32).max  # what overflows to inf in the float32 buffer is refused too
+        if not all(np.all(np.isfinite(x)) and np.all(np.abs(x) <= finite32) for x in (s, u, r, s2)):
+            self.rejected_transitions += 1
+            return False
+        self.buffer.add(s, u, float(r), s2)
+        return True
+
+    def _step(self, name: str, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
+        """Backward and step unless the loss or a gradient is NaN/Inf (then count and skip)."""
+        optimizer.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        if math.isfinite(value):
+            loss.backward()
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):  # one device sync
+                optimizer.step()
+                return value
+            optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps[name] += 1
+        return value
+
+    def update(self) -> Optional[dict[str, float]]:
+        """One critic and one actor step on a minibatch, then the Polyak target updates.
+        None while the buffer holds fewer than batch_size transitions; else losses for logging."""
+        cfg = self.config
+        if len(self.buffer) < cfg.batch_size:
+            return None
+        dev = self.device
+        s, u, r, s2 = (torch.as_tensor(x, device=dev) for x in self.buffer.sample(self.rng, cfg.batch_size))
+
+        with torch.no_grad():
+            target = r + cfg.gamma * self.critic_target(s2, self.actor_target(s2))  # no terminal cut
+        q = self.critic(s, u)
+        critic_value = self._step("critic", F.mse_loss(q, target), self.critic_optimizer)
+
+        critic_params = list(self.critic.parameters())
+        for p in critic_params:  # the actor's loss must not leave gradients on the critic
+            p.requires_grad_(False)
+        q_new = self.critic(s, self.actor(s))
+        actor_value = self._step("actor", -q_new.mean(), self.actor_optimizer)
+        for p in critic_params:
+            p.requires_grad_(True)
+
+        self._polyak()
+        self.updates += 1
+        return {"critic_loss": critic_value, "actor_loss": actor_value, "q": float(q_new.detach().mean())}
+
+    @torch.no_grad()
+    def _polyak(self) -> None:
+        tau = self.config.tau
+        for online, target in ((self.actor, self.actor_target), (self.critic, self.critic_target)):
+            t = list(target.parameters())
+            torch._foreach_mul_(t, 1.0 - tau)
+            torch._foreach_add_(t, list(online.parameters()), alpha=tau)
+
+    # ----- checkpointing --------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Networks, targets, optimizers, replay buffer, both RNGs and counters; tensors and
+        plain Python values only (torch.load(weights_only=True) safe)."""
+        return {
+            "format": AGENT_FORMAT,
+            "version": AGENT_VERSION,
+            "config": dataclasses.asdict(self.config),
+            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "actor_target": self.actor_target.state_dict(), "critic_target": self.critic_target.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": self.generator.get_state(),
+            "updates": self.updates,
+            "explored_actions": self.explored_actions,
+            "rejected_transitions": self.rejected_transitions,
+            "skipped_steps": dict(self.skipped_steps),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()``; refuses another format/version or a different config,
+        naming the fields that differ."""
+        if not isinstance(state, dict) or state.get("format") != AGENT_FORMAT:
+            raise ValueError(f"not a DDPG agent state (format {state.get('format') if isinstance(state, dict) else None!r},"
+                             f" expected {AGENT_FORMAT!r})")
+        if state.get("version") != AGENT_VERSION:
+            raise ValueError(f"DDPG agent state version {state.get('version')!r} is not supported "
+                             f"(this code reads version {AGENT_VERSION})")
+        mine = dataclasses.asdict(self.config)
+        theirs = dict(state["config"])
+        theirs["hidden_sizes"] = tuple(theirs.get("hidden_sizes", ()))
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differ:
+            detail = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs this run {mine.get(k)!r}" for k in differ)
+            raise ValueError(f"DDPG agent checkpoint was made with a different configuration ({detail})")
+        for name in ("actor", "critic", "actor_target", "critic_target"):
+            getattr(self, name).load_state_dict(state[name])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.generator.set_state(state["torch_rng"].cpu())  # generator states are CPU byte tensors on any device
+        self.updates = int(state["updates"])
+        self.explored_actions = int(state["explored_actions"])
+        self.rejected_transitions = int(state["rejected_transitions"])
+        self.skipped_steps = dict(state["skipped_steps"])
+
+
+class ACODMScheduler(AgentScheduler):
+    """The AC-ODM data scheduler on rank 0: HDS's timeline (mixing/hds.py AgentScheduler)
+    with a DDPG agent acting with exploration noise, paid the alignment reward alone."""
+
+    name = "acodm"
+    log_all_components = False
+
+    def __init__(self, initial_weights, num_matrices: int, train_iters: int, ddpg: DDPGConfig,
+                 warmup_fraction: float = 0.02, update_interval: int = 1):
+        super().__init__(initial_weights, num_matrices, train_iters, DDPGAgent(ddpg),
+                         HolisticReward(RewardConfig(components=("align",))), ddpg.floor,
+                         HDSConfig(warmup_fraction=warmup_fraction, update_interval=update_interval))
+
+    def _act(self, state):
+        return self.agent.act(state, explore=True)
+
+    def _log_fields(self) -> dict:
+        return {"noise_std": self.agent.noise_std}
