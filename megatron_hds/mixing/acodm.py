@@ -29,7 +29,7 @@ from torch import nn
 
 from megatron_hds.mixing.hds import AgentScheduler, HDSConfig
 from megatron_hds.mixing.rewards import HolisticReward, RewardConfig
-from megatron_hds.mixing.sac import ReplayBuffer, _mlp, _torch_weights, weights_from_logits
+from megatron_hds.mixing.sac import ReplayAgent, ReplayBuffer, mlp, torch_weights_from_logits, weights_from_logits
 
 AGENT_FORMAT = "megatron_hds.ddpg"
 AGENT_VERSION = 1
@@ -98,7 +98,7 @@ class DeterministicActor(nn.Module):
 
     def __init__(self, cfg: DDPGConfig):
         super().__init__()
-        self.net = _mlp([cfg.state_dim, *cfg.hidden_sizes, cfg.num_domains])
+        self.net = mlp([cfg.state_dim, *cfg.hidden_sizes, cfg.num_domains])
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.net(state)
@@ -110,14 +110,14 @@ class DDPGCritic(nn.Module):
     def __init__(self, cfg: DDPGConfig):
         super().__init__()
         self.num_domains, self.floor = cfg.num_domains, cfg.floor
-        self.net = _mlp([cfg.state_dim + cfg.num_domains, *cfg.hidden_sizes, 1])
+        self.net = mlp([cfg.state_dim + cfg.num_domains, *cfg.hidden_sizes, 1])
 
     def forward(self, state: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        scaled = self.num_domains * _torch_weights(logits, self.floor)
+        scaled = self.num_domains * torch_weights_from_logits(logits, self.floor)
         return self.net(torch.cat([state, scaled], dim=-1)).squeeze(-1)
 
 
-class DDPGAgent:
+class DDPGAgent(ReplayAgent):
     """DDPG over mixture logits.
 
     ``act`` picks logits and weights for a state (plus exploration noise unless
@@ -187,37 +187,6 @@ class DDPGAgent:
         return out[0] if single else out
 
     # ----- learning -------------------------------------------------------------------
-    def add_transition(self, state, logits, reward, next_state) -> bool:
-        """Store (s, u, r, s'); refuse (return False, count) one with a NaN/Inf anywhere."""
-        cfg = self.config
-        s = np.asarray(state, dtype=np.float64).reshape(-1)
-        u = np.asarray(logits, dtype=np.float64).reshape(-1)
-        s2 = np.asarray(next_state, dtype=np.float64).reshape(-1)
-        r = np.asarray(reward, dtype=np.float64)
-        if s.size != cfg.state_dim or s2.size != cfg.state_dim or u.size != cfg.num_domains or r.size != 1:
-            raise ValueError(f"transition shapes s={s.shape} u={u.shape} r={r.shape} s'={s2.shape} do not match "
-                             f"state_dim={cfg.state_dim}, num_domains={cfg.num_domains} and a scalar reward")
-        finite32 = np.finfo(np.float32).max  # what overflows to inf in the float32 buffer is refused too
-        if not all(np.all(np.isfinite(x)) and np.all(np.abs(x) <= finite32) for x in (s, u, r, s2)):
-            self.rejected_transitions += 1
-            return False
-        self.buffer.add(s, u, float(r), s2)
-        return True
-
-    def _step(self, name: str, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
-        """Backward and step unless the loss or a gradient is NaN/Inf (then count and skip)."""
-        optimizer.zero_grad(set_to_none=True)
-        value = float(loss.detach())
-        if math.isfinite(value):
-            loss.backward()
-            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            if bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):  # one device sync
-                optimizer.step()
-                return value
-            optimizer.zero_grad(set_to_none=True)
-        self.skipped_steps[name] += 1
-        return value
-
     def update(self) -> Optional[dict[str, float]]:
         """One critic and one actor step on a minibatch, then the Polyak target updates.
         None while the buffer holds fewer than batch_size transitions; else losses for logging."""

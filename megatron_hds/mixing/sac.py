@@ -132,11 +132,11 @@ def weights_from_logits(logits, floor: float) -> np.ndarray:
     return floor + (1.0 - u.shape[-1] * floor) * p
 
 
-def _torch_weights(logits: torch.Tensor, floor: float) -> torch.Tensor:
+def torch_weights_from_logits(logits: torch.Tensor, floor: float) -> torch.Tensor:
     return floor + (1.0 - logits.shape[-1] * floor) * torch.softmax(logits, dim=-1)
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
+def mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
@@ -184,7 +184,7 @@ class Actor(nn.Module):
         super().__init__()
         self.cfg = cfg
         if cfg.encoder == "mlp":
-            self.net = _mlp([cfg.state_dim, *cfg.hidden_sizes, 2 * cfg.num_domains])
+            self.net = mlp([cfg.state_dim, *cfg.hidden_sizes, 2 * cfg.num_domains])
         else:
             self.tokens = _TokenEncoder(cfg, extra_per_domain=0)
             self.head = nn.Linear(cfg.token_dim, 2)  # shared across domain tokens
@@ -207,13 +207,13 @@ class Critic(nn.Module):
         super().__init__()
         self.cfg = cfg
         if cfg.encoder == "mlp":
-            self.net = _mlp([cfg.state_dim + cfg.num_domains, *cfg.hidden_sizes, 1])
+            self.net = mlp([cfg.state_dim + cfg.num_domains, *cfg.hidden_sizes, 1])
         else:
             self.tokens = _TokenEncoder(cfg, extra_per_domain=1)
-            self.head = _mlp([cfg.token_dim, cfg.token_dim, 1])
+            self.head = mlp([cfg.token_dim, cfg.token_dim, 1])
 
     def forward(self, state: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        scaled = self.cfg.num_domains * _torch_weights(logits, self.cfg.floor)
+        scaled = self.cfg.num_domains * torch_weights_from_logits(logits, self.cfg.floor)
         if self.cfg.encoder == "mlp":
             return self.net(torch.cat([state, scaled], dim=-1)).squeeze(-1)
         return self.head(self.tokens(state, scaled.unsqueeze(-1))[:, 0]).squeeze(-1)
@@ -272,7 +272,45 @@ class ReplayBuffer:
         self.size, self.position = n, int(state["position"])
 
 
-class SACAgent:
+class ReplayAgent:
+    """What the replay-buffer agents (SAC here, DDPG in acodm.py) share: non-finite
+    transitions and optimizer steps are refused and counted, never applied. Subclasses
+    have ``config`` (state_dim, num_domains), ``buffer``, ``rejected_transitions`` and
+    ``skipped_steps``."""
+
+    def add_transition(self, state, logits, reward, next_state) -> bool:
+        """Store (s, u, r, s'); refuse (return False, count) one with a NaN/Inf anywhere."""
+        cfg = self.config
+        s = np.asarray(state, dtype=np.float64).reshape(-1)
+        u = np.asarray(logits, dtype=np.float64).reshape(-1)
+        s2 = np.asarray(next_state, dtype=np.float64).reshape(-1)
+        r = np.asarray(reward, dtype=np.float64)
+        if s.size != cfg.state_dim or s2.size != cfg.state_dim or u.size != cfg.num_domains or r.size != 1:
+            raise ValueError(f"transition shapes s={s.shape} u={u.shape} r={r.shape} s'={s2.shape} do not match "
+                             f"state_dim={cfg.state_dim}, num_domains={cfg.num_domains} and a scalar reward")
+        finite32 = np.finfo(np.float32).max  # what overflows to inf in the float32 buffer is refused too
+        if not all(np.all(np.isfinite(x)) and np.all(np.abs(x) <= finite32) for x in (s, u, r, s2)):
+            self.rejected_transitions += 1
+            return False
+        self.buffer.add(s, u, float(r), s2)
+        return True
+
+    def _step(self, name: str, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
+        """Backward and step unless the loss or a gradient is NaN/Inf (then count and skip)."""
+        optimizer.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        if math.isfinite(value):
+            loss.backward()
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):  # one device sync
+                optimizer.step()
+                return value
+            optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps[name] += 1
+        return value
+
+
+class SACAgent(ReplayAgent):
     """Soft Actor-Critic over mixture logits.
 
     ``act`` picks logits and weights for a state; ``add_transition`` stores what the
@@ -357,37 +395,6 @@ class SACAgent:
         return out[0] if single else out
 
     # ----- learning -------------------------------------------------------------------
-    def add_transition(self, state, logits, reward, next_state) -> bool:
-        """Store (s, u, r, s'); refuse (return False, count) one with a NaN/Inf anywhere."""
-        cfg = self.config
-        s = np.asarray(state, dtype=np.float64).reshape(-1)
-        u = np.asarray(logits, dtype=np.float64).reshape(-1)
-        s2 = np.asarray(next_state, dtype=np.float64).reshape(-1)
-        r = np.asarray(reward, dtype=np.float64)
-        if s.size != cfg.state_dim or s2.size != cfg.state_dim or u.size != cfg.num_domains or r.size != 1:
-            raise ValueError(f"transition shapes s={s.shape} u={u.shape} r={r.shape} s'={s2.shape} do not match "
-                             f"state_dim={cfg.state_dim}, num_domains={cfg.num_domains} and a scalar reward")
-        finite32 = np.finfo(np.float32).max  # what overflows to inf in the float32 buffer is refused too
-        if not all(np.all(np.isfinite(x)) and np.all(np.abs(x) <= finite32) for x in (s, u, r, s2)):
-            self.rejected_transitions += 1
-            return False
-        self.buffer.add(s, u, float(r), s2)
-        return True
-
-    def _step(self, name: str, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
-        """Backward and step unless the loss or a gradient is NaN/Inf (then count and skip)."""
-        optimizer.zero_grad(set_to_none=True)
-        value = float(loss.detach())
-        if math.isfinite(value):
-            loss.backward()
-            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            if bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):  # one device sync
-                optimizer.step()
-                return value
-            optimizer.zero_grad(set_to_none=True)
-        self.skipped_steps[name] += 1
-        return value
-
     def update(self) -> Optional[dict[str, float]]:
         """One gradient step on a minibatch, then the Polyak target update. None while the
         buffer holds fewer than batch_size transitions; else losses and alpha for logging."""
