@@ -13,8 +13,8 @@ MFU = achieved model FLOPs / (ranks x peak). Model FLOPs per token follow the Pa
 convention: 6 x (matmul parameters incl. the output head) + 12 x layers x hidden x seq
 (attention scores and values, causal masking not discounted). Peaks are dense tensor
 throughput from vendor datasheets (PEAK_TFLOPS); a CPU has no datasheet figure here,
-so its "peak" is the measured throughput of a large fp32 matmul on this machine,
-stated in the output, or --peak-tflops.
+so its "peak" is the measured throughput of a large fp32 matmul on this machine
+(whatever the run's dtype), stated in the output, or --peak-tflops.
 """
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def device_peak(device: torch.device, dtype_name: str, override: float | None) -
     if override:
         return override, "given by --peak-tflops"
     if device.type == "cpu":
-        return measured_matmul_tflops(device, DTYPES[dtype_name]), "measured 2048^3 matmul on this CPU"
+        # fp32 whatever the run's dtype: CPUs without bf16 matmul units emulate it far below the fp32 rate.
+        return measured_matmul_tflops(device, torch.float32), "measured 2048^3 fp32 matmul on this CPU"
     name = torch.get_device_module(device.type).get_device_name(device)
     for key, peaks in PEAK_TFLOPS.items():
         if key in name:
