@@ -54,8 +54,21 @@ def _data(config: ModelConfig, steps: int, global_batch: int):
     return [(s[:, :-1], s[:, 1:]) for s in seqs]
 
 
+_REFERENCES = {}
+
+
 def _reference(config: ModelConfig, steps: int, global_batch: int):
-    """Single process, whole global batch in one forward: losses per step, first-step grads and norm."""
+    """Single process, whole global batch in one forward: losses per step, first-step grads and norm.
+
+    Cached per process: the sequence-parallel pass reuses it.
+    """
+    key = (repr(config), steps, global_batch)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = _run_reference(config, steps, global_batch)
+    return _REFERENCES[key]
+
+
+def _run_reference(config: ModelConfig, steps: int, global_batch: int):
     model = GPTModel(config, ParallelState.single("cpu"), seed=SEED)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     losses, grads, norm = [], None, None
