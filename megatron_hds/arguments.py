@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     g.add_argument("--sequence-parallel", action="store_true",
-                   help="accepted for script compatibility; not implemented (fails when given)")
+                   help="split the residual stream along the sequence across TP ranks (Megatron's)")
 
     g = parser.add_argument_group("data")
     g.add_argument("--data-manifest", default=None, help="manifest written by tools/preprocess_data.py")
@@ -193,8 +193,6 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         raise ValueError("--bf16 and --fp16 are mutually exclusive")
     if args.lr_warmup_iters is not None and args.lr_warmup_fraction is not None:
         raise ValueError("--lr-warmup-iters and --lr-warmup-fraction are mutually exclusive")
-    if args.sequence_parallel:
-        raise ValueError("--sequence-parallel is not supported by megatron_hds yet")
     if args.load is not None and not os.path.isdir(args.load):
         raise ValueError(f"--load directory {args.load!r} does not exist")
     data = DataConfig(
@@ -269,5 +267,6 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     parallel = ParallelConfig(
         tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        sequence_parallel=args.sequence_parallel,
     )
     return PretrainConfig(model=model, parallel=parallel, data=data, optim=optim, train=train, mixing=mixing)

@@ -130,6 +130,9 @@ class ParallelConfig:
 
     tensor_model_parallel_size: int = 1  # --tensor-model-parallel-size
     pipeline_model_parallel_size: int = 1  # --pipeline-model-parallel-size
+    # --sequence-parallel: split norms/dropout/residual activations along the sequence across TP
+    # (less activation memory; no effect when TP is 1)
+    sequence_parallel: bool = False
     # data parallel size is derived: world / (TP * PP)
 
     def __post_init__(self):

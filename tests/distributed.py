@@ -3,7 +3,7 @@
 ``run_distributed(fn, world_size, *args)`` runs ``fn(*args)`` on each rank with the
 default process group initialised (gloo by default, free localhost port; with
 backend="nccl" rank r uses GPU r). Output is tagged
-``[rank N]``; a rank's exception is re-raised in the test with that rank's traceback;
+``[rank N]``; a rank's exception fails the test with the tracebacks of every failed rank;
 a hung rank fails the test after `timeout` seconds instead of hanging pytest. The
 return value is the list of each rank's return value (which must be picklable).
 ``fn`` must be a module-level function so spawned processes can import it.
@@ -74,15 +74,19 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
         p.start()
     outcome, failures = {}, []
     try:
+        wait = timeout
         for _ in range(world_size):
-            rank, ok, value = results.get(timeout=timeout)
+            rank, ok, value = results.get(timeout=wait)
             if ok:
                 outcome[rank] = value
             else:
                 failures.append((rank, value))
-                break  # other ranks are likely blocked in a collective with the failed one
+                # Peers blocked in a collective with the failed rank may fail soon after (or hang):
+                # give them a moment so every traceback is reported, then stop waiting.
+                wait = 3.0
     except queue.Empty:
-        failures.append((-1, f"timed out after {timeout}s; finished ranks: {sorted(outcome)}"))
+        if not failures:
+            failures.append((-1, f"timed out after {timeout}s; finished ranks: {sorted(outcome)}"))
     finally:
         for p in procs:
             p.join(timeout=5 if not failures else 0.5)
@@ -90,6 +94,5 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
                 p.kill()
                 p.join()
     if failures:
-        rank, text = failures[0]
-        raise AssertionError(f"rank {rank} failed:\n{text}")
+        raise AssertionError("\n".join(f"rank {rank} failed:\n{text}" for rank, text in sorted(failures)))
     return [outcome[r] for r in range(world_size)]

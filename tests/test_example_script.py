@@ -82,6 +82,6 @@ def test_sbatch_runs_two_ranks_and_writes_checkpoint_and_metrics(slurm, demo_run
     assert "megatron_hds (slurm)" in job_log and "2 rank(s) per node" in job_log
     records = read_metrics(out / "checkpoints" / "metrics.jsonl")
     assert [r["iteration"] for r in records["train"]][-1] == 12
-    assert records["config"][0]["parallel"] == {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1}
+    assert records["config"][0]["parallel"]["tensor_model_parallel_size"] == 1
     assert open(out / "checkpoints" / "latest_checkpointed_iteration.txt").read().strip() == "12"
     assert (out / "checkpoints" / "iter_0000006").is_dir()

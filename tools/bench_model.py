@@ -13,8 +13,8 @@ MFU = achieved model FLOPs / (ranks x peak). Model FLOPs per token follow the Pa
 convention: 6 x (matmul parameters incl. the output head) + 12 x layers x hidden x seq
 (attention scores and values, causal masking not discounted). Peaks are dense tensor
 throughput from vendor datasheets (PEAK_TFLOPS); a CPU has no datasheet figure here,
-so its "peak" is the measured throughput of a large fp32 matmul on this machine,
-stated in the output, or --peak-tflops.
+so its "peak" is the measured throughput of a large fp32 matmul on this machine
+(whatever the run's dtype), stated in the output, or --peak-tflops.
 """
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def device_peak(device: torch.device, dtype_name: str, override: float | None) -
     if override:
         return override, "given by --peak-tflops"
     if device.type == "cpu":
-        return measured_matmul_tflops(device, DTYPES[dtype_name]), "measured 2048^3 matmul on this CPU"
+        # fp32 whatever the run's dtype: CPUs without bf16 matmul units emulate it far below the fp32 rate.
+        return measured_matmul_tflops(device, torch.float32), "measured 2048^3 fp32 matmul on this CPU"
     name = torch.get_device_module(device.type).get_device_name(device)
     for key, peaks in PEAK_TFLOPS.items():
         if key in name:
@@ -174,6 +175,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seq-length", type=int, default=None, help="override the preset's sequence length")
     parser.add_argument("--tp", type=int, default=1, help="tensor-model-parallel size")
     parser.add_argument("--pp", type=int, default=1, help="pipeline-model-parallel size")
+    parser.add_argument("--sequence-parallel", action="store_true", help="split the sequence across TP")
     parser.add_argument("--micro-batch-size", type=int, default=8)
     parser.add_argument("--num-micro-batches", type=int, default=1, help="micro-batches per step per DP rank")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="parameter/activation dtype")
@@ -186,7 +188,7 @@ def main(argv=None) -> None:
 
     if "WORLD_SIZE" in os.environ:
         init_distributed()
-    state = ParallelState.build(args.tp, args.pp)
+    state = ParallelState.build(args.tp, args.pp, sequence_parallel=args.sequence_parallel)
     device, dtype = state.device, DTYPES[args.dtype]
     overrides = {"seq_length": args.seq_length} if args.seq_length else {}
     config = model_preset(args.model, **overrides)
@@ -244,7 +246,7 @@ def main(argv=None) -> None:
 
     print(f"model {args.model}: {config.num_parameters(args.tp) / 1e6:.2f}M params, layers {config.num_layers}, "
           f"hidden {config.hidden_size}, seq {config.seq_length}; layout TP={args.tp} PP={args.pp} "
-          f"DP={state.dp_size}; micro-batch {args.micro_batch_size} x {args.num_micro_batches}; {args.dtype} on "
+          f"DP={state.dp_size}{' +SP' if state.sequence_parallel else ''}; micro-batch {args.micro_batch_size} x {args.num_micro_batches}; {args.dtype} on "
           f"{device}; {torch.get_num_threads()} threads")
     print(f"peak {peak:.3f} TFLOP/s per rank ({peak_source}); {flops_per_step / 1e9:.3f} GFLOP per step; "
           f"median of {len(ours_times)} steps")

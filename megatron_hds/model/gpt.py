@@ -4,7 +4,10 @@ A rank builds only its own stage and only its TP shards. Layers keep their globa
 index in parameter names (``layers.7....``) so names do not depend on the layout.
 With tied embeddings and more than one stage, the last stage holds its own copy of
 the word embeddings (initialised identically); ``allreduce_embedding_grads`` keeps
-the copies equal by summing their gradients over the embedding group.
+the copies equal by summing their gradients over the embedding group. With sequence
+parallelism the residual stream is split along the sequence over TP, so norm weights
+and row-parallel biases see part of the sequence and their gradients are summed over
+TP. ``finalize_model_grads`` does both after backward.
 """
 from __future__ import annotations
 
@@ -17,11 +20,12 @@ from torch import nn
 
 from megatron_hds.config import ModelConfig
 from megatron_hds.model.backends import build_norm
-from megatron_hds.model.transformer import RotaryEmbedding, TransformerLayer
+from megatron_hds.model.transformer import RotaryEmbedding, TransformerLayer, hidden_dropout
 from megatron_hds.parallel.cross_entropy import vocab_parallel_cross_entropy
-from megatron_hds.parallel.layers import ColumnParallelLinear, VocabParallelEmbedding, sharded_normal_
-from megatron_hds.parallel.mappings import copy_to_tp
-from megatron_hds.parallel.random import build_rng_tracker
+from megatron_hds.parallel.layers import (ColumnParallelLinear, VocabParallelEmbedding, is_sequence_parallel,
+                                          mark_sequence_parallel, sharded_normal_)
+from megatron_hds.parallel.mappings import copy_to_tp, gather_from_sequence, scatter_to_sequence
+from megatron_hds.parallel.random import RNGStatesTracker, build_rng_tracker
 from megatron_hds.parallel.state import ParallelState
 
 
@@ -29,8 +33,11 @@ class Embedding(nn.Module):
     """Word embeddings (vocab-parallel) plus optional learned absolute positions."""
 
     def __init__(self, config: ModelConfig, state: ParallelState, seed: int, dtype: torch.dtype,
-                 with_positions: bool):
+                 with_positions: bool, rng_tracker: RNGStatesTracker):
         super().__init__()
+        self.tp_group = state.tp_group
+        self.sequence_parallel = state.sequence_parallel
+        self.rng_tracker = rng_tracker
         self.word_embeddings = VocabParallelEmbedding(
             config.padded_vocab_size(state.tp_size), config.hidden_size, state.tp_group,
             init_std=config.init_method_std, seed=seed, init_key="embedding.word_embeddings",
@@ -45,12 +52,14 @@ class Embedding(nn.Module):
         self.dropout = config.hidden_dropout
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [b, s] -> [s, b, h]."""
+        """tokens [b, s] -> [s, b, h] ([s/TP, b, h] with sequence parallelism)."""
         x = self.word_embeddings(tokens.t())
         if self.position_embeddings is not None:
             positions = torch.arange(tokens.shape[1], device=tokens.device)
             x = x + self.position_embeddings(positions).unsqueeze(1)
-        return F.dropout(x, self.dropout, self.training) if self.dropout > 0 else x
+        if self.sequence_parallel:
+            x = scatter_to_sequence(x, self.tp_group)
+        return hidden_dropout(x, self.dropout, self.training, self.sequence_parallel, self.rng_tracker)
 
 
 class GPTModel(nn.Module):
@@ -66,6 +75,7 @@ class GPTModel(nn.Module):
                  dtype: torch.dtype = torch.float32):
         super().__init__()
         state.check_model(config.num_layers, config.num_attention_heads)
+        state.check_sequence(config.seq_length)
         self.config = config
         self.state = state
         self.pre_process = state.is_first_stage()
@@ -76,7 +86,7 @@ class GPTModel(nn.Module):
         self.embedding = None
         if self.pre_process or (self.post_process and self.tied):
             with_positions = self.pre_process and config.position_embedding_type == "learned_absolute"
-            self.embedding = Embedding(config, state, seed, dtype, with_positions)
+            self.embedding = Embedding(config, state, seed, dtype, with_positions, self.rng_tracker)
             if not self.pre_process:
                 # The head's copy of the tied weight: counted once in norms (on the first stage).
                 self.embedding.word_embeddings.weight.shared_embedding_duplicate = True
@@ -90,6 +100,8 @@ class GPTModel(nn.Module):
         if self.post_process:
             self.final_layernorm = build_norm(config.normalization, config.hidden_size, config.norm_epsilon,
                                               config.transformer_impl, state.device, dtype)
+            for param in self.final_layernorm.parameters():
+                mark_sequence_parallel(param, state.sequence_parallel)
             if not self.tied:
                 self.output_layer = ColumnParallelLinear(
                     config.hidden_size, config.padded_vocab_size(state.tp_size), state.tp_group,
@@ -102,13 +114,16 @@ class GPTModel(nn.Module):
     def forward(self, tokens: Optional[torch.Tensor] = None, hidden: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self.embedding(tokens) if self.pre_process else hidden
-        rotary = self.rotary(x.shape[0]) if self.rotary is not None else None
+        seq_len = x.shape[0] * (self.state.tp_size if self.state.sequence_parallel else 1)
+        rotary = self.rotary(seq_len) if self.rotary is not None else None
         for layer in self.layers.values():
             x = layer(x, rotary)
         if not self.post_process:
             return x
         x = self.final_layernorm(x)
-        logits = F.linear(copy_to_tp(x, self.state.tp_group), self.output_weight())  # [s, b, v/TP]
+        tp_group = self.state.tp_group
+        x = gather_from_sequence(x, tp_group) if self.state.sequence_parallel else copy_to_tp(x, tp_group)
+        logits = F.linear(x, self.output_weight())  # [s, b, v/TP]
         if labels is None:
             return logits.transpose(0, 1)
         return vocab_parallel_cross_entropy(logits, labels.t(), self.state.tp_group).t()
@@ -123,3 +138,26 @@ def allreduce_embedding_grads(model: GPTModel) -> None:
     if weight.grad is None:  # both ends must join the collective even if one saw no gradient
         weight.grad = torch.zeros_like(weight)
     dist.all_reduce(weight.grad, group=state.embedding_group)
+
+
+@torch.no_grad()
+def allreduce_sequence_parallel_grads(model: GPTModel) -> None:
+    """Sum over TP the partial gradients of norm weights and row-parallel biases (sequence parallelism)."""
+    state = model.state
+    if not state.sequence_parallel:
+        return
+    grads = [p.grad for p in model.parameters() if is_sequence_parallel(p) and p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=state.tp_group)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def finalize_model_grads(model: GPTModel) -> None:
+    """Make each rank's gradients those of the full model: call after backward, before the DP all-reduce."""
+    allreduce_sequence_parallel_grads(model)
+    allreduce_embedding_grads(model)

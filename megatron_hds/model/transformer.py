@@ -1,6 +1,7 @@
 """The pre-norm decoder layer: causal self-attention (SDPA), GeLU or SwiGLU MLP, rotary embeddings.
 
-Activations are [seq, batch, hidden]. Linear layers are the TP layers from
+Activations are [seq, batch, hidden] (the seq dimension split over TP when sequence
+parallelism is on: norms and dropout then work on this rank's chunk). Linear layers are the TP layers from
 megatron_hds.parallel.layers, so a layer only ever holds its TP shard; nothing here
 talks to process groups directly.
 """
@@ -16,7 +17,7 @@ from torch import nn
 
 from megatron_hds.config import ModelConfig
 from megatron_hds.model.backends import build_norm
-from megatron_hds.parallel.layers import ColumnParallelLinear, RowParallelLinear
+from megatron_hds.parallel.layers import ColumnParallelLinear, RowParallelLinear, mark_sequence_parallel
 from megatron_hds.parallel.random import RNGStatesTracker
 from megatron_hds.parallel.state import ParallelState
 
@@ -54,6 +55,17 @@ def apply_rotary(x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
     return torch.cat((x_rot, x_pass), dim=-1)
 
 
+def hidden_dropout(x: torch.Tensor, p: float, training: bool, sequence_parallel: bool,
+                   rng_tracker: RNGStatesTracker) -> torch.Tensor:
+    """Dropout on the residual stream, with masks consistent with how it is laid out over TP."""
+    if p == 0 or not training:
+        return x
+    if sequence_parallel:  # each TP rank holds different positions: masks come from its own stream
+        with rng_tracker.fork():
+            return F.dropout(x, p, True)
+    return F.dropout(x, p, True)  # replicated: the default generator is seeded alike on all TP ranks
+
+
 def _output_std(config: ModelConfig) -> float:
     """Megatron's scaled init for layers that write into the residual stream."""
     return config.init_method_std / math.sqrt(2.0 * config.num_layers)
@@ -70,7 +82,8 @@ class SelfAttention(nn.Module):
         self.dropout = config.attention_dropout
         self.rng_tracker = rng_tracker
         prefix = f"layers.{layer}.self_attention"
-        common = dict(seed=seed, bias=config.add_bias_linear, device=state.device, dtype=dtype)
+        common = dict(seed=seed, bias=config.add_bias_linear, sequence_parallel=state.sequence_parallel,
+                      device=state.device, dtype=dtype)
         # Output rows are laid out [head, (q, k, v), head_dim] so a TP shard is whole heads.
         self.query_key_value = ColumnParallelLinear(
             config.hidden_size, 3 * config.hidden_size, state.tp_group, init_std=config.init_method_std,
@@ -80,8 +93,9 @@ class SelfAttention(nn.Module):
             init_key=f"{prefix}.dense", **common)
 
     def forward(self, x: torch.Tensor, rotary: Optional[Rotary]) -> torch.Tensor:
-        s, b, _ = x.shape
-        qkv = self.query_key_value(x).view(s, b, self.heads_local, 3, self.head_dim)
+        qkv = self.query_key_value(x)  # full sequence even when x is a sequence-parallel chunk
+        s, b = qkv.shape[:2]
+        qkv = qkv.view(s, b, self.heads_local, 3, self.head_dim)
         q, k, v = qkv.unbind(dim=3)
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
@@ -105,7 +119,8 @@ class MLP(nn.Module):
                              f"size {state.tp_size}")
         self.swiglu = config.swiglu
         prefix = f"layers.{layer}.mlp"
-        common = dict(seed=seed, bias=config.add_bias_linear, device=state.device, dtype=dtype)
+        common = dict(seed=seed, bias=config.add_bias_linear, sequence_parallel=state.sequence_parallel,
+                      device=state.device, dtype=dtype)
         fc1_out = 2 * config.ffn_hidden_size if config.swiglu else config.ffn_hidden_size
         self.dense_h_to_4h = ColumnParallelLinear(
             config.hidden_size, fc1_out, state.tp_group, init_std=config.init_method_std,
@@ -134,14 +149,18 @@ class TransformerLayer(nn.Module):
                     transformer_impl=config.transformer_impl, device=state.device, dtype=dtype)
         self.parallel_residual = config.parallel_residual
         self.hidden_dropout = config.hidden_dropout
+        self.sequence_parallel = state.sequence_parallel
+        self.rng_tracker = rng_tracker
         self.input_layernorm = build_norm(**norm)
         self.self_attention = SelfAttention(config, state, layer, seed, rng_tracker, dtype)
         self.post_attention_layernorm = build_norm(**norm)
         self.mlp = MLP(config, state, layer, seed, dtype)
+        for norm_layer in (self.input_layernorm, self.post_attention_layernorm):
+            for param in norm_layer.parameters():
+                mark_sequence_parallel(param, state.sequence_parallel)
 
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:
-        # Replicated activation: the default generator is seeded the same on all TP ranks.
-        return F.dropout(x, self.hidden_dropout, self.training) if self.hidden_dropout > 0 else x
+        return hidden_dropout(x, self.hidden_dropout, self.training, self.sequence_parallel, self.rng_tracker)
 
     def forward(self, x: torch.Tensor, rotary: Optional[Rotary] = None) -> torch.Tensor:
         if self.parallel_residual:

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megatron_hds.parallel.mappings import (copy_to_tp, gather_from_tp, group_rank, group_size,
-                                            reduce_from_tp, scatter_to_tp)
+from megatron_hds.parallel.mappings import (copy_to_tp, gather_from_sequence, gather_from_tp, group_rank,
+                                            group_size, reduce_from_tp, reduce_scatter_to_sequence,
+                                            scatter_to_tp)
 
 # Slices per generator block: large enough to amortise per-block overhead, small enough
 # that a shard boundary inside a block wastes little.
@@ -53,6 +54,17 @@ def mark_tensor_parallel(param: nn.Parameter, partition_dim: int) -> None:
     param.partition_dim = partition_dim
 
 
+def mark_sequence_parallel(param: nn.Parameter, sequence_parallel: bool) -> None:
+    """Tag a TP-replicated parameter that, under sequence parallelism, sees only this rank's
+    part of the sequence: its gradient is partial and must be summed over TP."""
+    if sequence_parallel:
+        param.sequence_parallel = True
+
+
+def is_sequence_parallel(param: torch.Tensor) -> bool:
+    return getattr(param, "sequence_parallel", False)
+
+
 def is_tensor_parallel(param: torch.Tensor) -> bool:
     return getattr(param, "tensor_model_parallel", False)
 
@@ -64,14 +76,18 @@ def _divide(total: int, parts: int, what: str) -> int:
 
 
 class ColumnParallelLinear(nn.Module):
-    """y = x A^T + b with A split by output rows across TP; input replicated, output split."""
+    """y = x A^T + b with A split by output rows across TP; input replicated, output split.
+
+    With sequence_parallel the input arrives split along the sequence and is all-gathered first.
+    """
 
     def __init__(self, in_features: int, out_features: int, tp_group, *, init_std: float, seed: int,
-                 init_key: str, bias: bool = True, gather_output: bool = False,
+                 init_key: str, bias: bool = True, gather_output: bool = False, sequence_parallel: bool = False,
                  device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.tp_group = tp_group
         self.gather_output = gather_output
+        self.sequence_parallel = sequence_parallel
         self.out_per_partition = _divide(out_features, group_size(tp_group), "out_features")
         start = group_rank(tp_group) * self.out_per_partition
         self.weight = nn.Parameter(torch.empty(self.out_per_partition, in_features, device=device, dtype=dtype))
@@ -84,22 +100,25 @@ class ColumnParallelLinear(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(copy_to_tp(x, self.tp_group), self.weight, self.bias)
+        x = gather_from_sequence(x, self.tp_group) if self.sequence_parallel else copy_to_tp(x, self.tp_group)
+        y = F.linear(x, self.weight, self.bias)
         return gather_from_tp(y, self.tp_group) if self.gather_output else y
 
 
 class RowParallelLinear(nn.Module):
     """y = x A^T + b with A split by input columns across TP; partial sums reduced over TP.
 
-    The bias is replicated and added once, after the reduction.
+    The bias is replicated and added once, after the reduction. With sequence_parallel the
+    reduction is a reduce-scatter, so the output is split along the sequence.
     """
 
     def __init__(self, in_features: int, out_features: int, tp_group, *, init_std: float, seed: int,
-                 init_key: str, bias: bool = True, input_is_parallel: bool = True,
+                 init_key: str, bias: bool = True, input_is_parallel: bool = True, sequence_parallel: bool = False,
                  device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.tp_group = tp_group
         self.input_is_parallel = input_is_parallel
+        self.sequence_parallel = sequence_parallel
         self.in_per_partition = _divide(in_features, group_size(tp_group), "in_features")
         start = group_rank(tp_group) * self.in_per_partition
         self.weight = nn.Parameter(torch.empty(out_features, self.in_per_partition, device=device, dtype=dtype))
@@ -107,6 +126,7 @@ class RowParallelLinear(nn.Module):
         mark_tensor_parallel(self.weight, 1)
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
+            mark_sequence_parallel(self.bias, sequence_parallel)
         else:
             self.register_parameter("bias", None)
 
@@ -115,7 +135,8 @@ class RowParallelLinear(nn.Module):
             return F.linear(x, self.weight, self.bias)
         if not self.input_is_parallel:
             x = scatter_to_tp(x, self.tp_group)
-        y = reduce_from_tp(F.linear(x, self.weight), self.tp_group)
+        reduce = reduce_scatter_to_sequence if self.sequence_parallel else reduce_from_tp
+        y = reduce(F.linear(x, self.weight), self.tp_group)
         return y + self.bias if self.bias is not None else y
 
 

@@ -1,9 +1,10 @@
 """Autograd-aware collectives along the tensor-parallel group.
 
-Activations are laid out [seq, batch, hidden] throughout the model; the TP-split
-dimension of an activation is always the last one. Each collective is a small
-autograd Function whose backward is the adjoint collective. A None group or a
-group of one rank makes every function the identity (single-process runs).
+Activations are laid out [seq, batch, hidden] throughout the model. Tensor
+parallelism splits the last (hidden) dimension; sequence parallelism splits the
+first (seq) dimension. Each collective is a small autograd Function whose backward
+is the adjoint collective. A None group or a group of one rank makes every
+function the identity (single-process runs).
 """
 from __future__ import annotations
 
@@ -43,6 +44,27 @@ def _gather_last(x: torch.Tensor, group) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(size)]
     dist.all_gather(parts, x.contiguous(), group=group)
     return torch.cat(parts, dim=-1)
+
+
+# Newer torch renames the single-tensor collectives; both spellings take (output, input, ..., group=).
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def _split_first(x: torch.Tensor, group) -> torch.Tensor:
+    return x.chunk(group_size(group), dim=0)[group_rank(group)].contiguous()
+
+
+def _gather_first(x: torch.Tensor, group) -> torch.Tensor:
+    out = torch.empty((x.shape[0] * group_size(group), *x.shape[1:]), dtype=x.dtype, device=x.device)
+    _all_gather_single(out, x.contiguous(), group=group)
+    return out
+
+
+def _reduce_scatter_first(x: torch.Tensor, group) -> torch.Tensor:
+    out = torch.empty((x.shape[0] // group_size(group), *x.shape[1:]), dtype=x.dtype, device=x.device)
+    _reduce_scatter_single(out, x.contiguous(), group=group)
+    return out
 
 
 class _CopyToTP(torch.autograd.Function):
@@ -96,6 +118,46 @@ class _GatherFromTP(torch.autograd.Function):
         return _split_last(grad, ctx.group), None
 
 
+class _ScatterToSequence(torch.autograd.Function):
+    """Forward: keep this rank's chunk of the sequence. Backward: gather the chunks."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _split_first(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _gather_first(grad, ctx.group), None
+
+
+class _GatherFromSequence(torch.autograd.Function):
+    """Forward: all-gather the sequence (input of a column-parallel op). Backward: reduce-scatter."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _gather_first(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _reduce_scatter_first(grad, ctx.group), None
+
+
+class _ReduceScatterToSequence(torch.autograd.Function):
+    """Forward: sum partial results and keep this rank's sequence chunk (output of a row-parallel op).
+    Backward: all-gather."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _reduce_scatter_first(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _gather_first(grad, ctx.group), None
+
+
 def copy_to_tp(x: torch.Tensor, group) -> torch.Tensor:
     return _CopyToTP.apply(x, group) if group_size(group) > 1 else x
 
@@ -110,3 +172,15 @@ def scatter_to_tp(x: torch.Tensor, group) -> torch.Tensor:
 
 def gather_from_tp(x: torch.Tensor, group) -> torch.Tensor:
     return _GatherFromTP.apply(x, group) if group_size(group) > 1 else x
+
+
+def scatter_to_sequence(x: torch.Tensor, group) -> torch.Tensor:
+    return _ScatterToSequence.apply(x, group) if group_size(group) > 1 else x
+
+
+def gather_from_sequence(x: torch.Tensor, group) -> torch.Tensor:
+    return _GatherFromSequence.apply(x, group) if group_size(group) > 1 else x
+
+
+def reduce_scatter_to_sequence(x: torch.Tensor, group) -> torch.Tensor:
+    return _ReduceScatterToSequence.apply(x, group) if group_size(group) > 1 else x

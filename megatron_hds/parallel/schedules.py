@@ -129,7 +129,7 @@ def forward_backward(model, micro_batches: List[MicroBatch], *, loss_fn: LossFn 
 
     seq_len, micro_batch_size = micro_batches[0]["tokens"].shape[1], micro_batches[0]["tokens"].shape[0]
     dtype = next(model.parameters()).dtype
-    comm = P2P(state, (seq_len, micro_batch_size, model.config.hidden_size), dtype)
+    comm = P2P(state, state.activation_shape(seq_len, micro_batch_size, model.config.hidden_size), dtype)
 
     if forward_only:
         with torch.no_grad():

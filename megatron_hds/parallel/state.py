@@ -114,6 +114,7 @@ class ParallelState:
     model_parallel_group: Optional[dist.ProcessGroup] = None
     embedding_group: Optional[dist.ProcessGroup] = None
     pp_ranks: List[int] = field(default_factory=list)  # global ranks of this rank's pipeline, stage order
+    sequence_parallel: bool = False  # activations outside attention/MLP are split along seq across TP
 
     @classmethod
     def single(cls, device: Optional[torch.device] = None, tensor_model_parallel_size: int = 1,
@@ -126,11 +127,12 @@ class ParallelState:
 
     @classmethod
     def from_config(cls, config: ParallelConfig, device: Optional[torch.device] = None) -> "ParallelState":
-        return cls.build(config.tensor_model_parallel_size, config.pipeline_model_parallel_size, device)
+        return cls.build(config.tensor_model_parallel_size, config.pipeline_model_parallel_size, device,
+                         sequence_parallel=config.sequence_parallel)
 
     @classmethod
     def build(cls, tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1,
-              device: Optional[torch.device] = None) -> "ParallelState":
+              device: Optional[torch.device] = None, sequence_parallel: bool = False) -> "ParallelState":
         """Build groups on an initialised world (or a single-process state when there is none).
 
         Every rank must call this with the same sizes: group creation is collective.
@@ -144,7 +146,8 @@ class ParallelState:
             _, device = default_backend_and_device(int(os.environ.get("LOCAL_RANK", rank)))
             if backend == "gloo":
                 device = torch.device("cpu")
-        state = cls(layout, rank, device, backend)
+        # Sequence parallelism only means something when there is a TP group to split over.
+        state = cls(layout, rank, device, backend, sequence_parallel=sequence_parallel and layout.tp > 1)
         # new_group is collective over the whole world: every rank creates every group in the same order.
         for attr, groups in (("tp_group", layout.tp_groups()), ("dp_group", layout.dp_groups()),
                              ("pp_group", layout.pp_groups()),
@@ -213,6 +216,17 @@ class ParallelState:
 
     def micro_batches_per_step(self, global_batch_size: int, micro_batch_size: int) -> int:
         return micro_batches_per_step(global_batch_size, micro_batch_size, self.dp_size)
+
+    def check_sequence(self, seq_length: int) -> None:
+        if self.sequence_parallel and seq_length % self.tp_size:
+            raise ValueError(
+                f"seq_length={seq_length} is not divisible by tensor-model-parallel size {self.tp_size}, "
+                f"which sequence parallelism requires: choose a multiple of {self.tp_size} or turn it off")
+
+    def activation_shape(self, seq_length: int, micro_batch_size: int, hidden_size: int):
+        """Shape of the activations passed between pipeline stages on this rank."""
+        seq = seq_length // self.tp_size if self.sequence_parallel else seq_length
+        return (seq, micro_batch_size, hidden_size)
 
     def layers_of_stage(self, num_layers: int) -> range:
         """Global indices of the transformer layers this pipeline stage owns."""

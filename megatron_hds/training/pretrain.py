@@ -35,8 +35,9 @@ from megatron_hds.data.mixture import MixtureConfig, MixtureSampler
 from megatron_hds.data.quality import load_quality
 from megatron_hds.mixing.base import Signals
 from megatron_hds.mixing.factory import LEARNING_METHODS, build_scheduler
-from megatron_hds.model.gpt import GPTModel, allreduce_embedding_grads
+from megatron_hds.model.gpt import GPTModel, finalize_model_grads
 from megatron_hds.parallel.data_parallel import GradientAllReducer, global_norm
+from megatron_hds.parallel.random import seed_default_generator
 from megatron_hds.parallel.schedules import forward_backward, masked_mean_loss
 from megatron_hds.parallel.state import ParallelState, init_distributed
 from megatron_hds.training.checkpointing import (
@@ -133,7 +134,7 @@ class Trainer:
         train, model_cfg, optim = config.train, config.model, config.optim
         if state.device.type == "cpu" and optim.precision != "fp32":
             raise ValueError(f"--{optim.precision} needs a GPU; on CPU train in fp32 (drop --{optim.precision})")
-        torch.manual_seed(train.seed)
+        seed_default_generator(train.seed, state.pp_rank, state.device)  # same dropout masks across TP
         np.random.seed(train.seed % 2**32)
 
         self.domains = resolve_domains(config.data)
@@ -267,7 +268,7 @@ class Trainer:
 
             self.probe.begin_step([micro_batch_domain(d) for d in micro_domains])
         losses = forward_backward(self.model, micro_batches, loss_fn=self._loss_fn)
-        allreduce_embedding_grads(self.model)
+        finalize_model_grads(self.model)
         self.grad_reducer.allreduce()
         if self.norm_tracker is not None:
             self.norm_tracker.snapshot()

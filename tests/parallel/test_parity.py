@@ -1,4 +1,4 @@
-"""TP/PP/DP runs against a single-process reference of the same model and data.
+"""TP/PP/DP runs (with and without sequence parallelism) against a single-process reference.
 
 Tolerance policy (fp32 on CPU): the parallel run reorders sums (TP partial sums,
 micro-batch accumulation, DP averaging), so values agree to rounding, not bitwise:
@@ -7,12 +7,14 @@ micro-batch accumulation, DP averaging), so values agree to rounding, not bitwis
   grad norm: |norm - ref| <= 1e-5 * ref
 The same bounds hold for the losses after 3 SGD steps.
 """
+import dataclasses
+
 import pytest
 import torch
 import torch.distributed as dist
 
 from megatron_hds.config import ModelConfig
-from megatron_hds.model.gpt import GPTModel, allreduce_embedding_grads
+from megatron_hds.model.gpt import GPTModel, finalize_model_grads
 from megatron_hds.parallel.data_parallel import GradientAllReducer, global_grad_norm
 from megatron_hds.parallel.layers import is_tensor_parallel
 from megatron_hds.parallel.schedules import forward_backward
@@ -52,8 +54,21 @@ def _data(config: ModelConfig, steps: int, global_batch: int):
     return [(s[:, :-1], s[:, 1:]) for s in seqs]
 
 
+_REFERENCES = {}
+
+
 def _reference(config: ModelConfig, steps: int, global_batch: int):
-    """Single process, whole global batch in one forward: losses per step, first-step grads and norm."""
+    """Single process, whole global batch in one forward: losses per step, first-step grads and norm.
+
+    Cached per process: the sequence-parallel pass reuses it.
+    """
+    key = (repr(config), steps, global_batch)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = _run_reference(config, steps, global_batch)
+    return _REFERENCES[key]
+
+
+def _run_reference(config: ModelConfig, steps: int, global_batch: int):
     model = GPTModel(config, ParallelState.single("cpu"), seed=SEED)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     losses, grads, norm = [], None, None
@@ -107,7 +122,7 @@ def _check_against_reference(state: ParallelState, config: ModelConfig, global_b
             losses.append(loss.item())
         if step == STEPS:
             break
-        allreduce_embedding_grads(model)
+        finalize_model_grads(model)
         reducer.allreduce()
         if step == 0:
             norm = global_grad_norm(params.values(), state)
@@ -127,8 +142,14 @@ def _check_against_reference(state: ParallelState, config: ModelConfig, global_b
 
 def _parity_worker(tp: int, pp: int):
     state = ParallelState.build(tp, pp)
-    return {name: _check_against_reference(state, ModelConfig(**kwargs), GLOBAL_BATCH, MICRO_BATCH)
-            for name, kwargs in CONFIGS.items()}
+    report = {name: _check_against_reference(state, ModelConfig(**kwargs), GLOBAL_BATCH, MICRO_BATCH)
+              for name, kwargs in CONFIGS.items()}
+    if tp > 1:  # the same layout again with sequence parallelism (same groups)
+        sp_state = dataclasses.replace(state, sequence_parallel=True)
+        report.update({f"{name}+sp": _check_against_reference(sp_state, ModelConfig(**kwargs), GLOBAL_BATCH,
+                                                               MICRO_BATCH)
+                       for name, kwargs in CONFIGS.items()})
+    return report
 
 
 def _deep_pipeline_worker():
@@ -142,7 +163,8 @@ def _deep_pipeline_worker():
 @pytest.mark.parametrize("tp,pp,dp,backend", list(_cases()))
 def test_parallel_matches_single_process(tp, pp, dp, backend):
     reports = run_distributed(_parity_worker, tp * pp * dp, tp, pp, backend=backend)
-    for name in CONFIGS:
+    assert len(reports[0]) == len(CONFIGS) * (2 if tp > 1 else 1)
+    for name in reports[0]:
         checked = set().union(*(set(r[name][0]) for r in reports))
         # Every reference parameter was checked on some rank, and no rank invented one.
         assert checked == set(reports[0][name][1]), name

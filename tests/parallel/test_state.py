@@ -63,3 +63,13 @@ def test_stage_layers_and_single_state():
     state.layout, state.rank = RankLayout(world_size=4, tp=1, pp=2), 3  # dp_rank 1, pp_rank 1
     assert list(state.layers_of_stage(4)) == [2, 3]
     assert state.is_last_stage() and not state.is_first_stage()
+
+
+def test_sequence_parallel_checks_and_activation_shape():
+    state = ParallelState.single("cpu")
+    assert state.activation_shape(64, 2, 32) == (64, 2, 32)
+    state.layout, state.sequence_parallel = RankLayout(world_size=4, tp=4, pp=1), True
+    assert state.activation_shape(64, 2, 32) == (16, 2, 32)
+    with pytest.raises(ValueError, match="seq_length=30 is not divisible by tensor-model-parallel size 4"):
+        state.check_sequence(30)
+    state.check_sequence(32)

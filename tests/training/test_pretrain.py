@@ -187,8 +187,9 @@ def test_each_mixing_method_trains_checkpoints_and_resumes_exactly(demo_manifest
 
 
 def test_hds_weights_are_identical_on_every_rank_under_tp2_pp2(demo_manifest, tmp_path):
+    """Also the training loop under sequence parallelism."""
     argv = _argv(demo_manifest, "--mixing", "hds", *LEARNING, "--train-iters", "6", "--tensor-model-parallel-size",
-                 "2", "--pipeline-model-parallel-size", "2", "--log-dir", str(tmp_path))
+                 "2", "--pipeline-model-parallel-size", "2", "--sequence-parallel", "--log-dir", str(tmp_path))
     results = run_distributed(_train, 4, argv, 0.0, True)
     histories = [r["weight_history"] for r in results]
     assert len(histories[0]) == 6 and len({h.tobytes() for h in histories}) == 1
