@@ -186,11 +186,12 @@ def test_each_mixing_method_trains_checkpoints_and_resumes_exactly(demo_manifest
         assert np.allclose(weights, 1 / 7, rtol=0, atol=1e-15)
 
 
-def test_hds_weights_are_identical_on_every_rank_under_tp2_pp2(demo_manifest, tmp_path):
-    """Also the training loop under sequence parallelism."""
-    argv = _argv(demo_manifest, "--mixing", "hds", *LEARNING, "--train-iters", "6", "--tensor-model-parallel-size",
-                 "2", "--pipeline-model-parallel-size", "2", "--sequence-parallel", "--log-dir", str(tmp_path))
-    results = run_distributed(_train, 4, argv, 0.0, True)
+@pytest.mark.parametrize("layout,world", [(["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+                                               "--sequence-parallel"], 4), ([], 2)], ids=["tp2pp2sp", "dp2"])
+def test_hds_weights_are_identical_on_every_rank(demo_manifest, tmp_path, layout, world):
+    """Under TP=2/PP=2 (with sequence parallelism) and DP=2, every rank draws with the same weights."""
+    argv = _argv(demo_manifest, "--mixing", "hds", *LEARNING, "--train-iters", "6", *layout, "--log-dir", str(tmp_path))
+    results = run_distributed(_train, world, argv, 0.0, True)
     histories = [r["weight_history"] for r in results]
     assert len(histories[0]) == 6 and len({h.tobytes() for h in histories}) == 1
     assert len({row.tobytes() for row in histories[0]}) >= 4  # the agent changed them
