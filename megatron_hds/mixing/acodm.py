@@ -29,7 +29,14 @@ from torch import nn
 
 from megatron_hds.mixing.hds import AgentScheduler, HDSConfig
 from megatron_hds.mixing.rewards import HolisticReward, RewardConfig
-from megatron_hds.mixing.sac import ReplayAgent, ReplayBuffer, mlp, torch_weights_from_logits, weights_from_logits
+from megatron_hds.mixing.sac import (
+    ReplayAgent,
+    ReplayBuffer,
+    mlp,
+    torch_weights_from_logits,
+    validate_agent_config,
+    weights_from_logits,
+)
 
 AGENT_FORMAT = "megatron_hds.ddpg"
 AGENT_VERSION = 1
@@ -55,37 +62,13 @@ class DDPGConfig:
     seed: int = 0  # seeds network init, minibatch sampling and exploration noise
 
     def __post_init__(self):
-        for name in ("state_dim", "num_domains", "buffer_size", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"DDPGConfig.{name}={value!r} is invalid: expected a positive integer")
-        if self.num_domains < 2:
-            raise ValueError(f"DDPGConfig.num_domains={self.num_domains} is invalid: a mixture needs at least 2 domains")
-        if not 0.0 <= self.gamma < 1.0:
-            raise ValueError(f"DDPGConfig.gamma={self.gamma!r} is invalid: expected 0 <= gamma < 1 (continuing task)")
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"DDPGConfig.tau={self.tau!r} is invalid: expected 0 < tau <= 1")
-        if self.batch_size > self.buffer_size:
-            raise ValueError(f"DDPGConfig.batch_size={self.batch_size} exceeds buffer_size={self.buffer_size}: "
-                             f"expected batch_size <= buffer_size")
-        for name in ("actor_lr", "critic_lr"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"DDPGConfig.{name}={value!r} is invalid: expected a positive finite number")
+        validate_agent_config(self, ("actor_lr", "critic_lr"))
         for name in ("noise_std", "noise_std_min"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"DDPGConfig.{name}={value!r} is invalid: expected a finite number >= 0")
         if not (isinstance(self.noise_decay, (int, float)) and 0.0 < self.noise_decay <= 1.0):
             raise ValueError(f"DDPGConfig.noise_decay={self.noise_decay!r} is invalid: expected 0 < decay <= 1")
-        hidden = tuple(self.hidden_sizes)
-        if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
-            raise ValueError(f"DDPGConfig.hidden_sizes={self.hidden_sizes!r} is invalid: "
-                             f"expected a non-empty sequence of positive integers")
-        object.__setattr__(self, "hidden_sizes", hidden)  # lists from argv become hashable tuples
-        if not 0.0 <= self.floor < 1.0 / self.num_domains:
-            raise ValueError(f"DDPGConfig.weight_floor={self.weight_floor!r} is invalid: expected "
-                             f"0 <= floor < 1/num_domains = {1.0 / self.num_domains:.6g}")
 
     @property
     def floor(self) -> float:

@@ -38,6 +38,37 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 # target, critic loss, actor loss) takes logits and goes through the same map.
 
 
+def validate_agent_config(cfg, learning_rates: tuple, more_positive_ints: tuple = ()) -> None:
+    """Checks shared by the agents' configs (SACConfig, acodm.DDPGConfig); errors name the
+    class, the field, the value and what is accepted. Turns hidden_sizes into a tuple."""
+    kind = type(cfg).__name__
+    for name in ("state_dim", "num_domains", "buffer_size", "batch_size", *more_positive_ints):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{kind}.{name}={value!r} is invalid: expected a positive integer")
+    if cfg.num_domains < 2:
+        raise ValueError(f"{kind}.num_domains={cfg.num_domains} is invalid: a mixture needs at least 2 domains")
+    if not 0.0 <= cfg.gamma < 1.0:
+        raise ValueError(f"{kind}.gamma={cfg.gamma!r} is invalid: expected 0 <= gamma < 1 (continuing task)")
+    if not 0.0 < cfg.tau <= 1.0:
+        raise ValueError(f"{kind}.tau={cfg.tau!r} is invalid: expected 0 < tau <= 1")
+    if cfg.batch_size > cfg.buffer_size:
+        raise ValueError(f"{kind}.batch_size={cfg.batch_size} exceeds buffer_size={cfg.buffer_size}: "
+                         f"expected batch_size <= buffer_size")
+    for name in learning_rates:
+        value = getattr(cfg, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{kind}.{name}={value!r} is invalid: expected a positive finite number")
+    hidden = tuple(cfg.hidden_sizes)
+    if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
+        raise ValueError(f"{kind}.hidden_sizes={cfg.hidden_sizes!r} is invalid: "
+                         f"expected a non-empty sequence of positive integers")
+    object.__setattr__(cfg, "hidden_sizes", hidden)  # lists from argv become hashable tuples
+    if not 0.0 <= cfg.floor < 1.0 / cfg.num_domains:
+        raise ValueError(f"{kind}.weight_floor={cfg.weight_floor!r} is invalid: expected "
+                         f"0 <= floor < 1/num_domains = {1.0 / cfg.num_domains:.6g}")
+
+
 @dataclass(frozen=True)
 class SACConfig:
     """Hyperparameters of the HDS agent; defaults are METHOD.md's reference values."""
@@ -65,24 +96,8 @@ class SACConfig:
     token_heads: int = 4  # domain_tokens: attention heads
 
     def __post_init__(self):
-        for name in ("state_dim", "num_domains", "buffer_size", "batch_size", "domain_features",
-                     "token_dim", "token_layers", "token_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"SACConfig.{name}={value!r} is invalid: expected a positive integer")
-        if self.num_domains < 2:
-            raise ValueError(f"SACConfig.num_domains={self.num_domains} is invalid: a mixture needs at least 2 domains")
-        if not 0.0 <= self.gamma < 1.0:
-            raise ValueError(f"SACConfig.gamma={self.gamma!r} is invalid: expected 0 <= gamma < 1 (continuing task)")
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"SACConfig.tau={self.tau!r} is invalid: expected 0 < tau <= 1")
-        if self.batch_size > self.buffer_size:
-            raise ValueError(f"SACConfig.batch_size={self.batch_size} exceeds buffer_size={self.buffer_size}: "
-                             f"expected batch_size <= buffer_size")
-        for name in ("actor_lr", "critic_lr", "alpha_lr"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"SACConfig.{name}={value!r} is invalid: expected a positive finite number")
+        validate_agent_config(self, ("actor_lr", "critic_lr", "alpha_lr"),
+                              ("domain_features", "token_dim", "token_layers", "token_heads"))
         for name in ("target_entropy", "log_alpha_init", "log_std_min", "log_std_max"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
@@ -90,14 +105,6 @@ class SACConfig:
         if not self.log_std_min < self.log_std_max:
             raise ValueError(f"SACConfig.log_std_min={self.log_std_min} must be below "
                              f"log_std_max={self.log_std_max}")
-        hidden = tuple(self.hidden_sizes)
-        if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
-            raise ValueError(f"SACConfig.hidden_sizes={self.hidden_sizes!r} is invalid: "
-                             f"expected a non-empty sequence of positive integers")
-        object.__setattr__(self, "hidden_sizes", hidden)  # lists from argv become hashable tuples
-        if not 0.0 <= self.floor < 1.0 / self.num_domains:
-            raise ValueError(f"SACConfig.weight_floor={self.weight_floor!r} is invalid: expected "
-                             f"0 <= floor < 1/num_domains = {1.0 / self.num_domains:.6g}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"SACConfig.encoder={self.encoder!r} is invalid: "
                              f"accepted values are {', '.join(ENCODERS)}")
