@@ -86,7 +86,10 @@ class SACConfig:
     log_alpha_init: float = 0.0  # initial log(alpha)
     hidden_sizes: tuple = (256, 256)  # hidden layers of the MLP actor and of each MLP critic
     log_std_min: float = -5.0  # the actor's log-std is squashed smoothly into [min, max]
-    log_std_max: float = 2.0
+    # Our choice: logit noise of std <= 1. With e^2 (the usual SAC bound) the entropy bonus
+    # drives the std up until softmax(u) is nearly one-hot and the weights jump between
+    # vertices of the simplex (seen in the CPU demo); std 1 keeps every draw a real mixture.
+    log_std_max: float = 0.0
     weight_floor: Optional[float] = None  # least weight of any domain; default 0.1 / D
     seed: int = 0  # seeds network init, minibatch sampling and action noise
     encoder: str = "mlp"  # mlp, or domain_tokens: a tiny transformer over per-domain tokens
