@@ -196,13 +196,8 @@ class DDPGAgent(ReplayAgent):
         self.updates += 1
         return {"critic_loss": critic_value, "actor_loss": actor_value, "q": float(q_new.detach().mean())}
 
-    @torch.no_grad()
-    def _polyak(self) -> None:
-        tau = self.config.tau
-        for online, target in ((self.actor, self.actor_target), (self.critic, self.critic_target)):
-            t = list(target.parameters())
-            torch._foreach_mul_(t, 1.0 - tau)
-            torch._foreach_add_(t, list(online.parameters()), alpha=tau)
+    def _target_pairs(self):
+        return ((self.actor, self.actor_target), (self.critic, self.critic_target))
 
     # ----- checkpointing --------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -284,9 +284,10 @@ class ReplayBuffer:
 
 class ReplayAgent:
     """What the replay-buffer agents (SAC here, DDPG in acodm.py) share: non-finite
-    transitions and optimizer steps are refused and counted, never applied. Subclasses
-    have ``config`` (state_dim, num_domains), ``buffer``, ``rejected_transitions`` and
-    ``skipped_steps``."""
+    transitions and optimizer steps are refused and counted, never applied, and the
+    Polyak update of the target networks. Subclasses have ``config`` (state_dim,
+    num_domains, tau), ``buffer``, ``rejected_transitions``, ``skipped_steps`` and
+    ``_target_pairs()`` (the (online, target) networks)."""
 
     def add_transition(self, state, logits, reward, next_state) -> bool:
         """Store (s, u, r, s'); refuse (return False, count) one with a NaN/Inf anywhere."""
@@ -318,6 +319,15 @@ class ReplayAgent:
             optimizer.zero_grad(set_to_none=True)
         self.skipped_steps[name] += 1
         return value
+
+    @torch.no_grad()
+    def _polyak(self) -> None:
+        """target <- (1 - tau) * target + tau * online, for every (online, target) network pair."""
+        tau = self.config.tau
+        for online, target in self._target_pairs():
+            t = list(target.parameters())
+            torch._foreach_mul_(t, 1.0 - tau)
+            torch._foreach_add_(t, list(online.parameters()), alpha=tau)
 
 
 class SACAgent(ReplayAgent):
@@ -447,13 +457,8 @@ class SACAgent(ReplayAgent):
             "q": float(q_new.detach().mean()),
         }
 
-    @torch.no_grad()
-    def _polyak(self) -> None:
-        tau = self.config.tau
-        for online, target in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
-            t = list(target.parameters())
-            torch._foreach_mul_(t, 1.0 - tau)
-            torch._foreach_add_(t, list(online.parameters()), alpha=tau)
+    def _target_pairs(self):
+        return ((self.q1, self.q1_target), (self.q2, self.q2_target))
 
     # ----- checkpointing --------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
