@@ -40,17 +40,21 @@ def add_domain_sums(sums: torch.Tensor, per_token_loss: torch.Tensor, domains: t
     sums[num_domains:].index_add_(0, domains, tokens)
 
 
-def all_reduce_domain_sums(sums: torch.Tensor, state: ParallelState) -> np.ndarray:
+def all_reduce_domain_sums(sums: torch.Tensor, state: ParallelState, extra: torch.Tensor | None = None):
     """Sum the per-domain (loss, tokens) vectors over the world; every rank gets the total.
+    Returns (sums as float64 numpy, the world sum of `extra` or None).
 
     Only one TP rank of the last stage of each DP replica contributes (the others hold
-    the same losses or none), so each token is counted once.
+    the same losses or none), so each token is counted once. `extra` (every rank's share
+    of another world sum, e.g. the gradient-probe sketches) rides in the same all-reduce.
     """
     if not (state.is_last_stage() and state.tp_rank == 0):
         sums.zero_()
+    flat = sums if extra is None else torch.cat([sums, extra.reshape(-1).to(sums.dtype)])
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(sums)
-    return sums.double().cpu().numpy()
+        dist.all_reduce(flat)
+    reduced_extra = None if extra is None else flat[sums.numel():].view(extra.shape)
+    return flat[:sums.numel()].double().cpu().numpy(), reduced_extra
 
 
 def split_means(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,5 +113,5 @@ def evaluate(model, held_out: HeldOutSet, state: ParallelState, micro_batch_size
                 add_domain_sums(sums, per_token, domain_ids)
     finally:
         model.train(was_training)
-    means, _ = split_means(all_reduce_domain_sums(sums, state))
+    means, _ = split_means(all_reduce_domain_sums(sums, state)[0])
     return means

@@ -229,11 +229,14 @@ class Trainer:
                   for d in np.unique(pairs[:, 0])]
         return float(np.concatenate(values).mean())
 
-    def _learning_signals(self, plan, result) -> dict:
+    def _learning_signals(self, plan, result, reduced_sketch=None) -> dict:
         """Gradient alignment, weight norms and batch quality for the learning schedulers."""
         from megatron_hds.mixing.signals import alignment_scores
 
-        gram = self.probe.alignment_matrix()
+        if reduced_sketch is not None:
+            gram = self.probe.gram_from_reduced(reduced_sketch)
+        else:
+            gram = self.probe.alignment_matrix()
         norms, change = self.norm_tracker.measure()
         extra = {"weight_norms": norms, "weight_change_norms": change}
         if not result.skipped and np.all(np.isfinite(gram)):
@@ -281,9 +284,12 @@ class Trainer:
         sums = torch.zeros(2 * num_domains, dtype=torch.float64, device=state.device)
         for per_token, domains in zip(losses, micro_domains):
             add_domain_sums(sums, per_token, domains)
-        domain_loss, domain_tokens = split_means(all_reduce_domain_sums(sums, state))
+        # The sketches of the gradient probes share the loss sums' all-reduce (one collective).
+        fused = self.probe is not None and self.probe.mode == "sketch"
+        reduced, sketch = all_reduce_domain_sums(sums, state, self.probe.local_sketch() if fused else None)
+        domain_loss, domain_tokens = split_means(reduced)
         signals_start = time.perf_counter()
-        extra = self._learning_signals(plan, result) if self.probe is not None else {}
+        extra = self._learning_signals(plan, result, sketch) if self.probe is not None else {}
         self._signals_time = time.perf_counter() - signals_start
         self.iteration += 1
         self.consumed_samples += self.config.train.global_batch_size
