@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hds-seed", type=int, default=0)
     g.add_argument("--hds-log-std-max", type=float, default=0.0,
                    help="upper bound of the SAC policy's log-std over the logits (std <= e^this)")
+    g.add_argument("--hds-log-alpha-init", type=float, default=0.0, help="initial log entropy temperature")
+    g.add_argument("--hds-target-entropy", type=float, default=None, help="default -(number of domains)")
     g.add_argument("--hds-encoder", choices=["mlp", "domain_tokens"], default="mlp")
     g.add_argument("--acodm-noise-std", type=float, default=0.1,
                    help="AC-ODM exploration noise (its agent shares the --hds-gamma/tau/buffer/batch/lr/hidden flags)")
@@ -257,6 +259,8 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         agent_weight_floor=args.hds_weight_floor,
         agent_seed=args.hds_seed,
         agent_log_std_max=args.hds_log_std_max,
+        agent_log_alpha_init=args.hds_log_alpha_init,
+        agent_target_entropy=args.hds_target_entropy,
         hds_encoder=args.hds_encoder,
         acodm_noise_std=args.acodm_noise_std,
         hds_reward=tuple(c.strip() for c in args.hds_reward.split(",") if c.strip()),

@@ -274,6 +274,8 @@ class MixingConfig:
     agent_weight_floor: Optional[float] = None  # --hds-weight-floor (default 0.1 / D)
     agent_seed: int = 0  # --hds-seed
     agent_log_std_max: float = 0.0  # --hds-log-std-max: upper bound of the policy's log-std over logits
+    agent_log_alpha_init: float = 0.0  # --hds-log-alpha-init: initial log entropy temperature
+    agent_target_entropy: Optional[float] = None  # --hds-target-entropy (default -D)
     hds_encoder: str = "mlp"  # --hds-encoder {mlp,domain_tokens}
     acodm_noise_std: float = 0.1  # --acodm-noise-std: exploration noise on the DDPG actor's logits
     hds_reward: tuple = REWARD_COMPONENTS  # --hds-reward align,quality,norm

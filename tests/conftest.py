@@ -5,8 +5,14 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
+
+# Triton kernels run on CPU tensors through the interpreter, which must be switched on
+# before any @triton.jit function is defined, i.e. before kernels/ is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS_DIR = os.path.join(REPO_ROOT, "tools")

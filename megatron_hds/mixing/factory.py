@@ -47,7 +47,8 @@ def build_scheduler(mixing: MixingConfig, natural_weights, num_matrices: int, tr
             tau=mixing.agent_tau, buffer_size=mixing.agent_buffer_size, batch_size=mixing.agent_batch_size,
             actor_lr=mixing.agent_lr, critic_lr=mixing.agent_lr, alpha_lr=mixing.agent_lr,
             hidden_sizes=tuple(mixing.agent_hidden_sizes), encoder=mixing.hds_encoder,
-            weight_floor=mixing.agent_weight_floor, seed=mixing.agent_seed, log_std_max=mixing.agent_log_std_max)
+            weight_floor=mixing.agent_weight_floor, seed=mixing.agent_seed, log_std_max=mixing.agent_log_std_max,
+            log_alpha_init=mixing.agent_log_alpha_init, target_entropy=mixing.agent_target_entropy)
         reward = RewardConfig(components=tuple(mixing.hds_reward), lambda_align=mixing.hds_lambda_align,
                               lambda_quality=mixing.hds_lambda_quality, lambda_norm=mixing.hds_lambda_norm,
                               mtld_max=float(seq_length))
