@@ -1,1 +1,9 @@
-"""Triton kernels with plain-torch twins and one dispatch point."""
+"""Triton kernels with plain-torch twins and one dispatch point.
+
+``kernels.reference`` holds the twins (the test oracle); ``kernels.dispatch`` chooses per
+call; Triton is imported only when a Triton kernel is actually used.
+"""
+
+from kernels.dispatch import available_backends, choose_backend, multi_tensor_sum_of_squares
+
+__all__ = ["available_backends", "choose_backend", "multi_tensor_sum_of_squares"]

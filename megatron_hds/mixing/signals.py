@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+import kernels
 from megatron_hds.parallel.layers import is_tensor_parallel
 from megatron_hds.parallel.mappings import group_size
 from megatron_hds.parallel.state import ParallelState
@@ -376,10 +377,9 @@ def alignment_scores(gram: np.ndarray, present: Optional[np.ndarray] = None, eps
 
 # ---- weight norms --------------------------------------------------------------------------
 def sum_of_squares(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """fp32 [n]: the sum of squares of each tensor (the one place a multi-tensor kernel replaces)."""
-    if not tensors:
-        return torch.zeros(0, dtype=torch.float32)
-    return torch.stack([t.detach().float().pow(2).sum() for t in tensors])
+    """fp32 [n]: the sum of squares of each tensor, in one multi-tensor launch on GPU
+    (kernels/: Triton on CUDA, the torch reference elsewhere)."""
+    return kernels.multi_tensor_sum_of_squares([t.detach() for t in tensors])
 
 
 class WeightNormTracker:

@@ -15,6 +15,7 @@ from typing import Iterable, List, Tuple
 import torch
 import torch.distributed as dist
 
+import kernels
 from megatron_hds.parallel.layers import is_tensor_parallel
 from megatron_hds.parallel.mappings import group_size
 from megatron_hds.parallel.state import ParallelState
@@ -71,10 +72,10 @@ def _counts_towards_norm(param: torch.Tensor, state: ParallelState) -> bool:
 def global_norm(pairs: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]], state: ParallelState) -> float:
     """L2 norm over the whole model of (parameter, gradient) pairs, each distinct parameter
     counted once; the gradient may live elsewhere than .grad (e.g. fp32 master grads)."""
+    grads = [grad for p, grad in pairs if grad is not None and _counts_towards_norm(p, state)]
     total = torch.zeros((), dtype=torch.float32, device=state.device)
-    for p, grad in pairs:
-        if grad is not None and _counts_towards_norm(p, state):
-            total += grad.float().pow(2).sum()
+    if grads:  # one multi-tensor launch on GPU (kernels/), the torch reference elsewhere
+        total += kernels.multi_tensor_sum_of_squares(grads).sum().to(state.device)
     if group_size(state.model_parallel_group) > 1:
         dist.all_reduce(total, group=state.model_parallel_group)
     return math.sqrt(total.item())

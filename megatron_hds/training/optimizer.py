@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+import kernels
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPE_PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -203,8 +205,7 @@ def local_grad_norm(grads: Sequence[torch.Tensor]) -> float:
     grads = [g for g in grads if g is not None]
     if not grads:
         return 0.0
-    norms = [torch.linalg.vector_norm(g, 2, dtype=torch.float32) for g in grads]
-    return float(torch.linalg.vector_norm(torch.stack(norms), 2))
+    return math.sqrt(float(kernels.multi_tensor_sum_of_squares(grads).sum()))
 
 
 def clip_grads_by_norm_(grads: Sequence[torch.Tensor], max_norm: float, total_norm: float) -> float:
