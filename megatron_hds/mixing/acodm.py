@@ -223,19 +223,7 @@ class DDPGAgent(ReplayAgent):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict()``; refuses another format/version or a different config,
         naming the fields that differ."""
-        if not isinstance(state, dict) or state.get("format") != AGENT_FORMAT:
-            raise ValueError(f"not a DDPG agent state (format {state.get('format') if isinstance(state, dict) else None!r},"
-                             f" expected {AGENT_FORMAT!r})")
-        if state.get("version") != AGENT_VERSION:
-            raise ValueError(f"DDPG agent state version {state.get('version')!r} is not supported "
-                             f"(this code reads version {AGENT_VERSION})")
-        mine = dataclasses.asdict(self.config)
-        theirs = dict(state["config"])
-        theirs["hidden_sizes"] = tuple(theirs.get("hidden_sizes", ()))
-        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        if differ:
-            detail = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs this run {mine.get(k)!r}" for k in differ)
-            raise ValueError(f"DDPG agent checkpoint was made with a different configuration ({detail})")
+        self._check_state(state, AGENT_FORMAT, AGENT_VERSION, "DDPG")
         for name in ("actor", "critic", "actor_target", "critic_target"):
             getattr(self, name).load_state_dict(state[name])
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])

@@ -329,6 +329,23 @@ class ReplayAgent:
             torch._foreach_mul_(t, 1.0 - tau)
             torch._foreach_add_(t, list(online.parameters()), alpha=tau)
 
+    def _check_state(self, state, expected_format: str, expected_version: int, kind: str) -> None:
+        """Refuse a checkpointed agent state of another format, version or configuration,
+        naming the fields that differ."""
+        if not isinstance(state, dict) or state.get("format") != expected_format:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"not a {kind} agent state (format {found!r}, expected {expected_format!r})")
+        if state.get("version") != expected_version:
+            raise ValueError(f"{kind} agent state version {state.get('version')!r} is not supported "
+                             f"(this code reads version {expected_version})")
+        mine = dataclasses.asdict(self.config)
+        theirs = dict(state["config"])
+        theirs["hidden_sizes"] = tuple(theirs.get("hidden_sizes", ()))
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differ:
+            detail = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs this run {mine.get(k)!r}" for k in differ)
+            raise ValueError(f"{kind} agent checkpoint was made with a different configuration ({detail})")
+
 
 class SACAgent(ReplayAgent):
     """Soft Actor-Critic over mixture logits.
@@ -486,19 +503,7 @@ class SACAgent(ReplayAgent):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict()``; refuses another format/version or a different config,
         naming the fields that differ."""
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            found = state.get("format") if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"not a SAC agent state (format {found!r}, expected {STATE_FORMAT!r})")
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"SAC agent state version {state.get('version')!r} is not supported "
-                             f"(this code reads version {STATE_VERSION})")
-        mine = dataclasses.asdict(self.config)
-        theirs = dict(state["config"])
-        theirs["hidden_sizes"] = tuple(theirs.get("hidden_sizes", ()))
-        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        if differ:
-            detail = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs this run {mine.get(k)!r}" for k in differ)
-            raise ValueError(f"SAC agent checkpoint was made with a different configuration ({detail})")
+        self._check_state(state, STATE_FORMAT, STATE_VERSION, "SAC")
         for name in ("actor", "q1", "q2", "q1_target", "q2_target"):
             getattr(self, name).load_state_dict(state[name])
         with torch.no_grad():
