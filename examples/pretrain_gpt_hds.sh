@@ -67,19 +67,7 @@ else
   MODE=demo
   OUTPUT_DIR="${OUTPUT_DIR:-$PWD/demo_output}"
   if [[ -z "${DATA_MANIFEST:-}" ]]; then
-    DATA_MANIFEST="$OUTPUT_DIR/data/demo_manifest.json"
-    if [[ ! -f "$DATA_MANIFEST" ]]; then
-      CORPUS="$OUTPUT_DIR/demo.jsonl.zst"
-      TOKENIZER_PREFIX="$OUTPUT_DIR/demo_sp"
-      mkdir -p "$OUTPUT_DIR"
-      [[ -f "$CORPUS" ]] || "$PYTHON" "$REPO_DIR/tools/make_demo_corpus.py" --output "$CORPUS" \
-          --size-mb "${DEMO_SIZE_MB:-16}" --seed 1234
-      [[ -f "$TOKENIZER_PREFIX.model" ]] || "$PYTHON" "$REPO_DIR/tools/train_tokenizer.py" --input "$CORPUS" \
-          --model-prefix "$TOKENIZER_PREFIX" --vocab-size "${VOCAB_SIZE:-4096}" --max-documents "${TOKENIZER_DOCS:-1000}"
-      "$PYTHON" "$REPO_DIR/tools/preprocess_data.py" --input "$CORPUS" --output-prefix "$OUTPUT_DIR/data/demo" \
-          --domain-key meta.pile_set_name --tokenizer-model "$TOKENIZER_PREFIX.model" --append-eod \
-          --workers "${WORKERS:-$(nproc)}"
-    fi
+    DATA_MANIFEST=$(bash "$REPO_DIR/examples/build_demo_data.sh" "$OUTPUT_DIR" | tail -n 1)
   fi
   if [[ -n "${MODEL:-}" ]]; then
     MODEL_ARGS=(--model "$MODEL" --seq-length "${SEQ_LENGTH:-128}")

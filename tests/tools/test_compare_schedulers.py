@@ -1,0 +1,176 @@
+"""tools/compare_schedulers.py and the metrics behind it (megatron_hds/training/comparison.py):
+the step-saving arithmetic on synthetic curves (never reached, ties, noisy baselines), seed
+averaging, and one end-to-end comparison on a tiny demo that resumes instead of redoing runs."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from megatron_hds.training import comparison
+from megatron_hds.training.comparison import Curve
+from tests.conftest import REPO_ROOT
+
+TOOL = os.path.join(REPO_ROOT, "tools", "compare_schedulers.py")
+
+
+def curve(steps, values):
+    return Curve(np.array(steps), np.array(values, dtype=float))
+
+
+# ---- metrics on synthetic curves --------------------------------------------------------
+def test_steps_to_reach_first_step_at_or_below_target():
+    c = curve([10, 20, 30, 40], [50.0, 30.0, 20.0, 15.0])
+    assert comparison.steps_to_reach(c, 30.0) == 20  # equal counts as reached
+    assert comparison.steps_to_reach(c, 29.9) == 30
+    assert comparison.steps_to_reach(c, 100.0) == 10
+    assert comparison.steps_to_reach(c, 14.9) is None
+
+
+def test_saving_matches_the_papers_definition():
+    # The baseline ends at 20 after 100 steps; the method gets there at step 56: 44% fewer.
+    baseline = curve(list(range(4, 101, 4)), np.linspace(60, 20, 25))
+    method = curve([8, 56, 100], [40.0, 20.0, 12.0])
+    assert comparison.saving(method, baseline) == pytest.approx(0.44)
+    assert comparison.saving(baseline, baseline) == 0.0
+    slower = curve([50, 100], [30.0, 25.0])
+    assert comparison.saving(slower, baseline) is None  # never reaches the target
+    late = curve([50, 100, 150], [30.0, 25.0, 20.0])
+    assert comparison.saving(late, baseline) == pytest.approx(-0.5)  # needs 50% more steps
+
+
+def test_noisy_baseline_that_touched_its_final_value_early_uses_that_step():
+    baseline = curve([10, 20, 30, 40], [40.0, 19.0, 22.0, 20.0])  # reached 20 at step 20 already
+    method = curve([10, 20, 30, 40], [30.0, 25.0, 20.0, 18.0])
+    assert comparison.saving(method, baseline) == pytest.approx(1 - 30 / 20)
+
+
+def test_best_baseline_excludes_the_method_under_test_and_breaks_ties_by_order():
+    curves = {"static": curve([10], [20.0]), "odm": curve([10], [18.0]), "acodm": curve([10], [18.0]),
+              "hds": curve([10], [10.0])}
+    assert comparison.best_baseline(curves, "hds") == "odm"  # odm and acodm tie; odm listed first
+    assert comparison.best_baseline(curves, "odm") == "hds"
+    with pytest.raises(ValueError, match="no baseline"):
+        comparison.best_baseline({"hds": curves["hds"]}, "hds")
+
+
+def test_steps_to_best_baseline_table():
+    curves = {"static": curve([10, 20, 30], [30.0, 25.0, 22.0]), "acodm": curve([10, 20, 30], [28.0, 21.0, 20.0]),
+              "hds": curve([10, 20, 30], [24.0, 19.0, 17.0]), "uniform": curve([10, 20, 30], [40.0, 35.0, 30.0])}
+    best, target, rows = comparison.steps_to_best_baseline(curves, "hds")
+    assert (best, target) == ("acodm", 20.0)
+    by_method = {r.method: r for r in rows}
+    assert by_method["hds"].steps_to_target == 20 and by_method["hds"].saving == pytest.approx(1 - 20 / 30)
+    assert by_method["acodm"].steps_to_target == 30 and by_method["acodm"].saving == 0.0
+    assert by_method["static"].steps_to_target is None and by_method["static"].saving is None
+    assert by_method["uniform"].final_ppl == 30.0
+
+
+def test_mean_curve_over_seeds_uses_common_steps():
+    a = curve([10, 20, 30], [30.0, 20.0, 10.0])
+    b = curve([10, 30, 40], [40.0, 14.0, 12.0])
+    mean, low, high = comparison.mean_curve([a, b])
+    assert mean.steps.tolist() == [10, 30]
+    assert mean.values.tolist() == [35.0, 12.0] and low.tolist() == [30.0, 10.0] and high.tolist() == [40.0, 14.0]
+    with pytest.raises(ValueError, match="share no evaluated step"):
+        comparison.mean_curve([curve([10], [1.0]), curve([20], [1.0])])
+
+
+def test_curve_rejects_malformed_input():
+    with pytest.raises(ValueError, match="increase strictly"):
+        curve([10, 10], [1.0, 2.0])
+    with pytest.raises(ValueError, match="at least one"):
+        curve([], [])
+
+
+def test_spread_and_windows():
+    assert comparison.spread([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)), 1.0, 3.0)
+    assert comparison.spread([5.0, None, math.nan]) == (5.0, 0.0, 5.0, 5.0)
+    assert all(math.isnan(v) for v in comparison.spread([]))
+    train = [{"iteration": i, "domain_weights": {"a": w, "b": 1 - w}, "reward": {"total": t},
+              "step_time_s": s, "scheduler_time_s": 0.01}
+             for i, w, t, s in [(10, 0.5, math.nan, 9.0), (20, 0.6, 1.0, 1.0), (30, 0.7, 2.0, 1.0),
+                                (40, 0.8, 3.0, 1.0), (50, 0.9, 4.0, 3.0)]]
+    records = {"train": train}
+    assert comparison.mean_weights([records], 0.0, 0.1) == {"a": 0.5, "b": 0.5}  # at least the first record
+    assert comparison.mean_weights([records], 0.8, 1.0)["a"] == pytest.approx(0.9)
+    assert comparison.reward_means([records], 0.0, 0.1) == {}  # the only early value is NaN
+    assert comparison.reward_means([records], 0.6, 1.0) == {"total": 3.5}
+    assert comparison.step_times([records]) == (pytest.approx(1.5), pytest.approx(0.01))  # first record left out
+
+
+# ---- the tool, end to end -----------------------------------------------------------------
+TINY = {"SEQ_LENGTH": "32", "GLOBAL_BATCH": "4", "MICRO_BATCH": "2", "EVAL_ITERS": "2", "LOG_INTERVAL": "2",
+        "DEMO_MODEL_ARGS": "--num-layers 2 --hidden-size 32 --num-attention-heads 4 --seq-length 32",
+        "DEMO_SIZE_MB": "0.4", "VOCAB_SIZE": "400", "TOKENIZER_DOCS": "300", "OMP_NUM_THREADS": "1"}
+
+
+def run_tool(out, *extra, **env_extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "DATA_MANIFEST"}
+    env.update(TINY, PYTHON=sys.executable, **env_extra)
+    return subprocess.run([sys.executable, TOOL, "--output-dir", str(out), "--methods", "static,hds", "--seeds", "7",
+                           "--train-iters", "8", "--eval-interval", "4", *extra],
+                          env=env, capture_output=True, text=True, cwd=out, timeout=600)
+
+
+def test_end_to_end_builds_demo_data_compares_and_resumes(tmp_path):
+    proc = run_tool(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "data" / "demo_manifest.json").is_file()  # built because none was given
+    report = (tmp_path / "comparison.md").read_text()
+    for heading in ("Final validation perplexity (mean over domains)", "Steps to reach the best baseline's final",
+                    "hds against each baseline", "per domain", "Domain weights", "Time per step"):
+        assert heading in report
+    assert "| static |" in report and "| hds |" in report
+    assert (tmp_path / "plots" / "valid_ppl.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "plots" / "domain_weights.png").is_file()
+    configs = {}
+    for method in ("static", "hds"):
+        from megatron_hds.training.metrics import read_metrics
+
+        records = read_metrics(tmp_path / "runs" / f"{method}_seed7" / "checkpoints")
+        configs[method] = records["config"][0]
+        assert [r["iteration"] for r in records["eval"] if r["split"] == "valid"] == [4, 8]
+    # Everything but the method is the same: seed, model, schedule, budget.
+    assert configs["static"]["mixing"]["method"] == "static" and configs["hds"]["mixing"]["method"] == "hds"
+    for key in ("model", "optim", "train"):
+        a, b = dict(configs["static"][key]), dict(configs["hds"][key])
+        for path_key in ("save", "load"):
+            a.pop(path_key, None), b.pop(path_key, None)
+        assert a == b, key
+    # The table's numbers are the runs' own final perplexities.
+    final = read_metrics(tmp_path / "runs" / "hds_seed7" / "checkpoints")["eval"]
+    final_ppl = [r for r in final if r["split"] == "valid"][-1]["mean_ppl"]
+    assert f"| hds | {final_ppl:.2f} |" in report
+
+    # Rerunning redoes nothing; a run whose checkpoints vanished is run again.
+    again = run_tool(tmp_path)
+    assert again.returncode == 0 and "2 of 2 runs already complete" in again.stdout
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs" / "hds_seed7" / "checkpoints")
+    third = run_tool(tmp_path)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "1 of 2 runs already complete" in third.stdout and "training hds_seed7" in third.stdout
+
+    # Other per-run settings in the same directory: refused, naming the difference.
+    changed = run_tool(tmp_path, LR="1e-2")
+    assert changed.returncode != 0 and "environment" in changed.stderr and "1e-2" in changed.stderr
+    json.loads((tmp_path / "comparison_settings.json").read_text())
+
+
+def test_bad_arguments_are_named(tmp_path):
+    def error(*argv):
+        proc = subprocess.run([sys.executable, TOOL, "--output-dir", str(tmp_path), *argv],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2
+        return proc.stderr
+
+    assert "'bogus'" in error("--train-iters", "8", "--eval-interval", "4", "--methods", "hds,bogus")
+    assert "must be positive" in error("--train-iters", "0", "--eval-interval", "4")
+    assert "--reference 'hds' is not among" in error("--train-iters", "8", "--eval-interval", "4",
+                                                     "--methods", "static,odm")
