@@ -10,13 +10,14 @@ it cannot run raises instead of silently falling back.
 import functools
 import importlib.util
 import os
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from kernels import reference
 
-__all__ = ["ENV_VAR", "available_backends", "choose_backend", "multi_tensor_sum_of_squares"]
+__all__ = ["ENV_VAR", "available_backends", "choose_backend", "multi_tensor_sum_of_squares", "cross_entropy_partials",
+           "cross_entropy_loss", "cross_entropy_backward"]
 
 ENV_VAR = "MEGATRON_HDS_KERNELS"
 _CHOICES = ("torch", "triton")
@@ -57,8 +58,14 @@ def _norms():
     return norms
 
 
+def _cross_entropy():
+    from kernels import cross_entropy  # Triton is imported here, on first use only
+
+    return cross_entropy
+
+
 def choose_backend(tensors: Sequence[torch.Tensor]) -> str:
-    """'torch' or 'triton': what ``multi_tensor_sum_of_squares(tensors)`` would run."""
+    """'torch' or 'triton': what a kernel over ``tensors`` would run (the same rule for all)."""
     requested = _requested()
     usable, device_type, reason = _triton_probe()
     devices = {t.device.type for t in tensors}
@@ -85,3 +92,67 @@ def multi_tensor_sum_of_squares(tensors: Sequence[torch.Tensor]) -> torch.Tensor
     if choose_backend(tensors) == "triton":
         return _norms().multi_tensor_sum_of_squares(tensors)
     return reference.multi_tensor_sum_of_squares(tensors)
+
+
+def _check_domains(domain_ids: Optional[torch.Tensor], domain_sums: Optional[torch.Tensor], num_rows: int) -> None:
+    """The contract both backends share. The id range is checked only for ids in host memory:
+    on a GPU the check would cost a host sync per call, and the trainer's ids come from the
+    batch plan, valid by construction."""
+    if (domain_ids is None) != (domain_sums is None):
+        raise ValueError("domain_ids and domain_sums go together: pass both or neither")
+    if domain_sums is None:
+        return
+    if domain_sums.dtype != torch.float32 or domain_sums.dim() != 1 or domain_sums.numel() % 2 \
+            or not domain_sums.is_contiguous():
+        raise ValueError(f"domain_sums must be a contiguous float32 [2 * num_domains] buffer (loss sums, then "
+                         f"token counts), got {domain_sums.dtype} {tuple(domain_sums.shape)}")
+    if domain_ids.dtype.is_floating_point or domain_ids.dtype == torch.bool or domain_ids.numel() != num_rows:
+        raise ValueError(f"domain_ids must be {num_rows} integer ids (one per row), got {domain_ids.dtype} "
+                         f"{tuple(domain_ids.shape)}")
+    num_domains = domain_sums.numel() // 2
+    if num_rows and domain_ids.device.type == "cpu":
+        low, high = torch.stack([domain_ids.min(), domain_ids.max()]).tolist()
+        if low < 0 or high >= num_domains:
+            raise ValueError(f"domain id {low if low < 0 else high} is out of range: domain_sums holds "
+                             f"{num_domains} domains (ids 0..{num_domains - 1})")
+
+
+def cross_entropy_partials(logits: torch.Tensor, target: torch.Tensor, vocab_start: int,
+                           ignore_index: int = -100) -> torch.Tensor:
+    """fp32 [3, N] per row of this shard's ``logits`` [N, V_local]: (max, sum of exp(logit - max),
+    target logit or 0 when the target is not in this shard). The caller combines them over TP."""
+    if logits.dim() != 2 or target.shape != logits.shape[:1]:
+        raise ValueError(f"logits must be [N, V_local] and target [N], got {tuple(logits.shape)} and "
+                         f"{tuple(target.shape)}")
+    if choose_backend([logits]) == "triton":
+        return _cross_entropy().cross_entropy_partials(logits, target, vocab_start, ignore_index)
+    return reference.cross_entropy_partials(logits, target, vocab_start, ignore_index)
+
+
+def cross_entropy_loss(partials: torch.Tensor, target: torch.Tensor, ignore_index: int = -100,
+                       loss_mask: Optional[torch.Tensor] = None, domain_ids: Optional[torch.Tensor] = None,
+                       domain_sums: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(per-token loss fp32 [N], stats fp32 [2, N] = per-row (max, log(sum_exp)), what backward
+    needs) from global partials; ignored (``ignore_index``) and
+    masked (``loss_mask`` == 0) tokens get loss 0 and no count. Adds per-domain loss sums and
+    token counts into ``domain_sums`` fp32 [2D] (ids ``domain_ids`` [N] in [0, D)) in the same pass."""
+    num_rows = target.numel()
+    if partials.shape != (3, num_rows) or (loss_mask is not None and loss_mask.numel() != num_rows):
+        raise ValueError(f"partials must be [3, {num_rows}] and loss_mask [{num_rows}], got "
+                         f"{tuple(partials.shape)} and {None if loss_mask is None else tuple(loss_mask.shape)}")
+    _check_domains(domain_ids, domain_sums, num_rows)
+    if choose_backend([partials]) == "triton":
+        return _cross_entropy().cross_entropy_loss(partials, target, ignore_index, loss_mask, domain_ids, domain_sums)
+    return reference.cross_entropy_loss(partials, target, ignore_index, loss_mask, domain_ids, domain_sums)
+
+
+def cross_entropy_backward(logits: torch.Tensor, target: torch.Tensor, stats: torch.Tensor, grad_loss: torch.Tensor,
+                           vocab_start: int, ignore_index: int = -100, loss_mask: Optional[torch.Tensor] = None,
+                           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Gradient of sum(grad_loss * loss) w.r.t. ``logits`` [N, V_local], in their dtype, written into
+    ``out`` when given (``out`` may be the logits themselves: in-place backward)."""
+    if choose_backend([logits]) == "triton":
+        return _cross_entropy().cross_entropy_backward(logits, target, stats, grad_loss, vocab_start, ignore_index,
+                                                       loss_mask, out)
+    return reference.cross_entropy_backward(logits, target, stats, grad_loss, vocab_start, ignore_index, loss_mask,
+                                            out)

@@ -1,10 +1,10 @@
 """Plain-torch twins of the Triton kernels: same signatures, the test oracle and the CPU path."""
 
-from typing import Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["multi_tensor_sum_of_squares"]
+__all__ = ["multi_tensor_sum_of_squares", "cross_entropy_partials", "cross_entropy_loss", "cross_entropy_backward"]
 
 
 def multi_tensor_sum_of_squares(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -16,3 +16,71 @@ def multi_tensor_sum_of_squares(tensors: Sequence[torch.Tensor]) -> torch.Tensor
         return torch.zeros(0, dtype=torch.float32)
     with torch.no_grad():
         return torch.stack([t.detach().float().pow(2).sum() for t in tensors])
+
+
+def _valid(target: torch.Tensor, ignore_index: int, loss_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    valid = target != ignore_index
+    return valid if loss_mask is None else valid & (loss_mask.reshape(-1) != 0)
+
+
+def _local_target(target: torch.Tensor, vocab_start: int, n_cols: int, ignore_index: int):
+    """(column of the target in this shard, clamped into range; whether it is really here)."""
+    local = target - vocab_start
+    here = (local >= 0) & (local < n_cols) & (target != ignore_index)
+    return local.clamp(0, n_cols - 1), here
+
+
+def cross_entropy_partials(logits: torch.Tensor, target: torch.Tensor, vocab_start: int,
+                           ignore_index: int = -100) -> torch.Tensor:
+    """fp32 [3, N]: per row of ``logits`` [N, V_local] (this shard's columns start at global id
+    ``vocab_start``) the max, the sum of exp(logit - max), and the target logit (0 when the
+    target is outside this shard or is ``ignore_index``)."""
+    with torch.no_grad():
+        x = logits.detach().float()
+        n_cols = x.shape[1]
+        row_max = x.max(dim=1).values
+        sum_exp = torch.sub(x, row_max.unsqueeze(1)).exp_().sum(dim=1)  # a new tensor: x may be the logits
+        local, here = _local_target(target, vocab_start, n_cols, ignore_index)
+        target_logit = x.gather(1, local.unsqueeze(1)).squeeze(1).masked_fill(~here, 0.0)
+        return torch.stack([row_max, sum_exp, target_logit])
+
+
+def cross_entropy_loss(partials: torch.Tensor, target: torch.Tensor, ignore_index: int = -100,
+                       loss_mask: Optional[torch.Tensor] = None, domain_ids: Optional[torch.Tensor] = None,
+                       domain_sums: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(loss fp32 [N], stats fp32 [2, N] = per-row (max, log(sum_exp)) for backward) from the
+    global partials [3, N]. Tokens whose target is
+    ``ignore_index`` or whose ``loss_mask`` is 0 get loss 0 and are not counted. With
+    ``domain_ids`` [N] (ids in [0, D)) and ``domain_sums`` fp32 [2D], adds each domain's loss
+    sum to ``domain_sums[:D]`` and its token count to ``domain_sums[D:]``."""
+    with torch.no_grad():
+        row_max, sum_exp, target_logit = partials
+        log_sum_exp = sum_exp.log()
+        valid = _valid(target, ignore_index, loss_mask)
+        # max - target first: exact when they are close, whatever their magnitude.
+        loss = torch.where(valid, (row_max - target_logit) + log_sum_exp, 0.0)
+        if domain_sums is not None:
+            num_domains = domain_sums.numel() // 2
+            ids = domain_ids.reshape(-1)
+            domain_sums[:num_domains].index_add_(0, ids, loss.to(domain_sums.dtype))
+            domain_sums[num_domains:].index_add_(0, ids, valid.to(domain_sums.dtype))
+        return loss, torch.stack([row_max, log_sum_exp])
+
+
+def cross_entropy_backward(logits: torch.Tensor, target: torch.Tensor, stats: torch.Tensor, grad_loss: torch.Tensor,
+                           vocab_start: int, ignore_index: int = -100, loss_mask: Optional[torch.Tensor] = None,
+                           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """d(sum_i grad_loss[i] * loss[i]) / d logits, [N, V_local] in the logits' dtype, written
+    into ``out`` (a new tensor when None; may be ``logits`` itself). Ignored / masked tokens
+    get a zero row."""
+    with torch.no_grad():
+        x = logits.detach().float()
+        grad = torch.sub(x, stats[0].unsqueeze(1)).sub_(stats[1].unsqueeze(1)).exp_()  # softmax, a new tensor
+        local, here = _local_target(target, vocab_start, x.shape[1], ignore_index)
+        grad.scatter_add_(1, local.unsqueeze(1), -here.to(grad.dtype).unsqueeze(1))
+        scale = torch.where(_valid(target, ignore_index, loss_mask), grad_loss.reshape(-1).float(), 0.0)
+        grad.mul_(scale.unsqueeze(1))
+        if out is None:
+            return grad.to(logits.dtype)
+        out.detach().copy_(grad)  # detach: `out` may be a leaf that requires grad (the logits)
+        return out

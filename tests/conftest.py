@@ -83,3 +83,13 @@ def demo_manifest(demo_corpus, sp_model, tmp_path_factory) -> str:
         ["--input", demo_corpus, "--output-prefix", prefix, "--domain-key", "meta.pile_set_name",
          "--tokenizer-model", sp_model, "--append-eod"]))
     return prefix + "_manifest.json"
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A running single-node SLURM (tests/slurm/start_local_slurm.sh); skips where it cannot start."""
+    proc = subprocess.run(["bash", os.path.join(REPO_ROOT, "tests", "slurm", "start_local_slurm.sh")],
+                          capture_output=True, text=True)
+    if proc.returncode == 3:
+        pytest.skip(proc.stderr.strip())
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -12,7 +12,6 @@ from megatron_hds.training.metrics import read_metrics
 from tests.conftest import REPO_ROOT
 
 SCRIPT = os.path.join(REPO_ROOT, "examples", "pretrain_gpt_hds.sh")
-START_SLURM = os.path.join(REPO_ROOT, "tests", "slurm", "start_local_slurm.sh")
 SMALL_RUN = {
     "SEQ_LENGTH": "32", "GLOBAL_BATCH": "4", "MICRO_BATCH": "2", "TRAIN_ITERS": "12", "EVAL_INTERVAL": "6",
     "EVAL_ITERS": "2", "LOG_INTERVAL": "3", "LR": "3e-3", "MIN_LR": "3e-4",
@@ -58,14 +57,6 @@ def test_plain_bash_rerun_resumes_instead_of_restarting(demo_run):
     assert "resumed from" in proc.stdout and "at iteration 12" in proc.stdout
     iterations = [r["iteration"] for r in read_metrics(out / "checkpoints" / "metrics.jsonl")["train"]]
     assert iterations[-1] == 15
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    proc = subprocess.run(["bash", START_SLURM], capture_output=True, text=True)
-    if proc.returncode == 3:
-        pytest.skip(proc.stderr.strip())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_sbatch_runs_two_ranks_and_writes_checkpoint_and_metrics(slurm, demo_run, tmp_path):

@@ -171,10 +171,14 @@ def launch(args, manifest: str) -> list[str]:
     return failed
 
 
+def queued_runs(args) -> list[str]:
+    return [run_name(m, s) for s in args.seeds for m in args.methods
+            if queued_job(run_dir(args.output_dir, m, s)) is not None]
+
+
 def wait_for_jobs(args, poll_s: float = 30.0) -> None:
     while True:
-        queued = [run_name(m, s) for s in args.seeds for m in args.methods
-                  if queued_job(run_dir(args.output_dir, m, s)) is not None]
+        queued = queued_runs(args)
         if not queued:
             return
         print(f"waiting for {len(queued)} job(s): {', '.join(queued)}", flush=True)
@@ -381,9 +385,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--reference", default="hds", help="the method compared against the others (default hds)")
     parser.add_argument("--data-manifest", default=os.environ.get("DATA_MANIFEST"),
                         help="manifest from tools/preprocess_data.py (default: $DATA_MANIFEST, else the demo data)")
-    parser.add_argument("--extra-args", default="", help="more pretrain flags for every run, as one string")
+    parser.add_argument("--extra-args", default="",
+                        help='more pretrain flags for every run, one string: --extra-args="--flag value"')
     parser.add_argument("--launcher", choices=("local", "sbatch"), default="local")
-    parser.add_argument("--sbatch-args", default="", help="options for sbatch, as one string (--launcher sbatch)")
+    parser.add_argument("--sbatch-args", default="",
+                        help='sbatch options for every job, one string: --sbatch-args="--nodes 2 --time 4:00:00"')
     parser.add_argument("--wait", action="store_true", help="with sbatch: wait for the jobs, then write the report")
     parser.add_argument("--report-only", action="store_true", help="write the report from the complete runs")
     args = parser.parse_args(argv)
@@ -410,7 +416,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         failed = launch(args, manifest)
         if args.launcher == "sbatch":
-            if not args.wait:
+            if not args.wait and queued_runs(args):
                 print("jobs submitted; rerun with --wait (or --report-only when they are done) for the report")
                 return 0
             wait_for_jobs(args)

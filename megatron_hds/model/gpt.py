@@ -65,10 +65,12 @@ class Embedding(nn.Module):
 class GPTModel(nn.Module):
     """This rank's pipeline stage of a GPT model.
 
-    forward(tokens, hidden, labels):
+    forward(tokens, hidden, labels, domains, domain_sums, loss_mask):
       first stage reads tokens [b, s]; other stages read hidden [s, b, h] from the previous stage.
       last stage returns the per-token loss [b, s] (fp32) when labels [b, s] are given, else this
       rank's vocab slice of the logits [b, s, vocab/TP]; other stages return hidden [s, b, h].
+      With domains ([b] per sample or [b, s] per token) and domain_sums (fp32 [2D]) the loss
+      pass also adds per-domain loss sums and token counts; loss_mask [b, s] zeroes tokens.
     """
 
     def __init__(self, config: ModelConfig, state: ParallelState, seed: int = 1234,
@@ -112,7 +114,8 @@ class GPTModel(nn.Module):
         return self.embedding.word_embeddings.weight if self.tied else self.output_layer.weight
 
     def forward(self, tokens: Optional[torch.Tensor] = None, hidden: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+                labels: Optional[torch.Tensor] = None, domains: Optional[torch.Tensor] = None,
+                domain_sums: Optional[torch.Tensor] = None, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self.embedding(tokens) if self.pre_process else hidden
         seq_len = x.shape[0] * (self.state.tp_size if self.state.sequence_parallel else 1)
         rotary = self.rotary(seq_len) if self.rotary is not None else None
@@ -126,7 +129,11 @@ class GPTModel(nn.Module):
         logits = F.linear(x, self.output_weight())  # [s, b, v/TP]
         if labels is None:
             return logits.transpose(0, 1)
-        return vocab_parallel_cross_entropy(logits, labels.t(), self.state.tp_group).t()
+        # The logits are a temporary here, so their memory takes the gradient (inplace_backward).
+        return vocab_parallel_cross_entropy(
+            logits, labels.t(), self.state.tp_group, domain_ids=None if domains is None else domains.t(),
+            domain_sums=domain_sums, loss_mask=None if loss_mask is None else loss_mask.t(),
+            inplace_backward=True).t()
 
 
 def allreduce_embedding_grads(model: GPTModel) -> None:

@@ -103,8 +103,10 @@ def forward_backward(model, micro_batches: List[MicroBatch], *, loss_fn: LossFn 
                      forward_only: bool = False) -> List[torch.Tensor]:
     """Run every micro-batch through this rank's stage; accumulate gradients unless forward_only.
 
-    Each micro-batch is a dict with 'tokens' and 'labels' [b, s] (and optionally 'loss_mask');
-    every stage receives the full list (only the first stage reads tokens, the last labels).
+    Each micro-batch is a dict with 'tokens' and 'labels' [b, s], and optionally 'loss_mask' [b, s],
+    'domains' [b] and 'domain_sums' (fp32 [2D], filled with per-domain loss sums and token counts
+    by the loss pass); every stage receives the full list (only the first stage reads tokens, the
+    last the rest).
     Returns the detached per-token losses [b, s] of each micro-batch on the last stage, [] elsewhere.
     """
     state = model.state
@@ -116,8 +118,10 @@ def forward_backward(model, micro_batches: List[MicroBatch], *, loss_fn: LossFn 
         batch = micro_batches[i]
         if x is not None and not forward_only:
             x.requires_grad_()
+        loss_inputs = {key: batch[key] for key in ("domains", "domain_sums", "loss_mask") if key in batch} \
+            if last else {}
         out = model(tokens=batch["tokens"] if state.is_first_stage() else None, hidden=x,
-                    labels=batch["labels"] if last else None)
+                    labels=batch["labels"] if last else None, **loss_inputs)
         if not last:
             return out
         losses.append(out.detach())

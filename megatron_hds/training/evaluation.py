@@ -1,7 +1,7 @@
-"""Per-domain losses: turning the last stage's per-token losses into per-domain sums,
-combining them over all ranks in one small all-reduce, and the held-out evaluation
-(the same samples for every run with the same data and seed, independent of the
-mixture weights)."""
+"""Per-domain losses: micro-batches that carry the buffer the fused cross entropy fills with
+per-domain loss sums and token counts, the one small all-reduce that combines those over all
+ranks, and the held-out evaluation (the same samples for every run with the same data and
+seed, independent of the mixture weights)."""
 
 from __future__ import annotations
 
@@ -24,20 +24,14 @@ def micro_batch_from_samples(samples: np.ndarray, device: torch.device) -> dict:
     return {"tokens": tensor[:, :-1], "labels": tensor[:, 1:]}
 
 
-def load_micro_batch(datasets, domains, indices, device: torch.device) -> dict:
-    """The micro-batch of samples (domains[k], indices[k]) of per-domain datasets."""
+def load_micro_batch(datasets, domains, indices, device: torch.device, domain_sums: torch.Tensor) -> dict:
+    """The micro-batch of samples (domains[k], indices[k]) of per-domain datasets; its loss pass
+    adds per-domain loss sums and token counts into ``domain_sums`` (fp32 [2D])."""
     samples = np.stack([datasets[d][i] for d, i in zip(domains.tolist(), indices.tolist())])
-    return micro_batch_from_samples(samples, device)
-
-
-def add_domain_sums(sums: torch.Tensor, per_token_loss: torch.Tensor, domains: torch.Tensor) -> None:
-    """sums[:D] += loss per domain, sums[D:] += token count per domain, for one micro-batch
-    whose sample k belongs to domain domains[k]."""
-    num_domains = sums.numel() // 2
-    per_sample = per_token_loss.to(sums.dtype).sum(dim=1)
-    sums[:num_domains].index_add_(0, domains, per_sample)
-    tokens = torch.full_like(per_sample, per_token_loss.shape[1])
-    sums[num_domains:].index_add_(0, domains, tokens)
+    batch = micro_batch_from_samples(samples, device)
+    batch["domains"] = torch.tensor(domains, dtype=torch.long, device=device)
+    batch["domain_sums"] = domain_sums
+    return batch
 
 
 def all_reduce_domain_sums(sums: torch.Tensor, state: ParallelState, extra: torch.Tensor | None = None):
@@ -94,7 +88,7 @@ def evaluate(model, held_out: HeldOutSet, state: ParallelState, micro_batch_size
     """Mean per-token loss of each domain on the held-out samples (NaN for a domain not
     evaluated). Every rank runs the same micro-batch sequence (pipeline-safe)."""
     num_domains = len(held_out.datasets)
-    sums = torch.zeros(2 * num_domains, dtype=torch.float64, device=state.device)
+    domain_sums = torch.zeros(2 * num_domains, dtype=torch.float32, device=state.device)
     was_training = model.training
     model.eval()
     try:
@@ -103,15 +97,15 @@ def evaluate(model, held_out: HeldOutSet, state: ParallelState, micro_batch_size
                 continue
             per_rank = count // state.dp_size
             first = state.dp_rank * per_rank
+            domain_ids = torch.full((micro_batch_size,), domain, dtype=torch.long, device=state.device)
             micro_batches = []
             for start in range(first, first + per_rank, micro_batch_size):
                 samples = np.stack([dataset[i] for i in range(start, start + micro_batch_size)])
-                micro_batches.append(micro_batch_from_samples(samples, state.device))
-            losses = forward_backward(model, micro_batches, forward_only=True)
-            domain_ids = torch.full((micro_batch_size,), domain, dtype=torch.long, device=state.device)
-            for per_token in losses:
-                add_domain_sums(sums, per_token, domain_ids)
+                batch = micro_batch_from_samples(samples, state.device)
+                micro_batches.append(dict(batch, domains=domain_ids, domain_sums=domain_sums))
+            forward_backward(model, micro_batches, forward_only=True)
     finally:
         model.train(was_training)
-    means, _ = split_means(all_reduce_domain_sums(sums, state)[0])
+    # Reduced in float64, like the training sums (the fp32 buffer holds one rank's share).
+    means, _ = split_means(all_reduce_domain_sums(domain_sums.double(), state)[0])
     return means

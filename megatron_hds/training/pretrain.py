@@ -48,7 +48,6 @@ from megatron_hds.training.checkpointing import (
     save_checkpoint,
 )
 from megatron_hds.training.evaluation import (
-    add_domain_sums,
     all_reduce_domain_sums,
     build_held_out_set,
     evaluate,
@@ -260,17 +259,17 @@ class Trainer:
         num_domains = len(self.domains.names)
         plan = self.sampler.plan(self.iteration, self.weights)
         rank_batch = plan.micro_batches_for(state.dp_rank)
-        micro_batches, micro_domains = [], []
-        for domains, indices in rank_batch:
-            micro_batches.append(load_micro_batch(self.train_sets, domains, indices, state.device))
-            micro_domains.append(torch.tensor(domains, dtype=torch.long, device=state.device))
+        # The last stage's loss pass fills this with per-domain loss sums and token counts.
+        domain_sums = torch.zeros(2 * num_domains, dtype=torch.float32, device=state.device)
+        micro_batches = [load_micro_batch(self.train_sets, domains, indices, state.device, domain_sums)
+                         for domains, indices in rank_batch]
 
         self.optimizer.zero_grad()
         if self.probe is not None:
             from megatron_hds.mixing.signals import micro_batch_domain
 
-            self.probe.begin_step([micro_batch_domain(d) for d in micro_domains])
-        losses = forward_backward(self.model, micro_batches, loss_fn=self._loss_fn)
+            self.probe.begin_step([micro_batch_domain(batch["domains"]) for batch in micro_batches])
+        forward_backward(self.model, micro_batches, loss_fn=self._loss_fn)
         finalize_model_grads(self.model)
         self.grad_reducer.allreduce()
         if self.norm_tracker is not None:
@@ -281,9 +280,7 @@ class Trainer:
         self.lr_scheduler.step()
         self.sampler.advance(plan)
 
-        sums = torch.zeros(2 * num_domains, dtype=torch.float64, device=state.device)
-        for per_token, domains in zip(losses, micro_domains):
-            add_domain_sums(sums, per_token, domains)
+        sums = domain_sums.double()  # combined over ranks in float64
         # The sketches of the gradient probes share the loss sums' all-reduce (one collective).
         fused = self.probe is not None and self.probe.mode == "sketch"
         reduced, sketch = all_reduce_domain_sums(sums, state, self.probe.local_sketch() if fused else None)

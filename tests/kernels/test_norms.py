@@ -20,30 +20,6 @@ SHAPES = ((1,), (7,), (1023,), (4097,), (0,), (33, 65), (3, 5, 7), (2, 0, 3), ()
 REL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def norms():
-    pytest.importorskip("triton")
-    if "triton" not in kernels.available_backends():
-        pytest.skip("Triton cannot run here (no CUDA and TRITON_INTERPRET unset)")
-    from kernels import norms as module
-
-    return module
-
-
-@pytest.fixture
-def device(norms):
-    """Where the kernel runs: CPU tensors under the interpreter, CUDA tensors when compiled."""
-    return torch.device("cpu" if norms.INTERPRETED else "cuda")
-
-
 def _random(shape, dtype, device, gen, scale=1.0):
     return (torch.randn(shape, generator=gen, dtype=torch.float32) * scale).to(dtype).to(device)
 

@@ -174,3 +174,26 @@ def test_bad_arguments_are_named(tmp_path):
     assert "must be positive" in error("--train-iters", "0", "--eval-interval", "4")
     assert "--reference 'hds' is not among" in error("--train-iters", "8", "--eval-interval", "4",
                                                      "--methods", "static,odm")
+
+
+def test_sbatch_launcher_submits_one_job_per_run_and_reports_after_waiting(slurm, demo_manifest, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(PYTHON=sys.executable, MODEL="tiny", SEQ_LENGTH="32", GLOBAL_BATCH="4", MICRO_BATCH="2",
+               EVAL_ITERS="2", LOG_INTERVAL="2", PRECISION="fp32", SPLIT="90,5,5", NPROC_PER_NODE="1",
+               MASTER_PORT="29613", OMP_NUM_THREADS="1")
+    command = [sys.executable, TOOL, "--output-dir", str(tmp_path), "--methods", "uniform,hds", "--seeds", "3",
+               "--train-iters", "6", "--eval-interval", "3", "--data-manifest", demo_manifest,
+               "--launcher", "sbatch", "--sbatch-args=--time=10"]
+    proc = subprocess.run(command + ["--wait"], env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=900)
+    logs = "".join(p.read_text() for p in tmp_path.glob("runs/*/slurm_*.log"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs[-4000:]
+    assert proc.stdout.count("submitted ") == 2
+    for name in ("uniform_seed3", "hds_seed3"):
+        job_id = (tmp_path / "runs" / name / "slurm_job_id").read_text().strip()
+        log = (tmp_path / "runs" / name / f"slurm_{job_id}.log").read_text()
+        assert "megatron_hds (slurm)" in log  # it ran as a SLURM job through the example script
+    assert "| hds |" in (tmp_path / "comparison.md").read_text()
+    # Submitting again while nothing is left to do submits nothing.
+    again = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert again.returncode == 0 and "2 of 2 runs already complete" in again.stdout
+    assert "submitted" not in again.stdout and "report: " in again.stdout
