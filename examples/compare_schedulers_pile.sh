@@ -54,5 +54,5 @@ exec python3 tools/compare_schedulers.py \
   --output-dir "${OUTPUT_DIR:-runs/pile_compare_$MODEL}" \
   --methods "${METHODS:-static,uniform,odm,acodm,hds}" --seeds "${SEEDS:-1}" \
   --train-iters 41667 --eval-interval 417 --data-manifest "$DATA_MANIFEST" \
-  --launcher sbatch --sbatch-args "--nodes $NODES --gpus-per-node $GPUS_PER_NODE --time ${TIME_LIMIT:-48:00:00} ${SBATCH_EXTRA:-}" \
+  --launcher sbatch --sbatch-args="--nodes $NODES --gpus-per-node $GPUS_PER_NODE --time ${TIME_LIMIT:-48:00:00} ${SBATCH_EXTRA:-}" \
   "${WAIT_ARGS[@]}"
