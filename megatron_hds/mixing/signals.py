@@ -422,22 +422,37 @@ class WeightNormTracker:
                 prev.copy_(w)
 
     @torch.no_grad()
-    def measure(self) -> Tuple[np.ndarray, np.ndarray]:
-        """(norms [L], change_norms [L]) as float64 arrays, on every rank."""
+    def local_squares(self, world_share: bool = False) -> torch.Tensor:
+        """This rank's fp32 [2L] share of (sums of squares of W, of W - W_prev), then a snapshot.
+        Summed over the TP x PP group it gives every matrix's value; with ``world_share``
+        only DP rank 0 contributes (the others return zeros), so a sum over the WORLD gives the
+        same (callers fuse it into another world all-reduce). Finish with ``norms_from_squares``."""
         num = len(self.names)
-        weights = [p.detach() for _, p in self.local]
-        diffs = ([w.float() - prev for w, prev in zip(weights, self.previous)]
-                 if self.previous is not None else [])
-        squares = sum_of_squares(weights + diffs).to(self.device)
         values = torch.zeros(2 * num, dtype=torch.float32, device=self.device)
-        slots = torch.tensor([s for s, _ in self.local], dtype=torch.int64, device=self.device)
-        if self.local:
+        weights = [p.detach() for _, p in self.local]
+        if self.local and not (world_share and self.state.dp_rank != 0):
+            diffs = ([w.float() - prev for w, prev in zip(weights, self.previous)]
+                     if self.previous is not None else [])
+            squares = sum_of_squares(weights + diffs).to(self.device)
+            slots = torch.tensor([s for s, _ in self.local], dtype=torch.int64, device=self.device)
             values[slots] = squares[:len(weights)]
             if diffs:
                 values[slots + num] = squares[len(weights):]
+        self.snapshot()
+        return values
+
+    def norms_from_squares(self, reduced: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+        """(norms [L], change_norms [L]) as float64 arrays from the reduced [2L] squares."""
+        num = len(self.names)
+        values = reduced.double().clamp(min=0).sqrt().cpu().numpy()
+        return values[:num], values[num:]
+
+    @torch.no_grad()
+    def measure(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(norms [L], change_norms [L]) as float64 arrays, on every rank (one all-reduce over
+        the TP x PP group when it has more than one rank)."""
+        values = self.local_squares()
         group = self.state.model_parallel_group
         if group_size(group) > 1:
             dist.all_reduce(values, group=group)
-        self.snapshot()
-        values = values.double().clamp_(min=0).sqrt_().cpu().numpy()
-        return values[:num], values[num:]
+        return self.norms_from_squares(values)

@@ -228,15 +228,18 @@ class Trainer:
                   for d in np.unique(pairs[:, 0])]
         return float(np.concatenate(values).mean())
 
-    def _learning_signals(self, plan, result, reduced_sketch=None) -> dict:
-        """Gradient alignment, weight norms and batch quality for the learning schedulers."""
+    def _learning_signals(self, plan, result, reduced_shares) -> dict:
+        """Gradient alignment, weight norms and batch quality for the learning schedulers, from
+        the world-reduced shares of train_step: [sketch buffer (sketch mode only) | norm squares]."""
         from megatron_hds.mixing.signals import alignment_scores
 
-        if reduced_sketch is not None:
-            gram = self.probe.gram_from_reduced(reduced_sketch)
+        split = reduced_shares.numel() - 2 * len(self.norm_tracker.names)
+        norm_squares = reduced_shares[split:]
+        if self.probe.mode == "sketch":
+            gram = self.probe.gram_from_reduced(reduced_shares[:split])
         else:
             gram = self.probe.alignment_matrix()
-        norms, change = self.norm_tracker.measure()
+        norms, change = self.norm_tracker.norms_from_squares(norm_squares)
         extra = {"weight_norms": norms, "weight_change_norms": change}
         if not result.skipped and np.all(np.isfinite(gram)):
             extra["alignment"] = alignment_scores(gram, self.probe.present)
@@ -281,12 +284,18 @@ class Trainer:
         self.sampler.advance(plan)
 
         sums = domain_sums.double()  # combined over ranks in float64
-        # The sketches of the gradient probes share the loss sums' all-reduce (one collective).
-        fused = self.probe is not None and self.probe.mode == "sketch"
-        reduced, sketch = all_reduce_domain_sums(sums, state, self.probe.local_sketch() if fused else None)
-        domain_loss, domain_tokens = split_means(reduced)
+        # The probes' sketches and the weight norms share the loss sums' all-reduce: one
+        # collective per step for every signal.
         signals_start = time.perf_counter()
-        extra = self._learning_signals(plan, result, sketch) if self.probe is not None else {}
+        shares = []
+        if self.probe is not None and self.probe.mode == "sketch":
+            shares.append(self.probe.local_sketch().reshape(-1))
+        if self.norm_tracker is not None:
+            shares.append(self.norm_tracker.local_squares(world_share=True))
+        reduced, reduced_shares = all_reduce_domain_sums(
+            sums, state, torch.cat([s.to(sums.dtype) for s in shares]) if shares else None)
+        domain_loss, domain_tokens = split_means(reduced)
+        extra = self._learning_signals(plan, result, reduced_shares) if self.probe is not None else {}
         self._signals_time = time.perf_counter() - signals_start
         self.iteration += 1
         self.consumed_samples += self.config.train.global_batch_size

@@ -267,7 +267,15 @@ def _signals(state: ParallelState, micro_domains, batches, dp_scale: float):
         for _, p in select_matrices(model, norm_names):
             p.mul_(1.1)
     second = tracker.measure()
-    return sketches, sketch_present, gram, exact.present, first, second
+    # The trainer's path: each rank's share summed over the WORLD (DP replicas other than 0 add zeros).
+    with torch.no_grad():
+        for _, p in select_matrices(model, norm_names):
+            p.add_(0.01)
+    shares = tracker.local_squares(world_share=True)
+    if state.layout.world_size > 1:
+        torch.distributed.all_reduce(shares)
+    third = tracker.norms_from_squares(shares)
+    return sketches, sketch_present, gram, exact.present, first, second, third
 
 
 def _layout_worker(tp: int, pp: int):
@@ -284,10 +292,11 @@ def _layout_worker(tp: int, pp: int):
     assert got[1].tolist() == ref[1].tolist() == [True, True, True]
     assert _max_rel(got[2], ref[2]) <= GRAM_RTOL, _max_rel(got[2], ref[2])
     assert got[3].tolist() == [True, True, True]
-    for (norms, change), (ref_norms, ref_change) in zip(got[4:], ref[4:]):
+    for (norms, change), (ref_norms, ref_change) in zip(got[4:], ref[4:]):  # measure(), then the world share
         np.testing.assert_allclose(norms, ref_norms, rtol=NORM_RTOL)
         np.testing.assert_allclose(change, ref_change, rtol=NORM_RTOL)
     np.testing.assert_allclose(got[5][1], 0.1 * ref[4][0], rtol=1e-4)
+    assert got[6][1].min() > 0  # the 0.01 shift moved every matrix
     return state.rank
 
 
