@@ -25,6 +25,11 @@ class OptionalBuildExt(build_ext):
             print(f"WARNING: extension {ext.name} not built ({error}); using its pure-Python fallback")
 
 
+# Hugging Face export/import (tools/checkpoint/) and lm-evaluation-harness (tools/evaluate.py):
+# protobuf reads the SentencePiece model for the tokenizer export; accelerate is lm-eval's HF backend's.
+HF_EXTRA = ["transformers>=5.0", "safetensors>=0.4.3", "tokenizers>=0.21", "protobuf>=3.20",
+            "lm-eval>=0.4.9", "accelerate>=0.26"]
+
 setup(
     name="megatron_hds",
     version="0.1.0",
@@ -45,7 +50,8 @@ setup(
     ],
     entry_points={"console_scripts": ["megatron-hds-pretrain = megatron_hds.training.pretrain:main"]},
     extras_require={
-        "test": ["pytest>=7", "matplotlib>=3.5"],
+        "test": ["pytest>=7", "matplotlib>=3.5", *HF_EXTRA],
+        "hf": HF_EXTRA,
         "te": ["transformer-engine[pytorch]"],
         "plot": ["matplotlib>=3.5"],
         "tensorboard": ["tensorboard>=2.10"],

@@ -18,6 +18,7 @@ from megatron_hds.config import (
     MIXING_METHODS,
     MODEL_PRESETS,
     DataConfig,
+    DownstreamEvalConfig,
     MixingConfig,
     ModelConfig,
     OptimConfig,
@@ -112,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tensorboard-dir", default=None)
     g.add_argument("--wandb-project", default=None)
     g.add_argument("--wandb-exp-name", default=None)
+
+    g = parser.add_argument_group("downstream evaluation (lm-evaluation-harness, pip install -e '.[hf]')")
+    g.add_argument("--downstream-eval-tasks", default="",
+                   help="comma-separated lm-eval task names, evaluated in the background after checkpoint saves")
+    g.add_argument("--downstream-eval-interval", type=int, default=0,
+                   help="evaluate after every this many checkpoint saves (0: never)")
+    g.add_argument("--downstream-eval-include-path", default=None, help="directory of local lm-eval task YAMLs")
+    g.add_argument("--downstream-eval-batch-size", type=int, default=8)
+    g.add_argument("--downstream-eval-limit", type=int, default=None, help="documents per task (default: all)")
+    g.add_argument("--downstream-eval-device", default="cpu", help="device of the background evaluation")
 
     g = parser.add_argument_group("data mixing")
     g.add_argument("--mixing", choices=MIXING_METHODS, default="static")
@@ -276,4 +287,15 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
         sequence_parallel=args.sequence_parallel,
     )
-    return PretrainConfig(model=model, parallel=parallel, data=data, optim=optim, train=train, mixing=mixing)
+    downstream_eval = DownstreamEvalConfig(
+        tasks=tuple(t.strip() for t in args.downstream_eval_tasks.split(",") if t.strip()),
+        interval=args.downstream_eval_interval,
+        include_path=args.downstream_eval_include_path,
+        batch_size=args.downstream_eval_batch_size,
+        limit=args.downstream_eval_limit,
+        device=args.downstream_eval_device,
+    )
+    if downstream_eval.interval and not args.save:
+        raise ValueError("--downstream-eval-interval evaluates saved checkpoints: it needs --save")
+    return PretrainConfig(model=model, parallel=parallel, data=data, optim=optim, train=train, mixing=mixing,
+                          downstream_eval=downstream_eval)

@@ -9,7 +9,7 @@ reported where it is set, naming the value and what is accepted. Only
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 POSITION_EMBEDDING_TYPES = ("learned_absolute", "rope")
@@ -308,6 +308,26 @@ class MixingConfig:
 
 
 @dataclass
+class DownstreamEvalConfig:
+    """lm-evaluation-harness runs during training (every `interval` saves; 0 = never)."""
+
+    tasks: tuple = ()  # --downstream-eval-tasks: lm-eval task names, comma-separated on the command line
+    interval: int = 0  # --downstream-eval-interval: evaluate after every this many checkpoint saves
+    include_path: Optional[str] = None  # --downstream-eval-include-path: directory of local task YAMLs
+    batch_size: int = 8  # --downstream-eval-batch-size
+    limit: Optional[int] = None  # --downstream-eval-limit: documents per task (default: all)
+    device: str = "cpu"  # --downstream-eval-device: where the background evaluation runs
+
+    def __post_init__(self):
+        if not isinstance(self.interval, int) or self.interval < 0:
+            raise ValueError(f"downstream eval interval={self.interval!r} is invalid: expected an integer >= 0")
+        if self.interval and not self.tasks:
+            raise ValueError("--downstream-eval-interval needs --downstream-eval-tasks (lm-eval task names)")
+        if self.batch_size < 1:
+            raise ValueError(f"downstream eval batch_size={self.batch_size!r} is invalid: expected >= 1")
+
+
+@dataclass
 class PretrainConfig:
     """Everything one training run needs."""
 
@@ -317,6 +337,7 @@ class PretrainConfig:
     optim: OptimConfig
     train: TrainConfig
     mixing: MixingConfig
+    downstream_eval: DownstreamEvalConfig = field(default_factory=DownstreamEvalConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

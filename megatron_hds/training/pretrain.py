@@ -47,6 +47,7 @@ from megatron_hds.training.checkpointing import (
     restore_rng_state,
     save_checkpoint,
 )
+from megatron_hds.training.downstream_eval import maybe_evaluate_after_save
 from megatron_hds.training.evaluation import (
     all_reduce_domain_sums,
     build_held_out_set,
@@ -179,6 +180,7 @@ class Trainer:
             self.scheduler.initial_weights() if self.scheduler else None, num_domains, state)
         self.iteration = 0
         self.consumed_samples = 0
+        self.saves = 0  # checkpoint saves by this process (the downstream-eval hook counts them)
         self._signals_time = 0.0
         if train.load is not None:
             self._load(train.load)
@@ -392,6 +394,9 @@ class Trainer:
             tp_rank=state.tp_rank, pp_rank=state.pp_rank, dp_rank=state.dp_rank, tp_size=state.tp_size,
             pp_size=state.pp_size, dp_size=state.dp_size, rank=state.rank, barrier=_world_barrier())
         logger.info("saved checkpoint of iteration %d to %s", self.iteration, self.config.train.save)
+        self.saves += 1
+        maybe_evaluate_after_save(self.config.downstream_eval, self.config.train.save, self.iteration, self.saves,
+                                  state.rank)
 
     def _load(self, load_dir: str) -> None:
         state = self.state
@@ -400,6 +405,9 @@ class Trainer:
             return
         ckpt = load_checkpoint(load_dir, state.tp_rank, state.pp_rank, state.tp_size, state.pp_size)
         self.model.load_state_dict(ckpt["model"])
+        if ckpt.get("optimizer") is None:  # weights only (tools/checkpoint/convert_from_hf.py): a new run from them
+            logger.info("loaded the weights of %s (no optimizer state): starting at iteration 0", load_dir)
+            return
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.lr_scheduler.load_state_dict(ckpt["opt_param_scheduler"],
                                           override=self.config.train.override_opt_param_scheduler)

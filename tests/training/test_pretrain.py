@@ -89,6 +89,8 @@ def test_arguments_reject_bad_and_contradictory_flags(demo_manifest, capsys):
         (["--hds-reward", "align,bogus"], "--hds-reward 'align,bogus' is invalid"),
         (["--num-attention-heads", "5"], "hidden_size=32 is not divisible by num_attention_heads=5"),
         (["--load", "/nonexistent/ckpt"], "/nonexistent/ckpt"),
+        (["--downstream-eval-interval", "2"], "needs --downstream-eval-tasks"),
+        (["--downstream-eval-tasks", "hellaswag", "--downstream-eval-interval", "1"], "it needs --save"),
     ]:
         with pytest.raises(SystemExit):
             parse_args(base + bad)
@@ -104,6 +106,10 @@ def test_arguments_map_megatron_flags(demo_manifest):
     assert config.parallel.tensor_model_parallel_size == 2
     assert (config.optim.lr_decay_style, config.optim.min_lr) == ("linear", 1e-5)
     assert config.data.split == "90,5,5" and config.train.train_iters == 5
+    assert config.downstream_eval.interval == 0  # off unless asked for
+    hooked = parse_args(_argv(demo_manifest, "--train-iters", "5", "--save", "/tmp/x", "--downstream-eval-tasks", "arc_easy, piqa",
+                              "--downstream-eval-interval", "3", "--downstream-eval-limit", "50")).downstream_eval
+    assert (hooked.tasks, hooked.interval, hooked.limit, hooked.batch_size) == (("arc_easy", "piqa"), 3, 50, 8)
     preset = parse_args(["--data-manifest", demo_manifest, "--model", "pythia-160m", "--seq-length", "128",
                          "--global-batch-size", "8", "--train-iters", "1"]).model
     assert (preset.num_layers, preset.hidden_size, preset.seq_length, preset.rotary_percent) == (12, 768, 128, 0.25)
