@@ -75,12 +75,21 @@ def cross_entropy_backward(logits: torch.Tensor, target: torch.Tensor, stats: to
     get a zero row."""
     with torch.no_grad():
         x = logits.detach().float()
-        grad = torch.sub(x, stats[0].unsqueeze(1)).sub_(stats[1].unsqueeze(1)).exp_()  # softmax, a new tensor
+        if out is not None and out.dtype == torch.float32:
+            # fp32 output: the softmax is computed in the output's memory (no temporary; when out
+            # is the logits this is the in-place backward, the CPU training path).
+            grad = out.detach()  # detach: `out` may be a leaf that requires grad (the logits)
+            if grad.data_ptr() != x.data_ptr():
+                grad.copy_(x)
+            grad.sub_(stats[0].unsqueeze(1)).sub_(stats[1].unsqueeze(1)).exp_()
+        else:
+            grad = torch.sub(x, stats[0].unsqueeze(1)).sub_(stats[1].unsqueeze(1)).exp_()  # softmax, a new tensor
         local, here = _local_target(target, vocab_start, x.shape[1], ignore_index)
         grad.scatter_add_(1, local.unsqueeze(1), -here.to(grad.dtype).unsqueeze(1))
         scale = torch.where(_valid(target, ignore_index, loss_mask), grad_loss.reshape(-1).float(), 0.0)
         grad.mul_(scale.unsqueeze(1))
         if out is None:
             return grad.to(logits.dtype)
-        out.detach().copy_(grad)  # detach: `out` may be a leaf that requires grad (the logits)
+        if grad.data_ptr() != out.data_ptr():
+            out.detach().copy_(grad)
         return out
