@@ -196,14 +196,14 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def collect(args) -> dict[str, list[dict]]:
-    """Records of the complete runs, per method (methods with no complete run are left out)."""
+def collect(args) -> dict[str, dict[int, dict]]:
+    """Records of the complete runs: method -> seed -> records (methods with no complete run left out)."""
     runs = {}
     for method in args.methods:
-        records = [read_metrics(os.path.join(run_dir(args.output_dir, method, s), "checkpoints"))
-                   for s in args.seeds if is_complete(run_dir(args.output_dir, method, s), args.train_iters)]
-        if records:
-            runs[method] = records
+        by_seed = {s: read_metrics(os.path.join(run_dir(args.output_dir, method, s), "checkpoints"))
+                   for s in args.seeds if is_complete(run_dir(args.output_dir, method, s), args.train_iters)}
+        if by_seed:
+            runs[method] = by_seed
     return runs
 
 
@@ -227,7 +227,8 @@ def hardware() -> str:
 
 
 def write_report(args, command: str) -> str:
-    runs = collect(args)
+    by_seed = collect(args)
+    runs = {method: list(seeds.values()) for method, seeds in by_seed.items()}
     if not runs:
         raise SystemExit(f"no complete run in {args.output_dir}/runs yet")
     curves = {}
@@ -266,12 +267,11 @@ def write_report(args, command: str) -> str:
         for baseline in curves:
             if baseline == args.reference:
                 continue
-            per_seed = []
-            for ref_records, base_records in zip(runs[args.reference], runs[baseline]):
-                per_seed.append(comparison.saving(comparison.eval_curve(ref_records),
-                                                  comparison.eval_curve(base_records)))
+            per_seed = [(seed, comparison.saving(comparison.eval_curve(by_seed[args.reference][seed]),
+                                                 comparison.eval_curve(by_seed[baseline][seed])))
+                        for seed in by_seed[args.reference] if seed in by_seed[baseline]]
             rows.append([baseline, _fmt(comparison.saving(curves[args.reference], curves[baseline]), percent=True),
-                         ", ".join(_fmt(s, percent=True) for s in per_seed)])
+                         ", ".join(f"seed {seed}: {_fmt(s, percent=True)}" for seed, s in per_seed)])
         lines += _table(["baseline", "saving (seed mean)", "per seed"], rows)
 
     domains = list(dict.fromkeys(d for records in runs.values() for d in comparison.final_domain_ppl(records)))
@@ -289,10 +289,13 @@ def write_report(args, command: str) -> str:
                for m, r in runs.items()}
     rewards = {m: v for m, v in rewards.items() if v[0] or v[1]}
     if rewards:
-        keys = list(dict.fromkeys(k for first, last in rewards.values() for k in (*first, *last)))
-        lines += ["", "## Rewards the learning schedulers saw (mean per logged step): first tenth / last fifth", ""]
-        lines += _table(["method", *keys], [[m, *(f"{_fmt(first.get(k), 3)} / {_fmt(last.get(k), 3)}" for k in keys)]
-                                            for m, (first, last) in rewards.items()])
+        lines += ["", "## What the learning schedulers logged (rewards, agent state): mean per logged step", ""]
+        for method, (first, last) in rewards.items():
+            keys = list(dict.fromkeys((*first, *last)))
+            lines += [f"{method}:", ""]
+            lines += _table(["quantity", "first tenth", "last fifth"],
+                            [[k, _fmt(first.get(k), 3), _fmt(last.get(k), 3)] for k in keys]) + [""]
+        lines.pop()
 
     lines += ["", "## Time per step", "",
               "Mean over logged windows (each run's first left out); scheduler = signals, agent update and "
@@ -304,7 +307,7 @@ def write_report(args, command: str) -> str:
                      _fmt(wall_minutes(args, method), 1)])
     lines += _table(["method", "step (ms)", "scheduler (ms)", "scheduler share", "wall time (min)"], rows)
 
-    plots = write_plots(args, runs, curves, bands)
+    plots = write_plots(args, by_seed, curves, bands)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots]
     path = os.path.join(args.output_dir, "comparison.md")
@@ -312,7 +315,7 @@ def write_report(args, command: str) -> str:
     return path
 
 
-def write_plots(args, runs: dict, curves: dict, bands: dict) -> list[str]:
+def write_plots(args, by_seed: dict, curves: dict, bands: dict) -> list[str]:
     try:
         from plot_run import _pyplot
         plt = _pyplot()
@@ -327,7 +330,7 @@ def write_plots(args, runs: dict, curves: dict, bands: dict) -> list[str]:
     for method, curve in curves.items():
         line, = ax.plot(curve.steps, curve.values, marker=".", label=method)
         low, high = bands[method]
-        if len(runs[method]) > 1:
+        if len(by_seed[method]) > 1:
             ax.fill_between(curve.steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
@@ -339,14 +342,15 @@ def write_plots(args, runs: dict, curves: dict, bands: dict) -> list[str]:
     fig.savefig(written[-1], dpi=110, bbox_inches="tight")
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs) + 2, 3.8), sharey=True, squeeze=False)
-    for ax, (method, records) in zip(axes[0], runs.items()):
-        train = [r for r in records[0]["train"] if r.get("domain_weights")]
+    fig, axes = plt.subplots(1, len(by_seed), figsize=(3.2 * len(by_seed) + 2, 3.8), sharey=True, squeeze=False)
+    for ax, (method, seeds) in zip(axes[0], by_seed.items()):
+        seed, records = next(iter(seeds.items()))
+        train = [r for r in records["train"] if r.get("domain_weights")]
         domains = list(train[0]["domain_weights"]) if train else []
         stacks = [[r["domain_weights"].get(d, 0.0) for r in train] for d in domains]
         if train:
             ax.stackplot([r["iteration"] for r in train], stacks, labels=domains, linewidth=0)
-        ax.set_title(f"{method} (seed {args.seeds[0]})")
+        ax.set_title(f"{method} (seed {seed})")
         ax.set_xlabel("iteration")
     axes[0][0].set_ylabel("domain weight")
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
