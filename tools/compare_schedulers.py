@@ -53,6 +53,7 @@ METHODS = ("static", "uniform", "odm", "acodm", "hds")
 SCRIPT_KNOBS = ("MODEL", "DEMO_MODEL_ARGS", "SEQ_LENGTH", "GLOBAL_BATCH", "MICRO_BATCH", "LR", "MIN_LR", "PRECISION",
                 "TP", "PP", "EVAL_ITERS", "SPLIT", "NPROC_PER_NODE")
 SETTINGS_FILE = "comparison_settings.json"
+COMMAND_FILE = "comparison_command.txt"  # the last command that trained (a --report-only rerun keeps it)
 
 
 # ---- the runs ------------------------------------------------------------------------
@@ -238,7 +239,9 @@ def write_report(args, command: str) -> str:
         bands[method] = (low, high)
     missing = [run_name(m, s) for m in args.methods for s in args.seeds
                if not is_complete(run_dir(args.output_dir, m, s), args.train_iters)]
-    lines = ["# Scheduler comparison", "", f"Command: `{command}`", "", f"Hardware: {hardware()}", "",
+    command_file = os.path.join(args.output_dir, COMMAND_FILE)
+    trained_by = open(command_file, encoding="utf-8").read().strip() if os.path.exists(command_file) else command
+    lines = ["# Scheduler comparison", "", f"Command: `{trained_by}`", "", f"Hardware: {hardware()}", "",
              f"Runs: methods {', '.join(runs)}; seeds {', '.join(map(str, args.seeds))}; {args.train_iters} steps "
              f"each, validation every {args.eval_interval} steps and after the last. Settings: `{SETTINGS_FILE}`."]
     if missing:
@@ -417,6 +420,7 @@ def main(argv=None) -> int:
         if not os.path.isfile(manifest):
             raise SystemExit(f"--data-manifest {manifest!r} does not exist")
         check_settings(args.output_dir, settings(args, manifest))
+        write_text_atomic(os.path.join(args.output_dir, COMMAND_FILE), command + "\n")
         start = time.perf_counter()
         failed = launch(args, manifest)
         if args.launcher == "sbatch":

@@ -157,6 +157,12 @@ def test_end_to_end_builds_demo_data_compares_and_resumes(tmp_path):
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     assert "1 of 2 runs already complete" in third.stdout and "training hds_seed7" in third.stdout
 
+    # A report-only rerun names the command that trained the runs, not itself.
+    assert run_tool(tmp_path, "--report-only").returncode == 0
+    command_line = next(line for line in (tmp_path / "comparison.md").read_text().splitlines()
+                        if line.startswith("Command:"))
+    assert "--train-iters 8" in command_line and "--report-only" not in command_line
+
     # Other per-run settings in the same directory: refused, naming the difference.
     changed = run_tool(tmp_path, LR="1e-2")
     assert changed.returncode != 0 and "environment" in changed.stderr and "1e-2" in changed.stderr
