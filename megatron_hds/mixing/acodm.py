@@ -35,7 +35,6 @@ from megatron_hds.mixing.sac import (
     mlp,
     torch_weights_from_logits,
     validate_agent_config,
-    weights_from_logits,
 )
 
 AGENT_FORMAT = "megatron_hds.ddpg"
@@ -137,14 +136,6 @@ class DDPGAgent(ReplayAgent):
         cfg = self.config
         return max(cfg.noise_std_min, cfg.noise_std * cfg.noise_decay ** self.explored_actions)
 
-    def _state_tensor(self, state) -> tuple[torch.Tensor, bool]:
-        """The state(s) as a [B, state_dim] float32 tensor, and whether one unbatched state came in."""
-        s = torch.as_tensor(np.asarray(state, dtype=np.float32), device=self.device)
-        if s.dim() not in (1, 2) or s.shape[-1] != self.config.state_dim:
-            raise ValueError(f"state has shape {tuple(s.shape)}, expected [state_dim] or [batch, state_dim] "
-                             f"with state_dim={self.config.state_dim}")
-        return (s.unsqueeze(0), True) if s.dim() == 1 else (s, False)
-
     @torch.no_grad()
     def act(self, state, explore: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(logits u, weights w) for a state [state_dim] or a batch [B, state_dim]. u = mu(s)
@@ -157,15 +148,13 @@ class DDPGAgent(ReplayAgent):
             if std > 0:
                 u = u + std * torch.randn(u.shape, generator=self.generator, device=self.device, dtype=u.dtype)
             self.explored_actions += 1
-        u = u.cpu().numpy()
-        u = u[0] if single else u
-        return u, weights_from_logits(u, self.config.floor)
+        return self._action(u, single)
 
     @torch.no_grad()
     def q_value(self, state, logits) -> np.ndarray:
         """The critic's Q(s, u), per state (float64)."""
         s, single = self._state_tensor(state)
-        u = torch.as_tensor(np.asarray(logits, dtype=np.float32), device=self.device).reshape(s.shape[0], -1)
+        u = self._logits_tensor(logits, s.shape[0])
         out = self.critic(s, u).double().cpu().numpy()
         return out[0] if single else out
 

@@ -289,6 +289,24 @@ class ReplayAgent:
     num_domains, tau), ``buffer``, ``rejected_transitions``, ``skipped_steps`` and
     ``_target_pairs()`` (the (online, target) networks)."""
 
+    def _state_tensor(self, state) -> tuple[torch.Tensor, bool]:
+        """The state(s) as a [B, state_dim] float32 tensor, and whether one unbatched state came in."""
+        s = torch.as_tensor(np.asarray(state, dtype=np.float32), device=self.device)
+        if s.dim() not in (1, 2) or s.shape[-1] != self.config.state_dim:
+            raise ValueError(f"state has shape {tuple(s.shape)}, expected [state_dim] or [batch, state_dim] "
+                             f"with state_dim={self.config.state_dim}")
+        return (s.unsqueeze(0), True) if s.dim() == 1 else (s, False)
+
+    def _logits_tensor(self, logits, batch: int) -> torch.Tensor:
+        """Given logits as a [batch, D] float32 tensor (for log-probabilities and Q values)."""
+        return torch.as_tensor(np.asarray(logits, dtype=np.float32), device=self.device).reshape(batch, -1)
+
+    def _action(self, u: torch.Tensor, single: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, floored simplex weights) as act() returns them, unbatched when one state came in."""
+        u = u.cpu().numpy()
+        u = u[0] if single else u
+        return u, weights_from_logits(u, self.config.floor)
+
     def add_transition(self, state, logits, reward, next_state) -> bool:
         """Store (s, u, r, s'); refuse (return False, count) one with a NaN/Inf anywhere."""
         cfg = self.config
@@ -385,14 +403,6 @@ class SACAgent(ReplayAgent):
     def alpha(self) -> float:
         return float(self.log_alpha.detach().exp())
 
-    def _state_tensor(self, state) -> tuple[torch.Tensor, bool]:
-        """The state(s) as a [B, state_dim] float32 tensor, and whether one unbatched state came in."""
-        s = torch.as_tensor(np.asarray(state, dtype=np.float32), device=self.device)
-        if s.dim() not in (1, 2) or s.shape[-1] != self.config.state_dim:
-            raise ValueError(f"state has shape {tuple(s.shape)}, expected [state_dim] or [batch, state_dim] "
-                             f"with state_dim={self.config.state_dim}")
-        return (s.unsqueeze(0), True) if s.dim() == 1 else (s, False)
-
     def _sample(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised logits and their log-probability."""
         mean, log_std = self.actor(state)
@@ -410,15 +420,13 @@ class SACAgent(ReplayAgent):
             u, _ = self.actor(s)
         else:
             u, _ = self._sample(s)
-        u = u.cpu().numpy()
-        u = u[0] if single else u
-        return u, weights_from_logits(u, self.config.floor)
+        return self._action(u, single)
 
     @torch.no_grad()
     def log_prob(self, state, logits) -> np.ndarray:
         """log pi(u | s) of the Gaussian over logits, per state (float64)."""
         s, single = self._state_tensor(state)
-        u = torch.as_tensor(np.asarray(logits, dtype=np.float32), device=self.device).reshape(s.shape[0], -1)
+        u = self._logits_tensor(logits, s.shape[0])
         mean, log_std = self.actor(s)
         out = gaussian_log_prob(u, mean, log_std).double().cpu().numpy()
         return out[0] if single else out

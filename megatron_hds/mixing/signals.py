@@ -423,10 +423,11 @@ class WeightNormTracker:
 
     @torch.no_grad()
     def local_squares(self, world_share: bool = False) -> torch.Tensor:
-        """This rank's fp32 [2L] share of (sums of squares of W, of W - W_prev), then a snapshot.
-        Summed over the TP x PP group it gives every matrix's value; with ``world_share``
-        only DP rank 0 contributes (the others return zeros), so a sum over the WORLD gives the
-        same (callers fuse it into another world all-reduce). Finish with ``norms_from_squares``."""
+        """This rank's fp32 [2L] share of (sums of squares of W, of W - W_prev); no snapshot (the
+        training loop takes one before each optimizer step). Summed over the TP x PP group it
+        gives every matrix's value; with ``world_share`` only DP rank 0 contributes (the others
+        return zeros), so a sum over the WORLD gives the same (callers fuse it into another world
+        all-reduce). Finish with ``norms_from_squares``."""
         num = len(self.names)
         values = torch.zeros(2 * num, dtype=torch.float32, device=self.device)
         weights = [p.detach() for _, p in self.local]
@@ -438,7 +439,6 @@ class WeightNormTracker:
             values[slots] = squares[:len(weights)]
             if diffs:
                 values[slots + num] = squares[len(weights):]
-        self.snapshot()
         return values
 
     def norms_from_squares(self, reduced: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
@@ -452,6 +452,7 @@ class WeightNormTracker:
         """(norms [L], change_norms [L]) as float64 arrays, on every rank (one all-reduce over
         the TP x PP group when it has more than one rank)."""
         values = self.local_squares()
+        self.snapshot()
         group = self.state.model_parallel_group
         if group_size(group) > 1:
             dist.all_reduce(values, group=group)

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from megatron_hds.mixing.acodm import DDPGAgent
 from megatron_hds.mixing.sac import SACAgent, SACConfig, weights_from_logits
+from tests.mixing.test_acodm import small_config as acodm_small_config
 
 torch.set_num_threads(1)  # tiny ops; extra threads only stall on a shared machine
 
@@ -203,8 +205,11 @@ def test_contextual_bandit_reaches_the_known_optimum():
     assert np.mean(recent) >= -0.2, f"sampled actions average {np.mean(recent):.4f}"
 
 
-def test_nan_and_inf_transitions_are_refused_and_counted():
-    agent = SACAgent(small_config())
+@pytest.mark.parametrize("make_agent", [lambda: SACAgent(small_config()),
+                                        lambda: DDPGAgent(acodm_small_config())], ids=["sac", "ddpg"])
+def test_nan_and_inf_transitions_are_refused_and_counted(make_agent):
+    """The replay buffer both agents share (ReplayAgent.add_transition) refuses non-finite transitions."""
+    agent = make_agent()
     s, u = np.zeros(6), np.zeros(3)
     bad = [(np.full(6, np.nan), u, 0.0, s), (s, np.array([0, np.inf, 0]), 0.0, s), (s, u, float("nan"), s),
            (s, u, 0.0, np.array([0, 0, 0, 0, 0, -np.inf])), (s, u, 1e39, s)]  # 1e39 overflows the float32 buffer
