@@ -44,6 +44,16 @@ _MODEL_FLAGS = {
 }
 
 
+def _float_or_none(text: str) -> Optional[float]:
+    """'none' (any case) -> None, else a float; for flags whose default may be turned off."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m megatron_hds.training.pretrain",
@@ -147,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hds-hidden-sizes", type=int, nargs="+", default=[256, 256])
     g.add_argument("--hds-weight-floor", type=float, default=None, help="default 0.1 / number of domains")
     g.add_argument("--hds-seed", type=int, default=0)
+    g.add_argument("--hds-action-bound", type=_float_or_none, default=2.0,
+                   help="HDS and AC-ODM: c, the action is c*tanh-squashed and adjusts the initial weights' logits "
+                        "by at most c each (mixing/sac.py ActionMap); 'none' for free logits")
     g.add_argument("--hds-log-std-max", type=float, default=0.0,
                    help="upper bound of the SAC policy's log-std over the logits (std <= e^this)")
     g.add_argument("--hds-log-alpha-init", type=float, default=0.0, help="initial log entropy temperature")
@@ -268,6 +281,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         agent_lr=args.hds_lr,
         agent_hidden_sizes=tuple(args.hds_hidden_sizes),
         agent_weight_floor=args.hds_weight_floor,
+        agent_action_bound=args.hds_action_bound,
         agent_seed=args.hds_seed,
         agent_log_std_max=args.hds_log_std_max,
         agent_log_alpha_init=args.hds_log_alpha_init,

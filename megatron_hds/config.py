@@ -9,6 +9,7 @@ reported where it is set, naming the value and what is accepted. Only
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -272,6 +273,7 @@ class MixingConfig:
     agent_lr: float = 1e-4  # --hds-lr: actor, critics and temperature
     agent_hidden_sizes: tuple = (256, 256)  # --hds-hidden-sizes
     agent_weight_floor: Optional[float] = None  # --hds-weight-floor (default 0.1 / D)
+    agent_action_bound: Optional[float] = 2.0  # --hds-action-bound: c (actions in [-c, c] around the start), or None
     agent_seed: int = 0  # --hds-seed
     agent_log_std_max: float = 0.0  # --hds-log-std-max: upper bound of the policy's log-std over logits
     agent_log_alpha_init: float = 0.0  # --hds-log-alpha-init: initial log entropy temperature
@@ -296,6 +298,9 @@ class MixingConfig:
             raise ValueError(f"weight_floor={self.weight_floor!r} is invalid: expected a value in [0, 1)")
         for name in ("update_interval", "agent_buffer_size", "agent_batch_size", "sketch_size", "norm_matrices"):
             _positive(name, getattr(self, name))
+        bound = self.agent_action_bound
+        if bound is not None and not (math.isfinite(bound) and bound > 0):
+            raise ValueError(f"--hds-action-bound {bound!r} is invalid: expected a positive number, or none")
         unknown = [c for c in self.hds_reward if c not in REWARD_COMPONENTS]
         if unknown or not self.hds_reward:
             raise ValueError(f"--hds-reward {','.join(self.hds_reward)!r} is invalid: choose from "

@@ -2,11 +2,12 @@
 trained by DDPG with Gaussian exploration noise and no entropy term, on the same state
 (mixing/rewards.py StateBuilder) and the same loss-driven alignment reward as HDS.
 
-Parameterisation: as in mixing/sac.py. The DDPG action is the vector of D logits u; the
-weights the run uses are w(u) = floor + (1 - D * floor) * softmax(u), a map treated as
-part of the environment, so the action space is all of R^D. The actor outputs mu(s) in
-R^D; exploration adds N(0, sigma^2 I) to the logits, sigma = max(noise_std_min,
-noise_std * noise_decay^n) after n explored actions. The critic reads the action through
+Parameterisation: as in mixing/sac.py. By default the DDPG action is the vector of D logits
+u; the weights the run uses are w(u) = floor + (1 - D * floor) * softmax(u), a map treated as
+part of the environment, so the action space is all of R^D. With action_bound c (ActionMap)
+the actor's output is squashed by c * tanh, added to the initial logits, and noisy actions
+are clipped to the box. The actor outputs mu(s); exploration adds N(0, sigma^2 I) to it,
+sigma = max(noise_std_min, noise_std * noise_decay^n) after n explored actions. The critic reads the action through
 the weights it produces, Q(s, u) = f(s, D * w(u)), exactly as the SAC critics do.
 
 DDPG (Lillicrap et al. 2016): critic target y = r + gamma Q'(s', mu'(s')) with no
@@ -29,13 +30,7 @@ from torch import nn
 
 from megatron_hds.mixing.hds import AgentScheduler, HDSConfig
 from megatron_hds.mixing.rewards import HolisticReward, RewardConfig
-from megatron_hds.mixing.sac import (
-    ReplayAgent,
-    ReplayBuffer,
-    mlp,
-    torch_weights_from_logits,
-    validate_agent_config,
-)
+from megatron_hds.mixing.sac import ActionMap, ReplayAgent, ReplayBuffer, mlp, validate_agent_config
 
 AGENT_FORMAT = "megatron_hds.ddpg"
 AGENT_VERSION = 1
@@ -58,6 +53,8 @@ class DDPGConfig:
     noise_decay: float = 1.0  # the std is multiplied by this after every explored action (1: constant)
     noise_std_min: float = 0.0  # the decayed std never falls below this
     weight_floor: Optional[float] = None  # least weight of any domain; default 0.1 / D
+    action_bound: Optional[float] = None  # None: actions are free logits; c: c*tanh(actor), noise clipped (ActionMap)
+    action_center: Optional[tuple] = None  # logits of the zero action (ActionMap); default 0
     seed: int = 0  # seeds network init, minibatch sampling and exploration noise
 
     def __post_init__(self):
@@ -76,26 +73,28 @@ class DDPGConfig:
 
 
 class DeterministicActor(nn.Module):
-    """state -> mu(s), the D logits."""
+    """state -> mu(s), the D-long action (squashed into the box when the action is bounded)."""
 
     def __init__(self, cfg: DDPGConfig):
         super().__init__()
+        self.action_map = ActionMap.of(cfg)
         self.net = mlp([cfg.state_dim, *cfg.hidden_sizes, cfg.num_domains])
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return self.net(state)
+        return self.action_map.squash(self.net(state))
 
 
 class DDPGCritic(nn.Module):
-    """Q(s, u), reading the action u through the weights it produces (scaled by D)."""
+    """Q(s, a), reading the action a through the weights it produces (scaled by D)."""
 
     def __init__(self, cfg: DDPGConfig):
         super().__init__()
-        self.num_domains, self.floor = cfg.num_domains, cfg.floor
+        self.num_domains = cfg.num_domains
+        self.action_map = ActionMap.of(cfg)
         self.net = mlp([cfg.state_dim + cfg.num_domains, *cfg.hidden_sizes, 1])
 
-    def forward(self, state: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        scaled = self.num_domains * torch_weights_from_logits(logits, self.floor)
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        scaled = self.num_domains * self.action_map.torch_weights(action)
         return self.net(torch.cat([state, scaled], dim=-1)).squeeze(-1)
 
 
@@ -111,6 +110,7 @@ class DDPGAgent(ReplayAgent):
     def __init__(self, config: DDPGConfig, device: str | torch.device = "cpu"):
         self.config = cfg = config
         self.device = torch.device(device)
+        self.action_map = ActionMap.of(cfg)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
             torch.manual_seed(cfg.seed)
             self.actor = DeterministicActor(cfg).to(self.device)
@@ -138,17 +138,19 @@ class DDPGAgent(ReplayAgent):
 
     @torch.no_grad()
     def act(self, state, explore: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(logits u, weights w) for a state [state_dim] or a batch [B, state_dim]. u = mu(s)
-        plus N(0, noise_std^2) noise when explore (float32, what add_transition expects);
-        w = floor + (1 - D*floor) * softmax(u) in float64. explore=False draws no noise."""
+        """(action a, weights w) for a state [state_dim] or a batch [B, state_dim]. a = mu(s)
+        plus N(0, noise_std^2) noise when explore, clipped to the box when bounded (float32,
+        what add_transition expects); w in float64 (ActionMap). explore=False draws no noise."""
         s, single = self._state_tensor(state)
-        u = self.actor(s)
+        a = self.actor(s)
         if explore:
             std = self.noise_std
             if std > 0:
-                u = u + std * torch.randn(u.shape, generator=self.generator, device=self.device, dtype=u.dtype)
+                a = a + std * torch.randn(a.shape, generator=self.generator, device=self.device, dtype=a.dtype)
+                if self.action_map.bound is not None:
+                    a = a.clamp(-self.action_map.bound, self.action_map.bound)
             self.explored_actions += 1
-        return self._action(u, single)
+        return self._action(a, single)
 
     @torch.no_grad()
     def q_value(self, state, logits) -> np.ndarray:
@@ -236,7 +238,7 @@ class ACODMScheduler(AgentScheduler):
     def __init__(self, initial_weights, num_matrices: int, train_iters: int, ddpg: DDPGConfig,
                  warmup_fraction: float = 0.02, update_interval: int = 1):
         super().__init__(initial_weights, num_matrices, train_iters, DDPGAgent(ddpg),
-                         HolisticReward(RewardConfig(components=("align",))), ddpg.floor,
+                         HolisticReward(RewardConfig(components=("align",))),
                          HDSConfig(warmup_fraction=warmup_fraction, update_interval=update_interval))
 
     def _act(self, state):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from megatron_hds.config import MixingConfig
-from megatron_hds.mixing.base import normalized
+from megatron_hds.mixing.base import lift_to_floor, normalized
+from megatron_hds.mixing.sac import logits_for_weights
 from megatron_hds.mixing.static import StaticScheduler
 
 # Schedulers that need gradient probes, weight norms and sample quality every step.
@@ -28,6 +29,10 @@ def build_scheduler(mixing: MixingConfig, natural_weights, num_matrices: int, tr
                             smoothing=mixing.odm_smoothing, warmup_steps=mixing.odm_warmup_steps,
                             update_interval=mixing.update_interval, weight_floor=mixing.weight_floor)
     state_dim = 3 * num_domains + 2 * num_matrices + 1
+    bound = mixing.agent_action_bound
+    floor = 0.1 / num_domains if mixing.agent_weight_floor is None else mixing.agent_weight_floor
+    # A bounded action adjusts the starting mixture: the zero action means the initial weights.
+    center = None if bound is None else tuple(logits_for_weights(lift_to_floor(start, floor), floor))
     if mixing.method == "acodm":
         from megatron_hds.mixing.acodm import ACODMScheduler, DDPGConfig
 
@@ -35,7 +40,8 @@ def build_scheduler(mixing: MixingConfig, natural_weights, num_matrices: int, tr
             state_dim=state_dim, num_domains=num_domains, gamma=mixing.agent_gamma, tau=mixing.agent_tau,
             buffer_size=mixing.agent_buffer_size, batch_size=mixing.agent_batch_size, actor_lr=mixing.agent_lr,
             critic_lr=mixing.agent_lr, hidden_sizes=tuple(mixing.agent_hidden_sizes),
-            noise_std=mixing.acodm_noise_std, weight_floor=mixing.agent_weight_floor, seed=mixing.agent_seed)
+            noise_std=mixing.acodm_noise_std, weight_floor=mixing.agent_weight_floor, seed=mixing.agent_seed,
+            action_bound=bound, action_center=center)
         return ACODMScheduler(start, num_matrices, train_iters, ddpg, mixing.warmup_fraction, mixing.update_interval)
     if mixing.method == "hds":
         from megatron_hds.mixing.hds import HDSConfig, HDSScheduler
@@ -47,7 +53,8 @@ def build_scheduler(mixing: MixingConfig, natural_weights, num_matrices: int, tr
             tau=mixing.agent_tau, buffer_size=mixing.agent_buffer_size, batch_size=mixing.agent_batch_size,
             actor_lr=mixing.agent_lr, critic_lr=mixing.agent_lr, alpha_lr=mixing.agent_lr,
             hidden_sizes=tuple(mixing.agent_hidden_sizes), encoder=mixing.hds_encoder,
-            weight_floor=mixing.agent_weight_floor, seed=mixing.agent_seed, log_std_max=mixing.agent_log_std_max,
+            weight_floor=mixing.agent_weight_floor, action_bound=bound, action_center=center,
+            seed=mixing.agent_seed, log_std_max=mixing.agent_log_std_max,
             log_alpha_init=mixing.agent_log_alpha_init, target_entropy=mixing.agent_target_entropy)
         reward = RewardConfig(components=tuple(mixing.hds_reward), lambda_align=mixing.hds_lambda_align,
                               lambda_quality=mixing.hds_lambda_quality, lambda_norm=mixing.hds_lambda_norm,

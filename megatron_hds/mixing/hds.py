@@ -9,7 +9,7 @@ Timeline of one observe(signals of step t):
   3. During warm-up (the first warmup_fraction of the run) the weights stay at the
      initial ones and the agent does not update; afterwards it updates and acts every
      update_interval steps (between, the last weights stay).
-The action of warm-up steps is the logit vector whose weights are the initial weights,
+The action of warm-up steps is the one whose weights are the initial weights,
 so the stored transitions describe what was really done.
 """
 
@@ -41,14 +41,6 @@ class HDSConfig:
             raise ValueError(f"update_interval={self.update_interval!r} is invalid: expected a positive integer")
 
 
-def logits_for_weights(weights: np.ndarray, floor: float) -> np.ndarray:
-    """A logit vector u with floor + (1 - D*floor) * softmax(u) == weights (weights >= floor)."""
-    weights = np.asarray(weights, dtype=np.float64)
-    share = (weights - floor) / (1.0 - weights.size * floor)
-    logits = np.log(np.clip(share, 1e-12, None))
-    return logits - logits.mean()
-
-
 class AgentScheduler:
     """The timeline shared by the learning schedulers (HDS, AC-ODM): an agent with
     act / add_transition / update / state_dict, a reward, and the state builder."""
@@ -57,7 +49,7 @@ class AgentScheduler:
     log_all_components = True  # log every reward component, also ones not paid (ablations)
 
     def __init__(self, initial_weights, num_matrices: int, train_iters: int, agent, reward: HolisticReward,
-                 floor: float, config: HDSConfig):
+                 config: HDSConfig):
         self.num_domains = agent.config.num_domains
         self.config = config
         if isinstance(train_iters, bool) or not isinstance(train_iters, (int, np.integer)) or train_iters < 1:
@@ -71,8 +63,8 @@ class AgentScheduler:
         self.agent = agent
         self.reward = reward
         weights = normalized(initial_weights, self.num_domains, f"{self.name} initial weights")
-        self._initial = lift_to_floor(weights, floor)  # the agent's weights never go below the floor
-        self._initial_logits = logits_for_weights(self._initial, floor)
+        self._initial = lift_to_floor(weights, agent.action_map.floor)  # the agent's weights never go below the floor
+        self._initial_logits = agent.action_map.action_for_weights(self._initial)
         self.warmup_steps = int(math.ceil(config.warmup_fraction * self.train_iters))
         self.state = self.states.initial_state()
         self.logits = self._initial_logits.copy()
@@ -151,8 +143,7 @@ class HDSScheduler(AgentScheduler):
 
     def __init__(self, initial_weights, num_matrices: int, train_iters: int, sac: SACConfig,
                  reward: RewardConfig = RewardConfig(), config: HDSConfig = HDSConfig()):
-        super().__init__(initial_weights, num_matrices, train_iters, SACAgent(sac), HolisticReward(reward),
-                         sac.floor, config)
+        super().__init__(initial_weights, num_matrices, train_iters, SACAgent(sac), HolisticReward(reward), config)
 
     def _log_fields(self) -> dict:
         return {"alpha": self.agent.alpha}

@@ -31,6 +31,10 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 # no density to correct to. The spread of u along that flat direction never reaches w, so the
 # entropy over u overstates the spread of w by a bounded amount, absorbed by the target -D.
 #
+# Bounded option (SACConfig.action_bound, ActionMap): the action becomes a = c * tanh(u) with u
+# the Gaussian draw, added to the initial weights' logits; log pi(a|s) then carries the usual
+# SAC tanh correction, and the entropy bonus pulls the policy back from the box's faces.
+#
 # The critics are functions of the action u, Q(s, u) = f(s, D * w(u)): they read u through the
 # weights it produces, scaled by D to mean 1. This restricts the critic's function class
 # exactly, since reward and next state depend on u only through w; it keeps the critic's input
@@ -67,6 +71,82 @@ def validate_agent_config(cfg, learning_rates: tuple, more_positive_ints: tuple 
     if not 0.0 <= cfg.floor < 1.0 / cfg.num_domains:
         raise ValueError(f"{kind}.weight_floor={cfg.weight_floor!r} is invalid: expected "
                          f"0 <= floor < 1/num_domains = {1.0 / cfg.num_domains:.6g}")
+    bound = cfg.action_bound
+    if bound is not None and not (isinstance(bound, (int, float)) and math.isfinite(bound) and bound > 0):
+        raise ValueError(f"{kind}.action_bound={bound!r} is invalid: expected None (unbounded logits) "
+                         f"or a positive finite number")
+    if cfg.action_center is not None:
+        center = tuple(float(x) for x in cfg.action_center)
+        if len(center) != cfg.num_domains or not all(math.isfinite(x) for x in center):
+            raise ValueError(f"{kind}.action_center={cfg.action_center!r} is invalid: expected "
+                             f"num_domains={cfg.num_domains} finite logits")
+        object.__setattr__(cfg, "action_center", center)
+
+
+class ActionMap:
+    """What an agent's action means (METHOD.md "Action"; shared by SAC and DDPG).
+
+    logits = center + a, weights = floor + (1 - D*floor) * softmax(logits). With bound None
+    (the default) the action a is any vector in R^D and center is 0: a are the logits. With
+    bound c the action lives in the box [-c, c]^D: the policy draws an unbounded u and acts
+    a = c * tanh(u) (squash), and center is the initial weights' logits, so the action is a
+    bounded adjustment of the starting mixture, each domain's share moving by at most a
+    factor e^(2c) against another's. Why the bound: with unbounded logits nothing opposes a
+    drift of the mean logits when the reward barely depends on the action, and both learned
+    schedulers drifted to one domain (docs/results.md). Squashed, SAC's entropy carries the
+    tanh Jacobian, which pulls the policy back from the box's faces, and a deterministic
+    actor can never leave the box."""
+
+    def __init__(self, num_domains: int, floor: float, bound: Optional[float] = None,
+                 center: Optional[tuple] = None):
+        self.num_domains, self.floor, self.bound = num_domains, float(floor), bound
+        self.center = np.zeros(num_domains) if center is None else np.asarray(center, dtype=np.float64)
+        self._torch_center: dict = {}
+
+    @classmethod
+    def of(cls, cfg) -> "ActionMap":
+        """The map an agent config (SACConfig, acodm.DDPGConfig) describes."""
+        return cls(cfg.num_domains, cfg.floor, cfg.action_bound, cfg.action_center)
+
+    def weights(self, action) -> np.ndarray:
+        """Floored simplex weights (float64) of actions [..., D]."""
+        return weights_from_logits(self.center + np.asarray(action, dtype=np.float64), self.floor)
+
+    def torch_weights(self, action: torch.Tensor) -> torch.Tensor:
+        """The same map in torch, differentiable in the action."""
+        key = (action.device, action.dtype)
+        if key not in self._torch_center:
+            self._torch_center[key] = torch.as_tensor(self.center, device=action.device, dtype=action.dtype)
+        return torch_weights_from_logits(self._torch_center[key] + action, self.floor)
+
+    def action_for_weights(self, weights) -> np.ndarray:
+        """The action whose weights are ``weights`` (each >= floor); inside the box when bounded."""
+        action = logits_for_weights(weights, self.floor) - self.center
+        if self.bound is not None:
+            worst = float(np.max(np.abs(action)))
+            if worst >= self.bound:
+                raise ValueError(f"weights {np.round(weights, 6).tolist()} need an action of size {worst:.4g}, "
+                                 f"outside the action bound {self.bound} around the initial weights")
+        return action
+
+    def squash(self, u: torch.Tensor) -> torch.Tensor:
+        """The action for an unbounded policy sample u: c * tanh(u), or u itself when unbounded."""
+        return u if self.bound is None else self.bound * torch.tanh(u)
+
+    def squash_log_det(self, u: torch.Tensor) -> torch.Tensor:
+        """log |d squash / du| summed over the last axis: sum log(c * (1 - tanh(u)^2)), written
+        as log c + 2 (log 2 - u - softplus(-2u)) so it stays finite for large |u|."""
+        if self.bound is None:
+            return torch.zeros(u.shape[:-1], dtype=u.dtype, device=u.device)
+        per = math.log(self.bound) + 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+        return per.sum(-1)
+
+    def unsquash(self, action: torch.Tensor) -> torch.Tensor:
+        """The u with squash(u) == action (actions on the box's faces are pulled just inside)."""
+        if self.bound is None:
+            return action
+        edge = 1.0 - 1e-6 if action.dtype == torch.float64 else 1.0 - 1e-6 * 8
+        return torch.atanh((action / self.bound).clamp(-edge, edge))
 
 
 @dataclass(frozen=True)
@@ -91,6 +171,8 @@ class SACConfig:
     # vertices of the simplex (seen in the CPU demo); std 1 keeps every draw a real mixture.
     log_std_max: float = 0.0
     weight_floor: Optional[float] = None  # least weight of any domain; default 0.1 / D
+    action_bound: Optional[float] = None  # None: actions are free logits; c: c*tanh-squashed (ActionMap)
+    action_center: Optional[tuple] = None  # logits of the zero action (ActionMap); default 0
     seed: int = 0  # seeds network init, minibatch sampling and action noise
     encoder: str = "mlp"  # mlp, or domain_tokens: a tiny transformer over per-domain tokens
     domain_features: int = 3  # domain_tokens: the state starts with this many D-long per-domain groups
@@ -140,6 +222,15 @@ def weights_from_logits(logits, floor: float) -> np.ndarray:
     z = np.exp(u - u.max(axis=-1, keepdims=True))
     p = z / z.sum(axis=-1, keepdims=True)
     return floor + (1.0 - u.shape[-1] * floor) * p
+
+
+def logits_for_weights(weights, floor: float) -> np.ndarray:
+    """A logit vector u with floor + (1 - D*floor) * softmax(u) == weights (weights >= floor),
+    centred to mean 0."""
+    weights = np.asarray(weights, dtype=np.float64)
+    share = (weights - floor) / (1.0 - weights.shape[-1] * floor)
+    logits = np.log(np.clip(share, 1e-12, None))
+    return logits - logits.mean(axis=-1, keepdims=True)
 
 
 def torch_weights_from_logits(logits: torch.Tensor, floor: float) -> torch.Tensor:
@@ -211,19 +302,20 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    """Q(s, u), reading the action u through the weights it produces (scaled by D)."""
+    """Q(s, a), reading the action a through the weights it produces (scaled by D)."""
 
     def __init__(self, cfg: SACConfig):
         super().__init__()
         self.cfg = cfg
+        self.action_map = ActionMap.of(cfg)
         if cfg.encoder == "mlp":
             self.net = mlp([cfg.state_dim + cfg.num_domains, *cfg.hidden_sizes, 1])
         else:
             self.tokens = _TokenEncoder(cfg, extra_per_domain=1)
             self.head = mlp([cfg.token_dim, cfg.token_dim, 1])
 
-    def forward(self, state: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        scaled = self.cfg.num_domains * torch_weights_from_logits(logits, self.cfg.floor)
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        scaled = self.cfg.num_domains * self.action_map.torch_weights(action)
         if self.cfg.encoder == "mlp":
             return self.net(torch.cat([state, scaled], dim=-1)).squeeze(-1)
         return self.head(self.tokens(state, scaled.unsqueeze(-1))[:, 0]).squeeze(-1)
@@ -301,11 +393,11 @@ class ReplayAgent:
         """Given logits as a [batch, D] float32 tensor (for log-probabilities and Q values)."""
         return torch.as_tensor(np.asarray(logits, dtype=np.float32), device=self.device).reshape(batch, -1)
 
-    def _action(self, u: torch.Tensor, single: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, floored simplex weights) as act() returns them, unbatched when one state came in."""
-        u = u.cpu().numpy()
-        u = u[0] if single else u
-        return u, weights_from_logits(u, self.config.floor)
+    def _action(self, a: torch.Tensor, single: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(action, floored simplex weights) as act() returns them, unbatched when one state came in."""
+        a = a.cpu().numpy()
+        a = a[0] if single else a
+        return a, self.action_map.weights(a)
 
     def add_transition(self, state, logits, reward, next_state) -> bool:
         """Store (s, u, r, s'); refuse (return False, count) one with a NaN/Inf anywhere."""
@@ -376,6 +468,7 @@ class SACAgent(ReplayAgent):
     def __init__(self, config: SACConfig, device: str | torch.device = "cpu"):
         self.config = cfg = config
         self.device = torch.device(device)
+        self.action_map = ActionMap.of(cfg)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
             torch.manual_seed(cfg.seed)
             self.actor = Actor(cfg)
@@ -403,40 +496,54 @@ class SACAgent(ReplayAgent):
     def alpha(self) -> float:
         return float(self.log_alpha.detach().exp())
 
-    def _sample(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised logits and their log-probability."""
+    def _sample(self, state: torch.Tensor, generator: Optional[torch.Generator] = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised actions and their log-probability: u ~ N(mean, std^2), a = squash(u),
+        log pi(a) = log N(u) - log |da/du| (zero correction when unbounded)."""
         mean, log_std = self.actor(state)
-        eps = torch.randn(mean.shape, generator=self.generator, device=self.device, dtype=mean.dtype)
+        eps = torch.randn(mean.shape, generator=generator or self.generator, device=self.device, dtype=mean.dtype)
         u = mean + torch.exp(log_std) * eps
-        return u, gaussian_log_prob(u, mean, log_std)
+        return self.action_map.squash(u), gaussian_log_prob(u, mean, log_std) - self.action_map.squash_log_det(u)
 
     @torch.no_grad()
     def act(self, state, deterministic: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(logits u, weights w) for a state [state_dim] or a batch [B, state_dim]. u is the
-        SAC action (float32, what add_transition expects); w = floor + (1 - D*floor) *
-        softmax(u) in float64. deterministic=True returns the mean logits, no noise drawn."""
+        """(action a, weights w) for a state [state_dim] or a batch [B, state_dim]. a is the
+        SAC action (float32, what add_transition expects: the logits, or the bounded
+        adjustment of the initial logits, ActionMap); w in float64. deterministic=True
+        returns squash(mean), no noise drawn."""
         s, single = self._state_tensor(state)
         if deterministic:
-            u, _ = self.actor(s)
+            a = self.action_map.squash(self.actor(s)[0])
         else:
-            u, _ = self._sample(s)
-        return self._action(u, single)
+            a, _ = self._sample(s)
+        return self._action(a, single)
 
     @torch.no_grad()
-    def log_prob(self, state, logits) -> np.ndarray:
-        """log pi(u | s) of the Gaussian over logits, per state (float64)."""
+    def log_prob(self, state, actions) -> np.ndarray:
+        """log pi(a | s), per state (float64): the Gaussian's density, with the tanh change of
+        variables when the action is bounded."""
         s, single = self._state_tensor(state)
-        u = self._logits_tensor(logits, s.shape[0])
+        a = self._logits_tensor(actions, s.shape[0])
         mean, log_std = self.actor(s)
-        out = gaussian_log_prob(u, mean, log_std).double().cpu().numpy()
+        u = self.action_map.unsquash(a)
+        out = (gaussian_log_prob(u, mean, log_std) - self.action_map.squash_log_det(u)).double().cpu().numpy()
         return out[0] if single else out
 
     @torch.no_grad()
-    def entropy(self, state) -> np.ndarray:
-        """Differential entropy of the policy's Gaussian over logits, per state (float64)."""
+    def entropy(self, state, samples: int = 4096) -> np.ndarray:
+        """Differential entropy of the policy over actions, per state (float64): exact for the
+        unbounded Gaussian; for a bounded action the Monte Carlo mean of -log pi over
+        ``samples`` draws from a private, fixed-seed generator (the agent's RNG is untouched)."""
         s, single = self._state_tensor(state)
-        _, log_std = self.actor(s)
-        out = (log_std + 0.5 + _HALF_LOG_2PI).sum(-1).double().cpu().numpy()
+        if self.action_map.bound is None:
+            _, log_std = self.actor(s)
+            out = (log_std + 0.5 + _HALF_LOG_2PI).sum(-1)
+        else:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(0)
+            repeated = s.repeat_interleave(samples, dim=0)
+            out = -self._sample(repeated, generator)[1].view(s.shape[0], samples).mean(-1)
+        out = out.double().cpu().numpy()
         return out[0] if single else out
 
     # ----- learning -------------------------------------------------------------------

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from megatron_hds.mixing.base import Signals
-from megatron_hds.mixing.hds import HDSConfig, HDSScheduler, logits_for_weights
+from megatron_hds.mixing.hds import HDSConfig, HDSScheduler
 from megatron_hds.mixing.rewards import HolisticReward, RewardConfig, StateBuilder, zscore_clamped
-from megatron_hds.mixing.sac import SACConfig, weights_from_logits
+from megatron_hds.mixing.sac import SACConfig, logits_for_weights, weights_from_logits
 
 D, L = 4, 2
 
