@@ -1,0 +1,24 @@
+"""tools/gpu_checks.sh: the GPU checklist script parses, and stops cleanly (exit 3) without CUDA."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "gpu_checks.sh")
+
+
+def test_script_is_valid_bash():
+    subprocess.run(["bash", "-n", SCRIPT], check=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the script runs every check (minutes)")
+def test_without_cuda_it_writes_a_summary_and_exits_3(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    summary = (tmp_path / "summary.txt").read_text()
+    assert f"torch {torch.__version__}" in summary and "no CUDA device visible" in summary
+    assert sorted(os.listdir(tmp_path)) == ["summary.txt"]  # no check ran
