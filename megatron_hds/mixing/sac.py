@@ -87,7 +87,8 @@ class ActionMap:
     """What an agent's action means (METHOD.md "Action"; shared by SAC and DDPG).
 
     logits = center + a, weights = floor + (1 - D*floor) * softmax(logits). With bound None
-    (the default) the action a is any vector in R^D and center is 0: a are the logits. With
+    (the agent configs' default) the action a is any vector in R^D and center is 0: a are the
+    logits. Runs default to bound 2 (--hds-action-bound, mixing/factory.py). With
     bound c the action lives in the box [-c, c]^D: the policy draws an unbounded u and acts
     a = c * tanh(u) (squash), and center is the initial weights' logits, so the action is a
     bounded adjustment of the starting mixture, each domain's share moving by at most a
@@ -145,8 +146,7 @@ class ActionMap:
         """The u with squash(u) == action (actions on the box's faces are pulled just inside)."""
         if self.bound is None:
             return action
-        edge = 1.0 - 1e-6 if action.dtype == torch.float64 else 1.0 - 1e-6 * 8
-        return torch.atanh((action / self.bound).clamp(-edge, edge))
+        return torch.atanh((action / self.bound).clamp(-1.0 + 1e-6, 1.0 - 1e-6))
 
 
 @dataclass(frozen=True)
