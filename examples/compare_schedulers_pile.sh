@@ -20,6 +20,9 @@
 #   TIME_LIMIT      SLURM time per job; jobs save on SIGTERM and resume when resubmitted (48:00:00)
 #   OUTPUT_DIR      runs and report                                   (runs/pile_compare_$MODEL)
 #   SBATCH_EXTRA    more sbatch options (partition, account, ...)
+#   LAYOUT          --mixing-batch-layout: hds is the reference (the first 22 micro-batches of
+#                   a step one per domain, so every domain has a gradient and a loss each step)  (hds)
+#   PRETRAIN_ARGS   more pretrain flags for every run, e.g. "--hds-action-bound none"           ()
 set -euo pipefail
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_DIR"
@@ -54,5 +57,6 @@ exec python3 tools/compare_schedulers.py \
   --output-dir "${OUTPUT_DIR:-runs/pile_compare_$MODEL}" \
   --methods "${METHODS:-static,uniform,odm,acodm,hds}" --seeds "${SEEDS:-1}" \
   --train-iters 41667 --eval-interval 417 --data-manifest "$DATA_MANIFEST" \
+  --extra-args="--mixing-batch-layout ${LAYOUT:-hds} ${PRETRAIN_ARGS:-}" \
   --launcher sbatch --sbatch-args="--nodes $NODES --gpus-per-node $GPUS_PER_NODE --time ${TIME_LIMIT:-48:00:00} ${SBATCH_EXTRA:-}" \
   "${WAIT_ARGS[@]}"

@@ -203,3 +203,31 @@ def test_sbatch_launcher_submits_one_job_per_run_and_reports_after_waiting(slurm
     again = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert again.returncode == 0 and "2 of 2 runs already complete" in again.stdout
     assert "submitted" not in again.stdout and "report: " in again.stdout
+
+
+def test_pile_recipe_passes_the_papers_settings(tmp_path):
+    """examples/compare_schedulers_pile.sh, with python3 replaced by a stub that records what the
+    tool would have been run with (its `python3 -c` arithmetic still runs for real)."""
+    record = tmp_path / "call.json"
+    stub = tmp_path / "python3"
+    stub.write_text(f"""#!{sys.executable}
+import json, os, subprocess, sys
+if sys.argv[1] == "-c":
+    sys.exit(subprocess.call([{sys.executable!r}, *sys.argv[1:]]))
+keys = ("SEQ_LENGTH", "GLOBAL_BATCH", "MICRO_BATCH", "PRECISION", "LR", "MIN_LR", "MODEL", "EVAL_ITERS")
+json.dump({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in keys}}}}, open({str(record)!r}, "w"))
+""")
+    stub.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", DATA_MANIFEST="/data/pile_manifest.json",
+               PRETRAIN_ARGS="--hds-action-bound none")
+    subprocess.run(["bash", os.path.join(REPO_ROOT, "examples", "compare_schedulers_pile.sh")], env=env, check=True,
+                   timeout=60)
+    call = json.loads(record.read_text())
+    argv = call["argv"]
+    assert argv[0] == "tools/compare_schedulers.py"
+    assert argv[argv.index("--train-iters") + 1] == "41667" and argv[argv.index("--eval-interval") + 1] == "417"
+    assert "--extra-args=--mixing-batch-layout hds --hds-action-bound none" in argv
+    assert argv[argv.index("--methods") + 1] == "static,uniform,odm,acodm,hds" and "--wait" in argv
+    assert "--nodes 4 --gpus-per-node 8" in next(a for a in argv if a.startswith("--sbatch-args="))
+    assert call["env"] == {"SEQ_LENGTH": "1024", "GLOBAL_BATCH": "1152", "MICRO_BATCH": "4", "PRECISION": "bf16",
+                           "LR": "2.5e-4", "MIN_LR": "2.5e-05", "MODEL": "pythia-1b", "EVAL_ITERS": "40"}
