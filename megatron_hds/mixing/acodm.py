@@ -7,8 +7,9 @@ u; the weights the run uses are w(u) = floor + (1 - D * floor) * softmax(u), a m
 part of the environment, so the action space is all of R^D. With action_bound c (ActionMap)
 the actor's output is squashed by c * tanh, added to the initial logits, and noisy actions
 are clipped to the box. The actor outputs mu(s); exploration adds N(0, sigma^2 I) to it,
-sigma = max(noise_std_min, noise_std * noise_decay^n) after n explored actions. The critic reads the action through
-the weights it produces, Q(s, u) = f(s, D * w(u)), exactly as the SAC critics do.
+sigma = max(noise_std_min, noise_std * noise_decay^n) after n explored actions. The critic
+reads the action through the weights it produces, Q(s, a) = f(s, D * w(a)), exactly as the
+SAC critics do.
 
 DDPG (Lillicrap et al. 2016): critic target y = r + gamma Q'(s', mu'(s')) with no
 terminal cut (continuing task), critic loss (Q(s, u) - y)^2, actor loss -Q(s, mu(s)),
@@ -30,7 +31,14 @@ from torch import nn
 
 from megatron_hds.mixing.hds import AgentScheduler, HDSConfig
 from megatron_hds.mixing.rewards import HolisticReward, RewardConfig
-from megatron_hds.mixing.sac import ActionMap, ReplayAgent, ReplayBuffer, mlp, validate_agent_config
+from megatron_hds.mixing.sac import (
+    ActionMap,
+    ReplayAgent,
+    ReplayBuffer,
+    effective_floor,
+    mlp,
+    validate_agent_config,
+)
 
 AGENT_FORMAT = "megatron_hds.ddpg"
 AGENT_VERSION = 1
@@ -69,7 +77,7 @@ class DDPGConfig:
     @property
     def floor(self) -> float:
         """The weight floor in effect (weight_floor, or 0.1 / D)."""
-        return 0.1 / self.num_domains if self.weight_floor is None else float(self.weight_floor)
+        return effective_floor(self.num_domains, self.weight_floor)
 
 
 class DeterministicActor(nn.Module):

@@ -6,7 +6,7 @@ import numpy as np
 
 from megatron_hds.config import MixingConfig
 from megatron_hds.mixing.base import lift_to_floor, normalized
-from megatron_hds.mixing.sac import logits_for_weights
+from megatron_hds.mixing.sac import effective_floor, logits_for_weights
 from megatron_hds.mixing.static import StaticScheduler
 
 # Schedulers that need gradient probes, weight norms and sample quality every step.
@@ -30,7 +30,7 @@ def build_scheduler(mixing: MixingConfig, natural_weights, num_matrices: int, tr
                             update_interval=mixing.update_interval, weight_floor=mixing.weight_floor)
     state_dim = 3 * num_domains + 2 * num_matrices + 1
     bound = mixing.agent_action_bound
-    floor = 0.1 / num_domains if mixing.agent_weight_floor is None else mixing.agent_weight_floor
+    floor = effective_floor(num_domains, mixing.agent_weight_floor)
     # A bounded action adjusts the starting mixture: the zero action means the initial weights.
     center = None if bound is None else tuple(logits_for_weights(lift_to_floor(start, floor), floor))
     if mixing.method == "acodm":

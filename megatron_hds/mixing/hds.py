@@ -64,10 +64,10 @@ class AgentScheduler:
         self.reward = reward
         weights = normalized(initial_weights, self.num_domains, f"{self.name} initial weights")
         self._initial = lift_to_floor(weights, agent.action_map.floor)  # the agent's weights never go below the floor
-        self._initial_logits = agent.action_map.action_for_weights(self._initial)
+        self._initial_action = agent.action_map.action_for_weights(self._initial)
         self.warmup_steps = int(math.ceil(config.warmup_fraction * self.train_iters))
         self.state = self.states.initial_state()
-        self.logits = self._initial_logits.copy()
+        self.logits = self._initial_action.copy()  # the action (logits when unbounded)
         self.weights = self._initial.copy()
         self.skipped_transitions = 0
         self._last = None

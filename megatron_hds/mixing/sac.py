@@ -42,6 +42,11 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 # target, critic loss, actor loss) takes logits and goes through the same map.
 
 
+def effective_floor(num_domains: int, weight_floor: Optional[float]) -> float:
+    """The weight floor in effect: weight_floor, or 0.1 / D (METHOD.md) when it is None."""
+    return 0.1 / num_domains if weight_floor is None else float(weight_floor)
+
+
 def validate_agent_config(cfg, learning_rates: tuple, more_positive_ints: tuple = ()) -> None:
     """Checks shared by the agents' configs (SACConfig, acodm.DDPGConfig); errors name the
     class, the field, the value and what is accepted. Turns hidden_sizes into a tuple."""
@@ -206,7 +211,7 @@ class SACConfig:
     @property
     def floor(self) -> float:
         """The weight floor in effect (weight_floor, or 0.1 / D)."""
-        return 0.1 / self.num_domains if self.weight_floor is None else float(self.weight_floor)
+        return effective_floor(self.num_domains, self.weight_floor)
 
     @property
     def entropy_target(self) -> float:
