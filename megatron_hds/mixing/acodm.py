@@ -161,11 +161,11 @@ class DDPGAgent(ReplayAgent):
         return self._action(a, single)
 
     @torch.no_grad()
-    def q_value(self, state, logits) -> np.ndarray:
-        """The critic's Q(s, u), per state (float64)."""
+    def q_value(self, state, actions) -> np.ndarray:
+        """The critic's Q(s, a), per state (float64)."""
         s, single = self._state_tensor(state)
-        u = self._logits_tensor(logits, s.shape[0])
-        out = self.critic(s, u).double().cpu().numpy()
+        a = self._action_tensor(actions, s.shape[0])
+        out = self.critic(s, a).double().cpu().numpy()
         return out[0] if single else out
 
     # ----- learning -------------------------------------------------------------------

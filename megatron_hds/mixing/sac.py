@@ -105,7 +105,7 @@ class ActionMap:
 
     def __init__(self, num_domains: int, floor: float, bound: Optional[float] = None,
                  center: Optional[tuple] = None):
-        self.num_domains, self.floor, self.bound = num_domains, float(floor), bound
+        self.floor, self.bound = float(floor), bound
         self.center = np.zeros(num_domains) if center is None else np.asarray(center, dtype=np.float64)
         self._torch_center: dict = {}
 
@@ -394,9 +394,9 @@ class ReplayAgent:
                              f"with state_dim={self.config.state_dim}")
         return (s.unsqueeze(0), True) if s.dim() == 1 else (s, False)
 
-    def _logits_tensor(self, logits, batch: int) -> torch.Tensor:
-        """Given logits as a [batch, D] float32 tensor (for log-probabilities and Q values)."""
-        return torch.as_tensor(np.asarray(logits, dtype=np.float32), device=self.device).reshape(batch, -1)
+    def _action_tensor(self, actions, batch: int) -> torch.Tensor:
+        """Given actions as a [batch, D] float32 tensor (for log-probabilities and Q values)."""
+        return torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device).reshape(batch, -1)
 
     def _action(self, a: torch.Tensor, single: bool) -> tuple[np.ndarray, np.ndarray]:
         """(action, floored simplex weights) as act() returns them, unbatched when one state came in."""
@@ -528,7 +528,7 @@ class SACAgent(ReplayAgent):
         """log pi(a | s), per state (float64): the Gaussian's density, with the tanh change of
         variables when the action is bounded."""
         s, single = self._state_tensor(state)
-        a = self._logits_tensor(actions, s.shape[0])
+        a = self._action_tensor(actions, s.shape[0])
         mean, log_std = self.actor(s)
         u = self.action_map.unsquash(a)
         out = (gaussian_log_prob(u, mean, log_std) - self.action_map.squash_log_det(u)).double().cpu().numpy()
