@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixing-update-interval", type=int, default=1)
     g.add_argument("--mixing-warmup-fraction", type=float, default=0.02,
                    help="HDS: share of the run at the initial weights before the agent acts")
+    g.add_argument("--mixing-overlap-update", action="store_true",
+                   help="HDS/AC-ODM: act first, then run the agent's update on a worker thread while the "
+                        "next step trains (the policy acts one update later; off the step's critical path)")
     g.add_argument("--odm-variant", choices=["paper", "released"], default="paper")
     g.add_argument("--odm-smoothing", type=float, default=0.5)
     g.add_argument("--odm-warmup-steps", type=int, default=0)
@@ -271,6 +274,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         batch_layout=args.mixing_batch_layout,
         update_interval=args.mixing_update_interval,
         warmup_fraction=args.mixing_warmup_fraction,
+        overlap_update=args.mixing_overlap_update,
         odm_variant=args.odm_variant,
         odm_smoothing=args.odm_smoothing,
         odm_warmup_steps=args.odm_warmup_steps,

@@ -261,6 +261,7 @@ class MixingConfig:
     batch_layout: str = "single_domain"  # --mixing-batch-layout {single_domain,hds,mixed}
     update_interval: int = 1  # --mixing-update-interval: learning schedulers act every this many steps
     warmup_fraction: float = 0.02  # --mixing-warmup-fraction: HDS keeps the initial weights this share of the run
+    overlap_update: bool = False  # --mixing-overlap-update: HDS/AC-ODM update on a worker thread during the next step
     # ODM (EXP3) settings
     odm_variant: str = "paper"  # --odm-variant {paper,released}
     odm_smoothing: float = 0.5  # --odm-smoothing: a in R <- a R + (1 - a) reward

@@ -16,6 +16,9 @@ weight-norm snapshot before the optimizer step. This script times them by wrappi
 library's methods with timers (nothing in the library is changed) and reports them too.
 For HDS the agent's replay buffer is pre-filled with random transitions so that the SAC
 update runs from the first timed step (otherwise it waits for batch_size transitions).
+The methods hds-overlap and acodm-overlap run with --mixing-overlap-update: the agent's
+update runs on a worker thread during the next step; its time is reported as "agent update
+(worker thread)" and what the step pays for it as "wait for overlapped update".
 
 Part B (agent alone): SACAgent at D=22 with the reference network sizes (state dim
 3D + 2L + 1 = 85 with L=9, MLP hidden (256, 256), batch 32, buffer pre-filled with random
@@ -38,6 +41,7 @@ import shlex
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,7 +50,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 DEFAULT_CACHE = os.path.join(tempfile.gettempdir(), "megatron_hds_bench_scheduler")
-METHODS = ("static", "hds", "odm", "acodm", "uniform")
+METHODS = ("static", "hds", "odm", "acodm", "uniform", "hds-overlap", "acodm-overlap")
+OVERLAP_SUFFIX = "-overlap"  # hds-overlap = --mixing hds --mixing-overlap-update
 
 
 def parse_args(argv=None):
@@ -56,8 +61,8 @@ def parse_args(argv=None):
     ap.add_argument("--cache-dir", default=DEFAULT_CACHE)
     ap.add_argument("--demo-size-mb", type=float, default=1.0)
     ap.add_argument("--demo-vocab", type=int, default=2000)
-    ap.add_argument("--methods", nargs="+", choices=METHODS, default=["static", "hds", "odm"],
-                    help="static is always included (the baseline)")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=["static", "hds", "hds-overlap", "odm"],
+                    help="static is always included (the baseline); X-overlap is X with --mixing-overlap-update")
     ap.add_argument("--num-layers", type=int, default=4)
     ap.add_argument("--hidden-size", type=int, default=128)
     ap.add_argument("--num-attention-heads", type=int, default=4)
@@ -100,27 +105,33 @@ class Timers:
     def __init__(self):
         self.current: dict = {}
         self.steps: list = []
+        self._lock = threading.Lock()  # an overlapped agent update adds its time from a worker thread
 
     def add(self, name: str, seconds: float) -> None:
-        self.current[name] = self.current.get(name, 0.0) + seconds
+        with self._lock:
+            self.current[name] = self.current.get(name, 0.0) + seconds
 
     def take(self) -> dict:
-        step, self.current = self.current, {}
+        with self._lock:
+            step, self.current = self.current, {}
         self.steps.append(step)
         return step
 
-    def wrap(self, obj, attr: str, name: str) -> None:
-        """Replace obj.attr (an instance's bound method) with a timed version."""
+    def wrap(self, obj, attr: str, name: str, sync: bool = True) -> None:
+        """Replace obj.attr (an instance's bound method) with a timed version. sync=False for
+        host-only work, and for work on a worker thread, where a device sync would wait for
+        the training step's kernels."""
         inner = getattr(obj, attr)
+        barrier = _sync if sync else (lambda: None)
 
         @functools.wraps(inner)
         def timed(*args, **kwargs):
-            _sync()
+            barrier()
             start = time.perf_counter()
             try:
                 return inner(*args, **kwargs)
             finally:
-                _sync()
+                barrier()
                 self.add(name, time.perf_counter() - start)
 
         setattr(obj, attr, timed)
@@ -221,9 +232,11 @@ def pretrain_argv(args, manifest: str, method: str, log_dir: str) -> list:
             "--global-batch-size", str(args.global_batch_size), "--micro-batch-size", str(args.micro_batch_size),
             "--train-iters", str(total), "--seed", str(args.seed), "--lr", "1e-3", "--lr-warmup-iters", "2",
             "--log-interval", str(total + 1), "--eval-interval", "0", "--eval-iters", "1", "--split", "90,5,5",
-            "--log-dir", log_dir, "--mixing", method,
+            "--log-dir", log_dir, "--mixing", method.removesuffix(OVERLAP_SUFFIX),
             # The agent acts and updates from the first step (no warm-up at the initial weights).
             "--mixing-warmup-fraction", "0"]
+    if method.endswith(OVERLAP_SUFFIX):
+        argv.append("--mixing-overlap-update")
     return argv + shlex.split(args.extra_args)
 
 
@@ -279,8 +292,13 @@ class Run:
             agent = getattr(scheduler, "agent", None)
             if agent is not None:
                 prefill_agent(scheduler, agent.config.batch_size, args.seed)
-                self.timers.wrap(agent, "update", "agent update")
-                self.timers.wrap(agent, "act", "agent act")
+                # The agent runs on the host; an overlapped update runs on a worker thread.
+                overlapped = config.mixing.overlap_update
+                self.timers.wrap(agent, "update", "agent update (worker thread)" if overlapped else "agent update",
+                                 sync=False)
+                self.timers.wrap(agent, "act", "agent act", sync=False)
+                if overlapped:
+                    self.timers.wrap(scheduler, "wait_for_update", "wait for overlapped update", sync=False)
         self.step_times, self.scheduler_times, self.parts = [], [], []
 
     def step(self, timed: bool) -> None:
@@ -382,6 +400,10 @@ def print_part_a(res: dict) -> None:
         if "scheduler.observe" in parts and "agent update" in parts:
             rest = parts["scheduler.observe"] - parts.get("agent update", 0.0) - parts.get("agent act", 0.0)
             print(f"    {'  of observe: state+reward+buffer':<36} {rest:8.3f}  (observe - update - act)")
+        elif "scheduler.observe" in parts and "wait for overlapped update" in parts:
+            rest = (parts["scheduler.observe"] - parts["wait for overlapped update"] - parts.get("agent act", 0.0))
+            print(f"    {'  of observe: state+reward+buffer':<36} {rest:8.3f}  (observe - wait - act; the update"
+                  " ran on the worker thread during the step)")
 
 
 # ---- part B ----------------------------------------------------------------------------

@@ -244,10 +244,11 @@ class ACODMScheduler(AgentScheduler):
     log_all_components = False
 
     def __init__(self, initial_weights, num_matrices: int, train_iters: int, ddpg: DDPGConfig,
-                 warmup_fraction: float = 0.02, update_interval: int = 1):
+                 warmup_fraction: float = 0.02, update_interval: int = 1, overlap_update: bool = False):
         super().__init__(initial_weights, num_matrices, train_iters, DDPGAgent(ddpg),
                          HolisticReward(RewardConfig(components=("align",))),
-                         HDSConfig(warmup_fraction=warmup_fraction, update_interval=update_interval))
+                         HDSConfig(warmup_fraction=warmup_fraction, update_interval=update_interval,
+                                   overlap_update=overlap_update))
 
     def _act(self, state):
         return self.agent.act(state, explore=True)

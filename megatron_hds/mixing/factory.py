@@ -42,7 +42,8 @@ def build_scheduler(mixing: MixingConfig, natural_weights, num_matrices: int, tr
             critic_lr=mixing.agent_lr, hidden_sizes=tuple(mixing.agent_hidden_sizes),
             noise_std=mixing.acodm_noise_std, weight_floor=mixing.agent_weight_floor, seed=mixing.agent_seed,
             action_bound=bound, action_center=center)
-        return ACODMScheduler(start, num_matrices, train_iters, ddpg, mixing.warmup_fraction, mixing.update_interval)
+        return ACODMScheduler(start, num_matrices, train_iters, ddpg, mixing.warmup_fraction, mixing.update_interval,
+                              mixing.overlap_update)
     if mixing.method == "hds":
         from megatron_hds.mixing.hds import HDSConfig, HDSScheduler
         from megatron_hds.mixing.rewards import RewardConfig
@@ -60,5 +61,5 @@ def build_scheduler(mixing: MixingConfig, natural_weights, num_matrices: int, tr
                               lambda_quality=mixing.hds_lambda_quality, lambda_norm=mixing.hds_lambda_norm,
                               mtld_max=float(seq_length))
         return HDSScheduler(start, num_matrices, train_iters, sac, reward,
-                            HDSConfig(mixing.warmup_fraction, mixing.update_interval))
+                            HDSConfig(mixing.warmup_fraction, mixing.update_interval, mixing.overlap_update))
     raise ValueError(f"unknown mixing method {mixing.method!r}")

@@ -11,11 +11,20 @@ Timeline of one observe(signals of step t):
      update_interval steps (between, the last weights stay).
 The action of warm-up steps is the one whose weights are the initial weights,
 so the stored transitions describe what was really done.
+
+With overlap_update the order of step 3 is act, then update, and the update runs on a
+worker thread while the training loop computes the next step; the next observe() (or
+state_dict()) waits for it before touching the agent. The agent thus acts with a policy
+one update older than without overlap, and nothing else changes: the agent's randomness
+is its own and nothing reads or writes it while the update runs, so a run is as
+deterministic, and resumes as exactly, as without overlap.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,12 +42,36 @@ class HDSConfig:
 
     warmup_fraction: float = 0.02  # first 2% of steps at the initial weights (transitions stored)
     update_interval: int = 1  # act and update every this many steps
+    overlap_update: bool = False  # run the agent's update on a worker thread during the next step
 
     def __post_init__(self):
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction={self.warmup_fraction!r} is invalid: expected a value in [0, 1)")
         if not isinstance(self.update_interval, int) or self.update_interval < 1:
             raise ValueError(f"update_interval={self.update_interval!r} is invalid: expected a positive integer")
+
+
+class _BackgroundCall:
+    """fn() on a worker thread; result() waits for it and re-raises what it raised."""
+
+    def __init__(self, fn):
+        self._value, self._error = None, None
+        # Not a daemon: the interpreter's exit waits for it (milliseconds) rather than killing
+        # it inside torch, which aborts the process.
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="mixing-agent-update", daemon=False)
+        self._thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._value = fn()
+        except BaseException as error:  # handed to the training loop's thread by result()
+            self._error = error
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class AgentScheduler:
@@ -71,6 +104,9 @@ class AgentScheduler:
         self.weights = self._initial.copy()
         self.skipped_transitions = 0
         self._last = None
+        self._pending = None  # the overlapped update still running, if any
+        self._update_losses = None  # losses of the last finished overlapped update, not yet logged
+        self.update_wait_s = 0.0  # time observe()/state_dict() spent waiting for overlapped updates
 
     def _act(self, state):
         return self.agent.act(state)
@@ -81,7 +117,17 @@ class AgentScheduler:
     def initial_weights(self) -> np.ndarray:
         return self._initial.copy()
 
+    def wait_for_update(self) -> None:
+        """Let an overlapped update finish (re-raising its error); the agent is then idle."""
+        if self._pending is not None:
+            start = time.perf_counter()
+            pending, self._pending = self._pending, None
+            self._update_losses = pending.result()
+            self.update_wait_s += time.perf_counter() - start
+
     def observe(self, signals: Signals) -> np.ndarray:
+        self.wait_for_update()
+        losses, self._update_losses = self._update_losses, None
         next_state = self.states.build(signals)
         parts = self.reward.components(signals)
         total = self.reward.total(parts)
@@ -89,21 +135,26 @@ class AgentScheduler:
         if not stored:
             self.skipped_transitions += 1
         self.state = next_state
-        losses = None
         step = signals.iteration
-        if step >= self.warmup_steps and (step - self.warmup_steps) % self.config.update_interval == 0:
+        acting = step >= self.warmup_steps and (step - self.warmup_steps) % self.config.update_interval == 0
+        if acting and not self.config.overlap_update:
             losses = self.agent.update()
+        if acting:
             self.logits, self.weights = self._act(next_state)
         logged = parts if self.log_all_components else {k: parts[k] for k in self.reward.config.components}
+        # Read the agent for the log before an overlapped update starts changing it.
         self._last = {**logged, "total": total, **self._log_fields(),
                       "skipped_transitions": float(self.skipped_transitions),
                       **({k: float(v) for k, v in losses.items()} if losses else {})}
+        if acting and self.config.overlap_update:
+            self._pending = _BackgroundCall(self.agent.update)
         return np.asarray(self.weights, dtype=np.float64).copy()
 
     def last_reward(self) -> dict | None:
         return None if self._last is None else dict(self._last)
 
     def state_dict(self) -> dict:
+        self.wait_for_update()
         return {
             "name": self.name,
             "version": STATE_VERSION,
@@ -116,6 +167,7 @@ class AgentScheduler:
             "logits": np.asarray(self.logits).tolist(),
             "weights": np.asarray(self.weights).tolist(),
             "skipped_transitions": self.skipped_transitions,
+            "update_losses": self._update_losses,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -127,6 +179,7 @@ class AgentScheduler:
         if schedule != (self.warmup_steps, self.config.update_interval):
             raise ValueError(f"{self.name} checkpoint has warm-up {schedule[0]} steps and update interval "
                              f"{schedule[1]}; this run has {self.warmup_steps} and {self.config.update_interval}")
+        self.wait_for_update()
         self.agent.load_state_dict(state["agent"])
         self.states.load_state_dict(state["states"])
         self.reward.load_state_dict(state["reward"])
@@ -134,6 +187,7 @@ class AgentScheduler:
         self.logits = np.asarray(state["logits"], dtype=np.float64)
         self.weights = np.asarray(state["weights"], dtype=np.float64)
         self.skipped_transitions = int(state["skipped_transitions"])
+        self._update_losses = state.get("update_losses")  # absent in checkpoints from before overlap_update
 
 
 class HDSScheduler(AgentScheduler):

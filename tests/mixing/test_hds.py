@@ -1,5 +1,7 @@
 """HDS: state vectors, the holistic reward, and the scheduler's timeline (warm-up, NaN
-signals, exact continuation)."""
+signals, exact continuation, the overlapped update)."""
+
+import threading
 
 import numpy as np
 import pytest
@@ -61,21 +63,23 @@ def test_logits_for_weights_inverts_the_action_map():
     assert np.allclose(weights_from_logits(logits_for_weights(weights, floor), floor), weights)
 
 
-def _scheduler(seed=0):
+def _scheduler(seed=0, overlap=False):
     torch.set_num_threads(1)
     sac = SACConfig(state_dim=3 * D + 2 * L + 1, num_domains=D, batch_size=4, hidden_sizes=(16, 16), seed=seed)
-    return HDSScheduler([0.4, 0.3, 0.2, 0.1], L, train_iters=100, sac=sac, config=HDSConfig(warmup_fraction=0.05))
+    return HDSScheduler([0.4, 0.3, 0.2, 0.1], L, train_iters=100, sac=sac,
+                        config=HDSConfig(warmup_fraction=0.05, overlap_update=overlap))
+
+
+def _signal_stream(steps, start=1, rng_seed=0):
+    rng = np.random.default_rng(rng_seed + start)
+    for t in range(start, start + steps):
+        loss = rng.random(D) + 2
+        yield _signals(t, loss, alignment=rng.standard_normal(D), quality=30.0,
+                       weight_norms=rng.random(L) + 5, weight_change_norms=rng.random(L))
 
 
 def _feed(scheduler, steps, start=1, rng_seed=0):
-    rng = np.random.default_rng(rng_seed + start)
-    out = []
-    for t in range(start, start + steps):
-        loss = rng.random(D) + 2
-        weights = scheduler.observe(_signals(t, loss, alignment=rng.standard_normal(D), quality=30.0,
-                                             weight_norms=rng.random(L) + 5, weight_change_norms=rng.random(L)))
-        out.append(weights)
-    return np.array(out)
+    return np.array([scheduler.observe(signals) for signals in _signal_stream(steps, start, rng_seed)])
 
 
 def test_warmup_keeps_initial_weights_then_the_agent_acts():
@@ -105,3 +109,69 @@ def test_state_dict_continues_exactly():
     assert np.array_equal(_feed(a, 10, start=11), _feed(restored, 10, start=11))
     with pytest.raises(ValueError, match="hds"):
         restored.load_state_dict({"name": "odm"})
+
+
+def test_overlapped_update_acts_first_and_otherwise_changes_nothing():
+    """With overlap_update the scheduler equals an agent driven by hand in the order
+    transition, act, update: the update no longer precedes the act of its step."""
+    overlapped = _feed(_scheduler(seed=3, overlap=True), 20)
+    reference = _scheduler(seed=3)  # only its state builder, reward and agent are used
+    agent, state, action = reference.agent, reference.state, reference.logits
+    expected = []
+    for signals in _signal_stream(20):
+        next_state = reference.states.build(signals)
+        agent.add_transition(state, action, reference.reward.total(reference.reward.components(signals)), next_state)
+        state = next_state
+        if signals.iteration >= reference.warmup_steps:
+            action, weights = agent.act(next_state)
+            agent.update()
+            expected.append(weights)
+        else:
+            expected.append(reference.initial_weights())
+    assert np.array_equal(overlapped, np.array(expected))
+    assert not np.array_equal(overlapped, _feed(_scheduler(seed=3), 20))  # the order does matter
+
+
+def test_overlapped_update_runs_on_a_worker_thread_during_the_next_step():
+    scheduler = _scheduler(overlap=True)
+    _feed(scheduler, 4)  # warm-up: no update yet
+    release, seen = threading.Event(), {}
+    update = scheduler.agent.update
+
+    def held_update():
+        seen["thread"] = threading.current_thread()
+        seen["released"] = release.wait(timeout=10)  # False if observe() waited for this call
+        return update()
+
+    scheduler.agent.update = held_update
+    weights = _feed(scheduler, 1, start=5)  # returns while the update is held
+    release.set()
+    scheduler.wait_for_update()
+    assert seen == {"thread": seen["thread"], "released": True} and seen["thread"] is not threading.main_thread()
+    assert np.isfinite(weights).all() and scheduler.agent.updates == 1
+    _feed(scheduler, 1, start=6)
+    assert {"critic_loss", "actor_loss"} <= set(scheduler.last_reward())  # the held update's, logged a step later
+
+
+def test_an_overlapped_update_that_fails_fails_the_next_observe():
+    scheduler = _scheduler(overlap=True)
+
+    def broken_update():
+        raise RuntimeError("update exploded")
+
+    scheduler.agent.update = broken_update
+    _feed(scheduler, 5)  # the update of step 5 starts on the worker and fails there
+    with pytest.raises(RuntimeError, match="update exploded"):
+        _feed(scheduler, 1, start=6)
+
+
+def test_overlapped_state_dict_continues_exactly():
+    """state_dict() waits for the pending update, and keeps its losses for the next log."""
+    a, b = _scheduler(seed=3, overlap=True), _scheduler(seed=3, overlap=True)
+    _feed(a, 10)
+    _feed(b, 10)
+    restored = _scheduler(seed=3, overlap=True)
+    restored.load_state_dict(b.state_dict())
+    for signals in _signal_stream(10, start=11):
+        assert np.array_equal(a.observe(signals), restored.observe(signals))
+        assert a.last_reward() == restored.last_reward() and "critic_loss" in a.last_reward()

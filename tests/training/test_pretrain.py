@@ -174,10 +174,12 @@ LEARNING = ["--mixing-warmup-fraction", "0.25", "--hds-batch-size", "4", "--hds-
             "--hds-sketch-size", "256", "--hds-lr", "1e-3", "--odm-warmup-steps", "1"]
 
 
-@pytest.mark.parametrize("method", ["hds", "acodm", "odm", "uniform"])
+@pytest.mark.parametrize("method", ["hds", "hds-overlap", "acodm", "odm", "uniform"])
 def test_each_mixing_method_trains_checkpoints_and_resumes_exactly(demo_manifest, tmp_path, method):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    common = ["--mixing", method, *LEARNING, "--train-iters", "8"]
+    overlap = ["--mixing-overlap-update"] if method.endswith("-overlap") else []
+    method = method.removesuffix("-overlap")
+    common = ["--mixing", method, *overlap, *LEARNING, "--train-iters", "8"]
     _train(_argv(demo_manifest, *common, "--save", straight), builtin_scheduler=True)
     _train(_argv(demo_manifest, *common, "--save", resumed, "--exit-interval", "4"), builtin_scheduler=True)
     _train(_argv(demo_manifest, *common, "--save", resumed, "--load", resumed), builtin_scheduler=True)
@@ -188,6 +190,8 @@ def test_each_mixing_method_trains_checkpoints_and_resumes_exactly(demo_manifest
         assert len(set(weights[2:])) == 6  # past the 2-step warm-up the agent acts every step
         assert set(a[8]["reward"]) >= ({"align", "quality", "norm", "total"} if method == "hds" else {"align", "total"})
         assert all(np.isfinite(list(a[8]["reward"].values())))
+        assert [a[i]["reward"] for i in range(1, 9)] == [b[i]["reward"] for i in range(1, 9)]  # the agent's losses too
+        assert "critic_loss" in a[8]["reward"]
     if method == "uniform":
         assert np.allclose(weights, 1 / 7, rtol=0, atol=1e-15)
 
