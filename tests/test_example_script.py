@@ -47,6 +47,7 @@ def test_plain_bash_builds_demo_data_trains_and_reports(demo_run):
     assert f"metrics: {out / 'checkpoints' / 'metrics.jsonl'}" in proc.stdout
     assert "domain weights chosen for iteration 12: " in proc.stdout
     assert records["config"][0]["mixing"]["method"] == "hds"  # the product is the default
+    assert records["config"][0]["mixing"]["overlap_update"] is True  # its update off the step's path
     assert set(records["train"][-1]["reward"]) >= {"align", "quality", "norm", "total"}
 
 

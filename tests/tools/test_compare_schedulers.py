@@ -226,7 +226,7 @@ json.dump({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in keys}}}
     argv = call["argv"]
     assert argv[0] == "tools/compare_schedulers.py"
     assert argv[argv.index("--train-iters") + 1] == "41667" and argv[argv.index("--eval-interval") + 1] == "417"
-    assert "--extra-args=--mixing-batch-layout hds --hds-action-bound none" in argv
+    assert "--extra-args=--mixing-batch-layout hds --mixing-overlap-update --hds-action-bound none" in argv
     assert argv[argv.index("--methods") + 1] == "static,uniform,odm,acodm,hds" and "--wait" in argv
     assert "--nodes 4 --gpus-per-node 8" in next(a for a in argv if a.startswith("--sbatch-args="))
     assert call["env"] == {"SEQ_LENGTH": "1024", "GLOBAL_BATCH": "1152", "MICRO_BATCH": "4", "PRECISION": "bf16",
