@@ -7,11 +7,12 @@ call; Triton is imported only when a Triton kernel is actually used.
 from kernels.dispatch import (
     available_backends,
     choose_backend,
+    count_sketch_add,
     cross_entropy_backward,
     cross_entropy_loss,
     cross_entropy_partials,
     multi_tensor_sum_of_squares,
 )
 
-__all__ = ["available_backends", "choose_backend", "cross_entropy_backward", "cross_entropy_loss",
+__all__ = ["available_backends", "choose_backend", "count_sketch_add", "cross_entropy_backward", "cross_entropy_loss",
            "cross_entropy_partials", "multi_tensor_sum_of_squares"]

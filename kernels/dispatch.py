@@ -17,7 +17,7 @@ import torch
 from kernels import reference
 
 __all__ = ["ENV_VAR", "available_backends", "choose_backend", "multi_tensor_sum_of_squares", "cross_entropy_partials",
-           "cross_entropy_loss", "cross_entropy_backward"]
+           "cross_entropy_loss", "cross_entropy_backward", "count_sketch_add"]
 
 ENV_VAR = "MEGATRON_HDS_KERNELS"
 _CHOICES = ("torch", "triton")
@@ -56,6 +56,12 @@ def _norms():
     from kernels import norms  # Triton is imported here, on first use only
 
     return norms
+
+
+def _sketch():
+    from kernels import sketch  # Triton is imported here, on first use only
+
+    return sketch
 
 
 def _cross_entropy():
@@ -156,3 +162,17 @@ def cross_entropy_backward(logits: torch.Tensor, target: torch.Tensor, stats: to
                                                        loss_mask, out)
     return reference.cross_entropy_backward(logits, target, stats, grad_loss, vocab_start, ignore_index, loss_mask,
                                             out)
+
+
+def count_sketch_add(grad: torch.Tensor, out: torch.Tensor, key: int, row_offset: int = 0, col_offset: int = 0,
+                     full_cols: Optional[int] = None) -> None:
+    """out[bucket(j)] += sign(j) * grad[r, c] for the 2-D ``grad`` (a shard at (row_offset,
+    col_offset) of a matrix with ``full_cols`` columns; j is the element's row-major index
+    in the full matrix), bucket and sign hashed from (key, j) as in kernels/sketch.py.
+    ``out`` is the fp32 [m] sketch, on grad's device."""
+    if grad.dim() != 2 or out.dtype != torch.float32 or out.dim() != 1 or out.numel() < 1:
+        raise ValueError(f"count_sketch_add takes a 2-D gradient and an fp32 [m] sketch, got "
+                         f"{tuple(grad.shape)} and {out.dtype} {tuple(out.shape)}")
+    if choose_backend([grad]) == "triton":
+        return _sketch().count_sketch_add(grad, out, key, row_offset, col_offset, full_cols)
+    return reference.count_sketch_add(grad, out, key, row_offset, col_offset, full_cols)

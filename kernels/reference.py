@@ -4,7 +4,8 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["multi_tensor_sum_of_squares", "cross_entropy_partials", "cross_entropy_loss", "cross_entropy_backward"]
+__all__ = ["multi_tensor_sum_of_squares", "cross_entropy_partials", "cross_entropy_loss", "cross_entropy_backward",
+           "signed64", "splitmix64", "count_sketch_hash", "count_sketch_add"]
 
 
 def multi_tensor_sum_of_squares(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -93,3 +94,50 @@ def cross_entropy_backward(logits: torch.Tensor, target: torch.Tensor, stats: to
         if grad.data_ptr() != out.data_ptr():
             out.detach().copy_(grad)
         return out
+
+
+# ---- CountSketch on global element indices (the gradient probes; kernels/sketch.py) -----------
+def signed64(value: int) -> int:
+    """A 64-bit pattern as the signed int64 torch stores."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GAMMA = signed64(0x9E3779B97F4A7C15)
+_MIX1 = signed64(0xBF58476D1CE4E5B9)
+_MIX2 = signed64(0x94D049BB133111EB)
+
+
+def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64 finaliser on int64 tensors (two's-complement wrap-around arithmetic)."""
+    z = x + _GAMMA
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    return z ^ _shr(z, 31)
+
+
+def count_sketch_hash(flat_index: torch.Tensor, key: int, sketch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(bucket int32 in [0, m), sign int8 in {-1, +1}) of each global index under `key`."""
+    h = splitmix64(splitmix64(flat_index.reshape(-1)) ^ signed64(key))
+    bucket = (_shr(h, 33) % sketch_size).to(torch.int32)
+    sign = ((h & 1) * 2 - 1).to(torch.int8)
+    return bucket, sign
+
+
+def count_sketch_add(grad: torch.Tensor, out: torch.Tensor, key: int, row_offset: int = 0, col_offset: int = 0,
+                     full_cols: Optional[int] = None) -> None:
+    """out[bucket(j)] += sign(j) * grad[r, c] over the 2-D grad, j = (r + row_offset) * full_cols
+    + (c + col_offset): the hash computed here for every element (the oracle; GradientProbe's
+    torch path keeps a table of it instead)."""
+    rows, cols = grad.shape
+    full_cols = cols if full_cols is None else full_cols
+    with torch.no_grad():
+        r = torch.arange(rows, dtype=torch.int64, device=grad.device) + row_offset
+        c = torch.arange(cols, dtype=torch.int64, device=grad.device) + col_offset
+        bucket, sign = count_sketch_hash(r[:, None] * full_cols + c[None, :], key, out.numel())
+        out.index_add_(0, bucket, grad.detach().reshape(-1).float() * sign)

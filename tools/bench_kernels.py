@@ -2,6 +2,7 @@
 
     python tools/bench_kernels.py --tokens 16384 65536 131072 --vocab 50304 --tp 2 --dtype bf16
     python tools/bench_kernels.py --kernels norm --model pythia-1b --tp 2
+    python tools/bench_kernels.py --kernels sketch --model pythia-1b
 
 Fused cross entropy (forward + backward of one micro-batch's logits shard [tokens, vocab/TP],
 including per-domain loss sums and token counts): ours (Triton through kernels/, gradient
@@ -9,7 +10,10 @@ into a preallocated buffer) against torch ``F.cross_entropy(reduction='none')`` 
 + autograd backward, the same under ``torch.compile``, and liger-kernel's fused cross entropy
 when it is installed. Multi-tensor norm: ``multi_tensor_sum_of_squares`` over the parameter
 shards of a preset model (default pythia-1b) against a per-parameter
-``torch.linalg.vector_norm`` loop and ``torch._foreach_norm``.
+``torch.linalg.vector_norm`` loop and ``torch._foreach_norm``. CountSketch (the HDS gradient
+probe of one micro-batch: the gradients of 3 MLP output projections of a preset model into
+a 4096-bucket sketch): ours (Triton, hash computed on the fly, no table) against the torch
+path (index_add with the probe's per-element table of buckets and signs, 5 bytes/element).
 
 The device is CUDA when visible, else CPU, where only the torch paths are timed (ours is
 then the torch twin: the Triton kernels run on CPU only through the slow interpreter).
@@ -36,11 +40,12 @@ from kernels import dispatch  # noqa: E402
 from megatron_hds.config import MODEL_PRESETS, ModelConfig, model_preset  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+KERNELS = ("ce", "norm", "sketch")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--kernels", default="ce,norm", help="comma-separated: ce, norm")
+    p.add_argument("--kernels", default="ce,norm,sketch", help="comma-separated: ce, norm, sketch")
     p.add_argument("--tokens", type=int, nargs="+", default=[16384, 65536, 131072],
                    help="CE rows (tokens of one micro-batch); several values give several rows of the table")
     p.add_argument("--vocab", type=int, default=50304, help="global (padded) vocab; each rank holds vocab / tp")
@@ -52,9 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     args = p.parse_args(argv)
     args.kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
-    bad = [k for k in args.kernels if k not in ("ce", "norm")]
+    bad = [k for k in args.kernels if k not in KERNELS]
     if bad:
-        p.error(f"--kernels: {', '.join(bad)} not among ce, norm")
+        p.error(f"--kernels: {', '.join(bad)} not among {', '.join(KERNELS)}")
     if args.vocab % args.tp:
         p.error(f"--vocab {args.vocab} is not divisible by --tp {args.tp}")
     return args
@@ -253,6 +258,43 @@ def bench_norm(args, device: torch.device, bandwidth: float) -> None:
         print(_row(name, ms, peak, nbytes, bandwidth, floor_ms))
 
 
+# ---- CountSketch (gradient probe) ------------------------------------------------------
+
+
+def bench_sketch(args, device: torch.device, bandwidth: float) -> None:
+    from megatron_hds.mixing.signals import PROBE_MATRICES, count_sketch_hash, global_flat_index, name_key
+
+    dtype = DTYPES[args.dtype]
+    config = model_preset(args.model)
+    shape = (config.hidden_size, config.ffn_hidden_size // args.tp)  # dense_4h_to_h, a row-parallel shard
+    grads = [torch.randn(shape, device=device, dtype=dtype) for _ in range(PROBE_MATRICES)]
+    keys = [name_key(0, f"layers.{i}.mlp.dense_4h_to_h.weight") for i in range(PROBE_MATRICES)]
+    m = 4096
+    tables = [count_sketch_hash(global_flat_index(g, 0, 1), k, m) for g, k in zip(grads, keys)]
+    table_mib = sum(b.numel() * b.element_size() + s.numel() * s.element_size() for b, s in tables) / 2**20
+    nbytes = sum(g.numel() * g.element_size() for g in grads)
+    floor_ms = nbytes / (bandwidth * 1e9) * 1e3
+    out = torch.zeros(m, device=device)
+    ours = "Triton" if device.type == "cuda" and "triton" in kernels.available_backends() else "torch twin"
+    os.environ[dispatch.ENV_VAR] = "triton" if ours == "Triton" else "torch"
+
+    def fused():
+        for g, k in zip(grads, keys):
+            kernels.count_sketch_add(g, out, k)
+
+    def table_path():
+        for g, (bucket, sign) in zip(grads, tables):
+            out.index_add_(0, bucket, g.reshape(-1).float() * sign)
+
+    print(f"\nCountSketch of one micro-batch's probe: {PROBE_MATRICES} x {args.model} dense_4h_to_h {shape} at TP="
+          f"{args.tp}, {dtype}, {m} buckets ({nbytes / 2**20:.0f} MiB of gradients, floor = read once: "
+          f"{floor_ms:.3f} ms; the torch path's tables hold {table_mib:.0f} MiB)")
+    print(HEADER)
+    for name, fn in [(f"ours ({ours}, on the fly)", fused), ("torch index_add + table", table_path)]:
+        ms, peak = measure(fn, device, args.iters)
+        print(_row(name, ms, peak, nbytes, bandwidth, floor_ms))
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -266,6 +308,8 @@ def main(argv=None) -> None:
         bench_cross_entropy(args, device, bandwidth)
     if "norm" in args.kernels:
         bench_norm(args, device, bandwidth)
+    if "sketch" in args.kernels:
+        bench_sketch(args, device, bandwidth)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 import kernels
+from kernels.reference import count_sketch_hash, signed64
 from megatron_hds.parallel.layers import is_tensor_parallel
 from megatron_hds.parallel.mappings import group_size
 from megatron_hds.parallel.state import ParallelState
@@ -116,33 +117,12 @@ def _contributes(param: torch.Tensor, state: ParallelState) -> bool:
 
 
 # ---- hashing on global element indices ------------------------------------------------------
-def _signed64(value: int) -> int:
-    value &= (1 << 64) - 1
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-_GAMMA = _signed64(0x9E3779B97F4A7C15)
-_MIX1 = _signed64(0xBF58476D1CE4E5B9)
-_MIX2 = _signed64(0x94D049BB133111EB)
-
-
-def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Logical right shift of int64 (torch's >> is arithmetic)."""
-    return (x >> bits) & ((1 << (64 - bits)) - 1)
-
-
-def splitmix64(x: torch.Tensor) -> torch.Tensor:
-    """splitmix64 finaliser on int64 tensors (two's-complement wrap-around arithmetic)."""
-    z = x + _GAMMA
-    z = (z ^ _shr(z, 30)) * _MIX1
-    z = (z ^ _shr(z, 27)) * _MIX2
-    return z ^ _shr(z, 31)
-
-
+# The hash (splitmix64 twice, keyed) lives with the kernels: kernels/sketch.py computes the
+# same buckets and signs on the fly, kernels/reference.py is its torch twin.
 def name_key(seed: int, name: str) -> int:
     """Stable 64-bit key of (seed, global parameter name), as a signed int64."""
     digest = hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=8).digest()
-    return _signed64(int.from_bytes(digest, "little"))
+    return signed64(int.from_bytes(digest, "little"))
 
 
 def global_flat_index(param: torch.Tensor, tp_rank: int, tp_size: int) -> torch.Tensor:
@@ -164,12 +144,15 @@ def global_flat_index(param: torch.Tensor, tp_rank: int, tp_size: int) -> torch.
     return index
 
 
-def count_sketch_hash(flat_index: torch.Tensor, key: int, sketch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(bucket int32 in [0, m), sign int8 in {-1, +1}) of each global index under `key`."""
-    h = splitmix64(splitmix64(flat_index.reshape(-1)) ^ key)
-    bucket = (_shr(h, 33) % sketch_size).to(torch.int32)
-    sign = ((h & 1) * 2 - 1).to(torch.int8)
-    return bucket, sign
+def shard_placement(param: torch.Tensor, tp_rank: int, tp_size: int) -> Tuple[int, int, int]:
+    """(row offset, column offset, columns of the full matrix) of a 2-D parameter's shard:
+    its element (r, c) has global_flat_index (r + row offset) * full columns + c + column offset."""
+    rows, cols = param.shape
+    if not (is_tensor_parallel(param) and tp_size > 1):
+        return 0, 0, cols
+    if param.partition_dim == 0:
+        return tp_rank * rows, 0, cols
+    return 0, tp_rank * cols, cols * tp_size
 
 
 # ---- gradient probes -----------------------------------------------------------------------
@@ -189,8 +172,10 @@ class GradientProbe:
     The hook adds it to the current domain's accumulator:
       exact:  a flat fp32 vector per domain over this rank's elements ([D, n_local]);
       sketch: a CountSketch per domain ([D, m]); element j of the global vector goes to
-              bucket h(j) with sign s(j). Memory does not grow with the matrices (besides
-              the per-element hash table, 5 bytes/element, built once).
+              bucket h(j) with sign s(j). Where the Triton kernel runs (CUDA 2-D matrices,
+              kernels/sketch.py) h and s are computed on the fly and the probe's memory
+              does not grow with the matrices; the torch path keeps a per-element table of
+              them (5 bytes/element, built once), faster than hashing on the fly there.
     Telling the probe the domain, either:
       * ``begin_step(domains)`` before forward_backward with one domain (or None: mixed,
         not probed) per micro-batch in this rank's order. Each parameter counts its own
@@ -221,13 +206,22 @@ class GradientProbe:
         self.width = width
         # Last column: how many hook calls each domain received (presence after the reduce).
         self.buffer = torch.zeros(num_domains, width + 1, dtype=torch.float32, device=device)
+        # Sketch with the Triton kernel (hash on the fly) where it runs on every selected matrix.
+        self.fused_sketch = (mode == "sketch" and bool(self.named) and all(p.dim() == 2 for _, p in self.named)
+                             and kernels.choose_backend([p for _, p in self.named]) == "triton")
         self._hashes: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        self._keys: List[int] = []
+        self._placements: List[Tuple[int, int, int]] = []
         self._offsets: List[int] = []
         offset = 0
         for name, p in self.named:
             if mode == "sketch":
-                index = global_flat_index(p, self.state.tp_rank, self.state.tp_size)
-                self._hashes.append(count_sketch_hash(index, name_key(seed, name), sketch_size))
+                self._keys.append(name_key(seed, name))
+                if self.fused_sketch:
+                    self._placements.append(shard_placement(p, self.state.tp_rank, self.state.tp_size))
+                else:
+                    index = global_flat_index(p, self.state.tp_rank, self.state.tp_size)
+                    self._hashes.append(count_sketch_hash(index, self._keys[-1], sketch_size))
             self._offsets.append(offset)
             offset += p.numel()
         self._domain: Optional[int] = None
@@ -276,7 +270,9 @@ class GradientProbe:
                 return
             g = grad.detach().reshape(-1)
             row = self.buffer[d]
-            if self.mode == "sketch":
+            if self.fused_sketch:
+                kernels.count_sketch_add(grad.detach(), row[:self.width], self._keys[slot], *self._placements[slot])
+            elif self.mode == "sketch":
                 bucket, sign = self._hashes[slot]
                 row[:self.width].index_add_(0, bucket, g.float() * sign)
             else:

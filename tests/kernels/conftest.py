@@ -35,6 +35,11 @@ def ce():
 
 
 @pytest.fixture
+def sketch():
+    return triton_module("sketch")
+
+
+@pytest.fixture
 def device(norms):
     """Where the kernels run: CPU tensors under the interpreter, CUDA tensors when compiled."""
     return torch.device("cpu" if norms.INTERPRETED else "cuda")

@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 from megatron_hds.config import ModelConfig
+import kernels
+from kernels.reference import splitmix64
 from megatron_hds.mixing.signals import (GradientProbe, WeightNormTracker, alignment_scores, choose_layers,
                                          count_sketch_hash, global_flat_index, micro_batch_domain, name_key,
-                                         select_matrices, selected_names, splitmix64)
+                                         select_matrices, selected_names)
 from megatron_hds.model.gpt import GPTModel
 from megatron_hds.parallel.layers import mark_tensor_parallel
 from megatron_hds.parallel.schedules import forward_backward
@@ -198,6 +200,24 @@ def test_sketch_mode_is_the_count_sketch_of_the_exact_gradient():
     got = sketch.reduce()
     assert _max_rel(got, expected) <= 1e-6
     assert sketch.buffer.shape == (DOMAINS, SKETCH + 1)  # independent of the matrix sizes
+
+
+def test_sketch_with_the_triton_kernel_equals_the_table_path(monkeypatch):
+    """Where the Triton kernel runs (here: the interpreter, forced) the probe hashes on the fly
+    and keeps no per-element table; its sketches equal the table path's."""
+    if "triton" not in kernels.available_backends():
+        pytest.skip("Triton cannot run here")
+    model = GPTModel(ModelConfig(**CONFIG), ParallelState.single("cpu"), seed=SEED)
+    named = select_matrices(model, PROBED[:3])  # the 2-D matrices
+    table = GradientProbe(named, DOMAINS, mode="sketch", sketch_size=SKETCH, seed=3)
+    monkeypatch.setenv(kernels.dispatch.ENV_VAR, "triton")
+    fused = GradientProbe(named, DOMAINS, mode="sketch", sketch_size=SKETCH, seed=3)
+    assert fused.fused_sketch and not fused._hashes and not table.fused_sketch and len(table._hashes) == 3
+    assert not GradientProbe(select_matrices(model, PROBED), DOMAINS, mode="sketch").fused_sketch  # a 1-D bias
+    for probe in (table, fused):
+        probe.begin_step(MICRO_DOMAINS)
+    forward_backward(model, _micro_batches(model.config))
+    assert _max_rel(fused.reduce(), table.reduce()) <= 1e-6 and fused.present.tolist() == table.present.tolist()
 
 
 def test_alignment_scores_hand_computed():

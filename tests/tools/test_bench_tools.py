@@ -1,0 +1,40 @@
+"""The benchmark scripts run end to end on CPU at tiny sizes (their figures are not checked:
+speed goals live in the scripts' output, not in tests)."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+def _run(*argv):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_bench_kernels_sketch_times_both_paths():
+    out = _run("tools/bench_kernels.py", "--kernels", "sketch", "--model", "tiny", "--iters", "2")
+    assert "CountSketch of one micro-batch's probe: 3 x tiny" in out
+    assert "ours (torch twin, on the fly)" in out and "torch index_add + table" in out
+
+
+def test_bench_scheduler_agent_part_reports_update_and_act():
+    out = _run("tools/bench_scheduler.py", "--skip-training", "--agent-iters", "3")
+    assert "agent.update()" in out and "agent.act(state)" in out and "% of a 1 s step" in out
+
+
+def test_bench_scheduler_training_part_with_the_overlapped_update(demo_manifest, tmp_path):
+    out = _run("tools/bench_scheduler.py", "--data-manifest", demo_manifest, "--methods", "hds", "hds-overlap",
+               "--num-layers", "1", "--hidden-size", "32", "--num-attention-heads", "2", "--seq-length", "16",
+               "--global-batch-size", "4", "--micro-batch-size", "1", "--steps", "3", "--warmup-steps", "1",
+               "--agent-iters", "2", "--json", str(tmp_path / "b.json"))
+    assert "agent update (worker thread)" in out and "wait for overlapped update" in out
+    methods = json.loads((tmp_path / "b.json").read_text())["part_a"]["methods"]
+    assert set(methods) == {"static", "hds", "hds-overlap"}
+    # The overlapped update is not inside observe(): the synchronous one is.
+    assert "agent update" in methods["hds"]["parts_ms_median"]
+    assert "agent update" not in methods["hds-overlap"]["parts_ms_median"]
