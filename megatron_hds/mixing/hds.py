@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,7 +105,6 @@ class AgentScheduler:
         self._last = None
         self._pending = None  # the overlapped update still running, if any
         self._update_losses = None  # losses of the last finished overlapped update, not yet logged
-        self.update_wait_s = 0.0  # time observe()/state_dict() spent waiting for overlapped updates
 
     def _act(self, state):
         return self.agent.act(state)
@@ -120,10 +118,8 @@ class AgentScheduler:
     def wait_for_update(self) -> None:
         """Let an overlapped update finish (re-raising its error); the agent is then idle."""
         if self._pending is not None:
-            start = time.perf_counter()
             pending, self._pending = self._pending, None
             self._update_losses = pending.result()
-            self.update_wait_s += time.perf_counter() - start
 
     def observe(self, signals: Signals) -> np.ndarray:
         self.wait_for_update()
