@@ -19,7 +19,8 @@
 #   EVAL_INTERVAL, SAVE_INTERVAL, LOG_INTERVAL                  (417, 1000, 10 / 25, 0, 10)
 #   MIXING          data-mixing method: hds odm static uniform  (hds; the agent's update
 #                   overlaps the next step, --mixing-overlap-update)
-#   NPROC_PER_NODE  ranks per node (default: GPUs on the node, else 1)
+#   NPROC_PER_NODE  ranks per node (default: the GPUs visible to this job -- CUDA_VISIBLE_DEVICES,
+#                   else all of the node's -- or 1 without GPUs)
 #   OUTPUT_DIR      checkpoints, metrics, plots                 ($SLURM_SUBMIT_DIR/runs/$SLURM_JOB_ID / ./demo_output)
 #   EXTRA_ARGS      more pretrain flags, appended last (they win)
 #   PYTHON          interpreter                                 (python3)
@@ -46,6 +47,8 @@ export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
 
 gpus_on_node() {
   if [[ -n "${SLURM_GPUS_ON_NODE:-}" ]]; then echo "$SLURM_GPUS_ON_NODE"; return; fi
+  # Only the GPUs this process may use (nvidia-smi lists every GPU of the node).
+  if [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then tr ',' '\n' <<< "$CUDA_VISIBLE_DEVICES" | grep -c . || true; return; fi
   if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L 2>/dev/null | wc -l; return; fi
   echo 0
 }

@@ -77,3 +77,13 @@ def test_sbatch_runs_two_ranks_and_writes_checkpoint_and_metrics(slurm, demo_run
     assert records["config"][0]["parallel"]["tensor_model_parallel_size"] == 1
     assert open(out / "checkpoints" / "latest_checkpointed_iteration.txt").read().strip() == "12"
     assert (out / "checkpoints" / "iter_0000006").is_dir()
+
+
+@pytest.mark.parametrize("visible,ranks", [("0,1,2", 3), ("", 1)])
+def test_ranks_follow_the_visible_gpus(tmp_path, visible, ranks):
+    """Without SLURM, one rank per GPU this process may use (CUDA_VISIBLE_DEVICES), not per GPU
+    of the node; none visible: one rank. PYTHON=true stands in for the training itself."""
+    env = {**_env(OUTPUT_DIR=str(tmp_path), DATA_MANIFEST=str(tmp_path / "manifest.json"),
+                  CUDA_VISIBLE_DEVICES=visible), "PYTHON": "true"}
+    proc = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=60)
+    assert f"{ranks} rank(s) per node" in proc.stdout, proc.stdout + proc.stderr

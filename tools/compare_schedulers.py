@@ -14,9 +14,13 @@ EVAL_ITERS, SAVE_INTERVAL, SPLIT, NPROC_PER_NODE, ...), read from this process's
 environment, plus ``--extra-args``. Without ``--data-manifest`` (or DATA_MANIFEST) the demo
 corpus is built in ``<output-dir>/data`` first.
 
-Launchers: ``local`` runs the runs one after another here (a SLURM allocation is used when
-the tool runs inside one); ``sbatch`` submits one job per run (``--sbatch-args`` are passed
-to sbatch) and, with ``--wait``, waits for them and writes the report.
+Launchers: ``local`` runs the runs here, one after another, or ``--parallel N`` at a time
+(a SLURM allocation is used when the tool runs inside one); ``sbatch`` submits one job per
+run (``--sbatch-args`` are passed to sbatch) and, with ``--wait``, waits for them and writes
+the report. With ``--parallel N`` and GPUs visible, each of the N concurrent runs gets its
+own 1/N of them (CUDA_VISIBLE_DEVICES, its own MASTER_PORT); on CPU each gets
+OMP_NUM_THREADS = cores / N. Concurrent runs share the machine, so their step times are not
+each method's own cost.
 
 Rerunning the same command resumes: finished runs (a checkpoint at --train-iters) are not
 redone, unfinished ones resume from their last checkpoint (set SAVE_INTERVAL for that),
@@ -108,21 +112,77 @@ def demo_manifest(output_dir: str) -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-def run_local(args, manifest: str, method: str, seed: int) -> bool:
-    path = run_dir(args.output_dir, method, seed)
-    os.makedirs(path, exist_ok=True)
-    log = os.path.join(path, "train.log")
-    start = time.perf_counter()
-    with open(log, "a", encoding="utf-8") as handle:
-        proc = subprocess.run(["bash", TRAIN_SCRIPT], env=run_environment(args, manifest, method, seed),
-                              stdout=handle, stderr=subprocess.STDOUT, cwd=path)
-    seconds = time.perf_counter() - start
-    with open(os.path.join(path, "wall_time_s"), "a", encoding="utf-8") as handle:
-        handle.write(f"{seconds:.1f}\n")  # one line per attempt: a resumed run has several
-    ok = proc.returncode == 0 and is_complete(path, args.train_iters)
-    print(f"  {run_name(method, seed)}: {'done' if ok else f'FAILED (exit code {proc.returncode})'} in "
-          f"{seconds / 60:.1f} min (log: {log})", flush=True)
-    return ok
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def slot_environments(parallel: int) -> list[dict]:
+    """What each of `parallel` concurrent local runs adds to its environment: a disjoint share
+    of the GPUs and its own rendezvous port, or on CPU its share of the cores."""
+    if parallel == 1:
+        return [{}]
+    gpus = visible_gpus()
+    if gpus:
+        if len(gpus) < parallel:
+            raise SystemExit(f"--parallel {parallel} needs at least {parallel} GPUs; {len(gpus)} are visible "
+                             f"({','.join(gpus)})")
+        share = len(gpus) // parallel
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[k * share:(k + 1) * share]),
+                 "MASTER_PORT": str(29500 + 17 * (k + 1))} for k in range(parallel)]
+    threads = str(max(1, (os.cpu_count() or 1) // parallel))
+    return [{"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)} for _ in range(parallel)]
+
+
+class LocalRun:
+    """One (method, seed) training here, in the background; ``finish()`` waits and reports."""
+
+    def __init__(self, args, manifest: str, method: str, seed: int, slot_env: dict):
+        self.args, self.method, self.seed = args, method, seed
+        self.path = run_dir(args.output_dir, method, seed)
+        os.makedirs(self.path, exist_ok=True)
+        self.log = os.path.join(self.path, "train.log")
+        self.start = time.perf_counter()
+        env = {**run_environment(args, manifest, method, seed), **slot_env}
+        with open(self.log, "a", encoding="utf-8") as handle:
+            self.proc = subprocess.Popen(["bash", TRAIN_SCRIPT], env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                         cwd=self.path)
+
+    def finish(self) -> bool:
+        code = self.proc.wait()
+        seconds = time.perf_counter() - self.start
+        with open(os.path.join(self.path, "wall_time_s"), "a", encoding="utf-8") as handle:
+            handle.write(f"{seconds:.1f}\n")  # one line per attempt: a resumed run has several
+        ok = code == 0 and is_complete(self.path, self.args.train_iters)
+        print(f"  {run_name(self.method, self.seed)}: {'done' if ok else f'FAILED (exit code {code})'} in "
+              f"{seconds / 60:.1f} min (log: {self.log})", flush=True)
+        return ok
+
+
+def run_local(args, manifest: str, pending: list[tuple[str, int]]) -> list[str]:
+    """Train the pending runs, at most --parallel at a time; returns the names of failed ones."""
+    free = slot_environments(args.parallel)
+    running: dict[int, LocalRun] = {}  # slot -> run
+    failed = []
+    queue = list(enumerate(pending, 1))
+    while queue or running:
+        while queue and len(running) < args.parallel:
+            index, (method, seed) = queue.pop(0)
+            slot = next(k for k in range(args.parallel) if k not in running)
+            print(f"[{index}/{len(pending)}] training {run_name(method, seed)}", flush=True)
+            running[slot] = LocalRun(args, manifest, method, seed, free[slot])
+        # The run that ends first frees its slot (polling: Popen offers no wait-for-any).
+        while not (done := [k for k, run in running.items() if run.proc.poll() is not None]):
+            time.sleep(1.0)
+        for slot in done:
+            run = running.pop(slot)
+            if not run.finish():
+                failed.append(run_name(run.method, run.seed))
+    return failed
 
 
 def queued_job(path: str):
@@ -151,25 +211,20 @@ def submit(args, manifest: str, method: str, seed: int) -> str:
 
 def launch(args, manifest: str) -> list[str]:
     """Run or submit every unfinished run; returns the names of runs that failed (local)."""
-    failed = []
     pending = [(m, s) for s in args.seeds for m in args.methods
                if not is_complete(run_dir(args.output_dir, m, s), args.train_iters)]
     done = len(args.methods) * len(args.seeds) - len(pending)
     print(f"{done} of {done + len(pending)} runs already complete", flush=True)
-    for index, (method, seed) in enumerate(pending, 1):
-        path = run_dir(args.output_dir, method, seed)
-        if args.launcher == "local":
-            print(f"[{index}/{len(pending)}] training {run_name(method, seed)}", flush=True)
-            if not run_local(args, manifest, method, seed):
-                failed.append(run_name(method, seed))
+    if args.launcher == "local":
+        return run_local(args, manifest, pending)
+    for method, seed in pending:
+        job = queued_job(run_dir(args.output_dir, method, seed))
+        if job is None:
+            job = submit(args, manifest, method, seed)
+            print(f"submitted {run_name(method, seed)}: job {job}", flush=True)
         else:
-            job = queued_job(path)
-            if job is None:
-                job = submit(args, manifest, method, seed)
-                print(f"submitted {run_name(method, seed)}: job {job}", flush=True)
-            else:
-                print(f"{run_name(method, seed)}: job {job} is still queued or running", flush=True)
-    return failed
+            print(f"{run_name(method, seed)}: job {job} is still queued or running", flush=True)
+    return []
 
 
 def queued_runs(args) -> list[str]:
@@ -395,6 +450,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--extra-args", default="",
                         help='more pretrain flags for every run, one string: --extra-args="--flag value"')
     parser.add_argument("--launcher", choices=("local", "sbatch"), default="local")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="local: runs at a time, each on its own share of the GPUs (or CPU cores)")
     parser.add_argument("--sbatch-args", default="",
                         help='sbatch options for every job, one string: --sbatch-args="--nodes 2 --time 4:00:00"')
     parser.add_argument("--wait", action="store_true", help="with sbatch: wait for the jobs, then write the report")
@@ -404,6 +461,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--seeds is empty")
     if args.train_iters <= 0 or args.eval_interval <= 0:
         parser.error(f"--train-iters ({args.train_iters}) and --eval-interval ({args.eval_interval}) must be positive")
+    if args.parallel < 1 or (args.parallel > 1 and args.launcher != "local"):
+        parser.error(f"--parallel {args.parallel} must be a positive count, and above 1 only with --launcher local")
     if args.reference not in args.methods:
         parser.error(f"--reference {args.reference!r} is not among --methods {','.join(args.methods)}")
     args.output_dir = os.path.abspath(args.output_dir)

@@ -169,6 +169,54 @@ def test_end_to_end_builds_demo_data_compares_and_resumes(tmp_path):
     json.loads((tmp_path / "comparison_settings.json").read_text())
 
 
+def _load_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_schedulers_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# A stand-in for the example script: marks its start, waits (bounded) until both runs have
+# started -- which only happens if they run at the same time -- and records its slot.
+_BOTH_AT_ONCE = """#!/usr/bin/env bash
+mkdir -p "$OUTPUT_DIR/checkpoints"
+echo "${CUDA_VISIBLE_DEVICES:-}|${MASTER_PORT:-}|${OMP_NUM_THREADS:-}" > "$OUTPUT_DIR/slot"
+touch "$OUTPUT_DIR/started"
+for _ in $(seq 200); do
+  [[ $(ls "$OUTPUT_DIR"/../*/started 2>/dev/null | wc -l) -ge 2 ]] && break
+  sleep 0.05
+done
+[[ $(ls "$OUTPUT_DIR"/../*/started | wc -l) -ge 2 ]] || exit 7
+echo "$TRAIN_ITERS" > "$OUTPUT_DIR/checkpoints/latest_checkpointed_iteration.txt"
+"""
+
+
+@pytest.mark.parametrize("gpus", ["0,1,2,3", None], ids=["gpus", "cpu"])
+def test_parallel_runs_at_the_same_time_each_on_its_own_share(tmp_path, monkeypatch, gpus):
+    tool = _load_tool()
+    stub = tmp_path / "stub.sh"
+    stub.write_text(_BOTH_AT_ONCE)
+    monkeypatch.setattr(tool, "TRAIN_SCRIPT", str(stub))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    if gpus is None:
+        monkeypatch.setattr(tool, "visible_gpus", lambda: [])
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpus)
+    args = tool.parse_args(["--output-dir", str(tmp_path / "out"), "--methods", "static,hds", "--seeds", "1",
+                            "--train-iters", "3", "--eval-interval", "1", "--parallel", "2"])
+    assert tool.launch(args, "unused.json") == []  # a sequential launcher would fail both (exit 7)
+    slots = sorted((tmp_path / "out" / "runs" / f"{m}_seed1" / "slot").read_text().strip() for m in ("static", "hds"))
+    if gpus is None:
+        assert slots == [f"||{max(1, os.cpu_count() // 2)}"] * 2
+    else:
+        assert [s.split("|")[0] for s in slots] == ["0,1", "2,3"] and len({s.split("|")[1] for s in slots}) == 2
+    with pytest.raises(SystemExit, match="needs at least 8 GPUs"):
+        monkeypatch.setattr(tool, "visible_gpus", lambda: ["0", "1"])
+        tool.slot_environments(8)
+
+
 def test_bad_arguments_are_named(tmp_path):
     def error(*argv):
         proc = subprocess.run([sys.executable, TOOL, "--output-dir", str(tmp_path), *argv],
@@ -180,6 +228,9 @@ def test_bad_arguments_are_named(tmp_path):
     assert "must be positive" in error("--train-iters", "0", "--eval-interval", "4")
     assert "--reference 'hds' is not among" in error("--train-iters", "8", "--eval-interval", "4",
                                                      "--methods", "static,odm")
+    assert "--parallel 0 must be" in error("--train-iters", "8", "--eval-interval", "4", "--parallel", "0")
+    assert "only with --launcher local" in error("--train-iters", "8", "--eval-interval", "4", "--parallel", "2",
+                                                 "--launcher", "sbatch")
 
 
 def test_sbatch_launcher_submits_one_job_per_run_and_reports_after_waiting(slurm, demo_manifest, tmp_path):
