@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="x + attn(ln1(x)) + mlp(ln2(x)) (GPT-NeoX / Pythia)")
     g.add_argument("--disable-bias-linear", action="store_true", help="no biases in linear layers")
     g.add_argument("--transformer-impl", choices=["local", "transformer_engine"], default=None)
+    g.add_argument("--torch-compile", action="store_true", default=None,
+                   help="compile each transformer layer with torch.compile (fuses the elementwise work; "
+                        "the first steps pay the compilation)")
 
     g = parser.add_argument_group("parallelism")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
@@ -194,7 +197,7 @@ def tokenizer_vocab_size(data: DataConfig) -> int:
 def _model_config(args, vocab_size: int) -> ModelConfig:
     overrides = {dest: getattr(args, dest) for dest in _MODEL_FLAGS if getattr(args, dest) is not None}
     for dest in ("position_embedding_type", "normalization", "swiglu", "untie_embeddings_and_output_weights",
-                 "parallel_residual", "transformer_impl"):
+                 "parallel_residual", "transformer_impl", "torch_compile"):
         if getattr(args, dest) is not None:
             overrides[dest] = getattr(args, dest)
     if args.disable_bias_linear:

@@ -58,6 +58,7 @@ class ModelConfig:
     init_method_std: float = 0.02  # --init-method-std; output layers use std/sqrt(2*num_layers)
     make_vocab_size_divisible_by: int = 128  # --make-vocab-size-divisible-by (times TP)
     transformer_impl: str = "local"  # --transformer-impl {local,transformer_engine}
+    torch_compile: bool = False  # --torch-compile: each transformer layer through torch.compile (inductor)
 
     def __post_init__(self):
         for name in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "seq_length",
@@ -84,6 +85,9 @@ class ModelConfig:
         _choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
         _choice("normalization", self.normalization, NORMALIZATIONS)
         _choice("transformer_impl", self.transformer_impl, TRANSFORMER_IMPLS)
+        if self.torch_compile and self.transformer_impl != "local":
+            raise ValueError(f"torch_compile=True works with transformer_impl='local', not "
+                             f"{self.transformer_impl!r} (its fused modules are not compiled)")
         if not 0.0 < self.rotary_percent <= 1.0:
             raise ValueError(f"rotary_percent={self.rotary_percent!r} is invalid: expected a value in (0, 1]")
         if self.position_embedding_type == "rope" and self.rotary_dim % 2:

@@ -184,6 +184,9 @@ def main(argv=None) -> None:
                         help="timed steps, alternating with the plain GPT's (median per-step time is reported)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak per rank, overrides the table")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-PyTorch comparison")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="compile our transformer layers (--torch-compile) and the plain GPT (Module.compile); "
+                             "the warm-up steps pay the compilation")
     args = parser.parse_args(argv)
 
     if "WORLD_SIZE" in os.environ:
@@ -191,7 +194,7 @@ def main(argv=None) -> None:
     state = ParallelState.build(args.tp, args.pp, sequence_parallel=args.sequence_parallel)
     device, dtype = state.device, DTYPES[args.dtype]
     overrides = {"seq_length": args.seq_length} if args.seq_length else {}
-    config = model_preset(args.model, **overrides)
+    config = model_preset(args.model, torch_compile=args.torch_compile, **overrides)
     torch.manual_seed(0)
 
     model = GPTModel(config, state, seed=0, dtype=dtype)
@@ -208,6 +211,8 @@ def main(argv=None) -> None:
     if world == 1 and not args.no_plain:
         plain = PlainGPT(config, device, dtype)
         plain.load_state_dict(model.state_dict())
+        if args.torch_compile:
+            plain.compile()
 
         def plain_step():
             plain.zero_grad(set_to_none=True)
@@ -246,7 +251,8 @@ def main(argv=None) -> None:
 
     print(f"model {args.model}: {config.num_parameters(args.tp) / 1e6:.2f}M params, layers {config.num_layers}, "
           f"hidden {config.hidden_size}, seq {config.seq_length}; layout TP={args.tp} PP={args.pp} "
-          f"DP={state.dp_size}{' +SP' if state.sequence_parallel else ''}; micro-batch {args.micro_batch_size} x {args.num_micro_batches}; {args.dtype} on "
+          f"DP={state.dp_size}{' +SP' if state.sequence_parallel else ''}"
+          f"{'; torch.compile' if args.torch_compile else ''}; micro-batch {args.micro_batch_size} x {args.num_micro_batches}; {args.dtype} on "
           f"{device}; {torch.get_num_threads()} threads")
     print(f"peak {peak:.3f} TFLOP/s per rank ({peak_source}); {flops_per_step / 1e9:.3f} GFLOP per step; "
           f"median of {len(ours_times)} steps")

@@ -97,6 +97,11 @@ class GPTModel(nn.Module):
         self.layers = nn.ModuleDict({
             str(i): TransformerLayer(config, state, i, seed, self.rng_tracker, dtype)
             for i in state.layers_of_stage(config.num_layers)})
+        if config.torch_compile:
+            # In place (Module.compile): parameter names, hooks and checkpoints stay as in eager
+            # mode. The layers share their code, so one compiled graph serves them all.
+            for layer in self.layers.values():
+                layer.compile()
         self.final_layernorm = None
         self.output_layer = None
         if self.post_process:

@@ -152,6 +152,20 @@ def _parity_worker(tp: int, pp: int):
     return report
 
 
+def _compiled_worker():
+    """TP=2 with every layer compiled (--torch-compile), with and without sequence parallelism,
+    against the eager single-process reference."""
+    torch.set_num_threads(1)
+    state = ParallelState.build(2, 1)
+    report = {}
+    for name, sequence_parallel in (("gpt2", False), ("neox", False), ("neox", True)):
+        torch._dynamo.reset()  # one model's graphs at a time (the recompile limit counts them all)
+        layout = dataclasses.replace(state, sequence_parallel=sequence_parallel)
+        report[name + ("+sp" if sequence_parallel else "")] = _check_against_reference(
+            layout, ModelConfig(**CONFIGS[name], torch_compile=True), GLOBAL_BATCH, MICRO_BATCH)
+    return report
+
+
 def _deep_pipeline_worker():
     state = ParallelState.build(1, 4)
     config = ModelConfig(**dict(CONFIGS["gpt2"], num_layers=4))
@@ -174,3 +188,10 @@ def test_four_stage_pipeline_matches_single_process():
     reports = run_distributed(_deep_pipeline_worker, 4)
     for case in range(2):
         assert set().union(*(set(r[case][0]) for r in reports)) == set(reports[0][case][1])
+
+
+@pytest.mark.slow
+def test_compiled_layers_under_tensor_parallelism_match_single_process():
+    reports = run_distributed(_compiled_worker, 2)
+    for name in reports[0]:
+        assert set().union(*(set(r[name][0]) for r in reports)) == set(reports[0][name][1]), name

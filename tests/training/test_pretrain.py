@@ -88,6 +88,7 @@ def test_arguments_reject_bad_and_contradictory_flags(demo_manifest, capsys):
         (["--mixing", "uniform", "--mixing-weights", "1", "2"], "does not apply to --mixing uniform"),
         (["--hds-reward", "align,bogus"], "--hds-reward 'align,bogus' is invalid"),
         (["--num-attention-heads", "5"], "hidden_size=32 is not divisible by num_attention_heads=5"),
+        (["--torch-compile", "--transformer-impl", "transformer_engine"], "works with transformer_impl='local'"),
         (["--load", "/nonexistent/ckpt"], "/nonexistent/ckpt"),
         (["--downstream-eval-interval", "2"], "needs --downstream-eval-tasks"),
         (["--downstream-eval-tasks", "hellaswag", "--downstream-eval-interval", "1"], "it needs --save"),
@@ -107,6 +108,8 @@ def test_arguments_map_megatron_flags(demo_manifest):
     assert (config.optim.lr_decay_style, config.optim.min_lr) == ("linear", 1e-5)
     assert config.data.split == "90,5,5" and config.train.train_iters == 5
     assert config.downstream_eval.interval == 0  # off unless asked for
+    assert not config.model.torch_compile
+    assert parse_args(_argv(demo_manifest, "--train-iters", "5", "--torch-compile")).model.torch_compile
     hooked = parse_args(_argv(demo_manifest, "--train-iters", "5", "--save", "/tmp/x", "--downstream-eval-tasks", "arc_easy, piqa",
                               "--downstream-eval-interval", "3", "--downstream-eval-limit", "50")).downstream_eval
     assert (hooked.tasks, hooked.interval, hooked.limit, hooked.batch_size) == (("arc_easy", "piqa"), 3, 50, 8)
