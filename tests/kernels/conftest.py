@@ -1,7 +1,11 @@
-"""Fixtures of the kernel tests: one torch thread (small ops on 2 shared cores), and the
-Triton kernel modules, skipped where Triton cannot run (no CUDA and no interpreter)."""
+"""Fixtures of the kernel tests: one torch thread (small ops on 2 shared cores), the
+Triton kernel modules, skipped where Triton cannot run (no CUDA and no interpreter), and
+the compile-for-a-GPU check."""
 
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -43,3 +47,16 @@ def sketch():
 def device(norms):
     """Where the kernels run: CPU tensors under the interpreter, CUDA tensors when compiled."""
     return torch.device("cpu" if norms.INTERPRETED else "cuda")
+
+
+def compile_for_gpu_target(source: str) -> None:
+    """Run `source` (a script that triton.compile()s kernels for a GPU target) in a process
+    without TRITON_INTERPRET, so the real compiler sees the kernels; skip where this Triton
+    install has no ptxas."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, env=env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    if proc.returncode and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip("no ptxas in this Triton install")
+    assert proc.returncode == 0, proc.stderr[-3000:]

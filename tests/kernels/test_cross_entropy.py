@@ -9,8 +9,6 @@ over max abs value) < 1e-5, since everything accumulates in fp32. bf16 / fp16 gr
 rounded to the logits' dtype on output: < 1e-2 / 1e-3. Token counts must be exact.
 """
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,6 +18,7 @@ import kernels
 from kernels import dispatch, reference
 from megatron_hds.parallel.cross_entropy import vocab_parallel_cross_entropy
 from tests.distributed import run_distributed
+from tests.kernels.conftest import compile_for_gpu_target
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 REL = 1e-5
@@ -302,13 +301,7 @@ for fn, signature, constants in cases:
 def test_kernels_compile_for_a_gpu_target():
     """The interpreter accepts code the compiler rejects: compile all three kernels to sm_90
     cubin (no GPU needed), so a type error in the compiled path shows up here."""
-    pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env,
-                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    if proc.returncode and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
-        pytest.skip("no ptxas in this Triton install")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    compile_for_gpu_target(_COMPILE)
 
 
 # --- GPU --------------------------------------------------------------------------------

@@ -6,9 +6,6 @@ and signs of the probe's table (megatron_hds/mixing/signals.py) bit for bit, so 
 sketches of the two paths agree to fp32 summation order: relative error < 1e-6 against a
 float64 sketch built from the table.
 """
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,6 +14,7 @@ import kernels
 from kernels import reference
 from megatron_hds.mixing.signals import count_sketch_hash, global_flat_index, name_key, shard_placement
 from megatron_hds.parallel.layers import mark_tensor_parallel
+from tests.kernels.conftest import compile_for_gpu_target
 
 REL = 1e-6
 KEYS = (0, 12345, -7, name_key(0, "layers.5.mlp.dense_4h_to_h.weight"), (1 << 63) - 1)
@@ -106,13 +104,7 @@ for key_type in ("u64", "i64", "i32"):  # how Triton types a key above 2**63, be
 @pytest.mark.slow
 def test_kernel_compiles_for_a_gpu_target():
     """The uint64 hash arithmetic must also pass the compiler (sm_90 cubin, no GPU needed)."""
-    pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env,
-                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    if proc.returncode and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
-        pytest.skip("no ptxas in this Triton install")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    compile_for_gpu_target(_COMPILE)
 
 
 @pytest.mark.gpu
