@@ -54,6 +54,16 @@ def _float_or_none(text: str) -> Optional[float]:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
+def _weight(text: str):
+    """One --mixing-weights entry: a number, or the word 'uniform' (alone: 1/D each)."""
+    if text.strip().lower() == "uniform":
+        return "uniform"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'uniform', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m megatron_hds.training.pretrain",
@@ -139,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = parser.add_argument_group("data mixing")
     g.add_argument("--mixing", choices=MIXING_METHODS, default="static")
-    g.add_argument("--mixing-weights", type=float, nargs="+", default=None)
+    g.add_argument("--mixing-weights", type=_weight, nargs="+", default=None,
+                   help="the static weights, or where a learning scheduler starts: one number per domain, "
+                        "or 'uniform' (default: the natural token shares)")
     g.add_argument("--mixing-weight-floor", type=float, default=0.0)
     g.add_argument("--mixing-batch-layout", choices=BATCH_LAYOUTS, default="single_domain")
     g.add_argument("--mixing-update-interval", type=int, default=1)
@@ -272,7 +284,8 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     )
     mixing = MixingConfig(
         method=args.mixing,
-        weights=args.mixing_weights,
+        weights=("uniform" if args.mixing_weights and "uniform" in args.mixing_weights
+                 and len(args.mixing_weights) == 1 else args.mixing_weights),
         weight_floor=args.mixing_weight_floor,
         batch_layout=args.mixing_batch_layout,
         update_interval=args.mixing_update_interval,

@@ -260,7 +260,7 @@ class MixingConfig:
     """How domain weights are chosen each step (the scheduler) and how batches are laid out."""
 
     method: str = "static"  # --mixing {static,uniform,odm,acodm,hds}
-    weights: Optional[list] = None  # --mixing-weights: the static weights, or the start of a learning scheduler
+    weights: Optional[list | str] = None  # --mixing-weights: static weights / a learning scheduler's start; or "uniform"
     weight_floor: float = 0.0  # --mixing-weight-floor: the sampler keeps every domain at least this weight
     batch_layout: str = "single_domain"  # --mixing-batch-layout {single_domain,hds,mixed}
     update_interval: int = 1  # --mixing-update-interval: learning schedulers act every this many steps
@@ -313,8 +313,13 @@ class MixingConfig:
         if self.weights is not None:
             if self.method == "uniform":
                 raise ValueError("--mixing-weights does not apply to --mixing uniform")
-            if any(not w >= 0 for w in self.weights) or not sum(self.weights) > 0:
-                raise ValueError(f"mixing weights {self.weights} are invalid: expected non-negative, positive sum")
+            if isinstance(self.weights, str) and self.weights != "uniform":
+                raise ValueError(f"--mixing-weights {self.weights!r} is invalid: expected numbers or 'uniform'")
+            if not isinstance(self.weights, str) and (
+                    any(not isinstance(w, (int, float)) or not w >= 0 for w in self.weights)
+                    or not sum(self.weights) > 0):
+                raise ValueError(f"--mixing-weights {' '.join(map(str, self.weights))} is invalid: expected "
+                                 "non-negative numbers with a positive sum, or the word 'uniform' alone")
 
 
 @dataclass

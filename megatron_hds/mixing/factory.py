@@ -16,8 +16,9 @@ LEARNING_METHODS = ("hds", "acodm")
 def build_scheduler(mixing: MixingConfig, natural_weights, num_matrices: int, train_iters: int, seq_length: int):
     """The scheduler for MixingConfig.method, starting from the natural (or given) weights."""
     num_domains = len(natural_weights)
-    start = normalized(mixing.weights if mixing.weights is not None else natural_weights, num_domains,
-                       "--mixing-weights" if mixing.weights is not None else "natural weights")
+    given = np.ones(num_domains) if mixing.weights == "uniform" else mixing.weights
+    start = normalized(given if given is not None else natural_weights, num_domains,
+                       "--mixing-weights" if given is not None else "natural weights")
     if mixing.method == "uniform":
         return StaticScheduler(np.full(num_domains, 1.0 / num_domains), name="uniform")
     if mixing.method == "static":

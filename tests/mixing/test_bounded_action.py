@@ -147,6 +147,18 @@ def test_factory_centres_a_bounded_agent_on_the_initial_weights(method):
     assert free.agent.action_map.bound is None and np.all(free.agent.action_map.center == 0)
 
 
+@pytest.mark.parametrize("method", ["hds", "acodm", "odm", "static"])
+def test_mixing_weights_uniform_starts_every_scheduler_at_one_over_d(method):
+    natural = [0.5, 0.2, 0.2, 0.1]
+    scheduler = build_scheduler(MixingConfig(method=method, weights="uniform"), natural, num_matrices=2,
+                                train_iters=50, seq_length=64)
+    np.testing.assert_allclose(scheduler.initial_weights(), 0.25, rtol=1e-12)
+    if method in ("hds", "acodm"):  # and the bounded action is centred there
+        np.testing.assert_allclose(scheduler.agent.action_map.weights(np.zeros(4)), 0.25, rtol=1e-12)
+    with pytest.raises(ValueError, match="'uniform' alone"):
+        MixingConfig(method=method, weights=[1.0, "uniform"])
+
+
 def test_flag_parses_a_number_or_none():
     parse = build_parser().parse_args
     base = ["--data-manifest", "unused.json", "--mixing", "hds", "--global-batch-size", "8", "--train-iters", "5"]

@@ -86,6 +86,8 @@ def test_arguments_reject_bad_and_contradictory_flags(demo_manifest, capsys):
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["--data-path", "x"], "exactly one of --data-manifest and --data-path"),
         (["--mixing", "uniform", "--mixing-weights", "1", "2"], "does not apply to --mixing uniform"),
+        (["--mixing-weights", "1", "heavy"], "expected a number or 'uniform', got 'heavy'"),
+        (["--mixing", "hds", "--mixing-weights", "1", "uniform"], "or the word 'uniform' alone"),
         (["--hds-reward", "align,bogus"], "--hds-reward 'align,bogus' is invalid"),
         (["--num-attention-heads", "5"], "hidden_size=32 is not divisible by num_attention_heads=5"),
         (["--torch-compile", "--transformer-impl", "transformer_engine"], "works with transformer_impl='local'"),
@@ -109,6 +111,8 @@ def test_arguments_map_megatron_flags(demo_manifest):
     assert config.data.split == "90,5,5" and config.train.train_iters == 5
     assert config.downstream_eval.interval == 0  # off unless asked for
     assert not config.model.torch_compile
+    assert parse_args(_argv(demo_manifest, "--train-iters", "5", "--mixing", "hds", "--mixing-weights",
+                            "uniform")).mixing.weights == "uniform"
     assert parse_args(_argv(demo_manifest, "--train-iters", "5", "--torch-compile")).model.torch_compile
     hooked = parse_args(_argv(demo_manifest, "--train-iters", "5", "--save", "/tmp/x", "--downstream-eval-tasks", "arc_easy, piqa",
                               "--downstream-eval-interval", "3", "--downstream-eval-limit", "50")).downstream_eval
