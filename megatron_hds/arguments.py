@@ -284,8 +284,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     )
     mixing = MixingConfig(
         method=args.mixing,
-        weights=("uniform" if args.mixing_weights and "uniform" in args.mixing_weights
-                 and len(args.mixing_weights) == 1 else args.mixing_weights),
+        weights="uniform" if args.mixing_weights == ["uniform"] else args.mixing_weights,
         weight_floor=args.mixing_weight_floor,
         batch_layout=args.mixing_batch_layout,
         update_interval=args.mixing_update_interval,
