@@ -5,6 +5,12 @@ parallelism splits the last (hidden) dimension; sequence parallelism splits the
 first (seq) dimension. Each collective is a small autograd Function whose backward
 is the adjoint collective. A None group or a group of one rank makes every
 function the identity (single-process runs).
+
+Under torch.compile (``--torch-compile``) the collectives are the functional,
+out-of-place ones that dynamo traces as graph ops. The in-place c10d calls used in
+eager mode are also traced, but through torch 2.11 the traced graph dropped the
+autograd edge of a Function whose forward ran one: the loss was right and every
+gradient behind the collective was zero (tests/parallel/test_parity.py -k compiled).
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as functional
 
 
 def group_size(group: Optional[dist.ProcessGroup]) -> int:
@@ -22,9 +29,16 @@ def group_rank(group: Optional[dist.ProcessGroup]) -> int:
     return 0 if group is None else dist.get_rank(group)
 
 
+def _tracing() -> bool:
+    """True while torch.compile traces the caller (functional collectives are needed)."""
+    return torch.compiler.is_compiling()
+
+
 def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
     if group_size(group) == 1:
         return x
+    if _tracing():
+        return functional.wait_tensor(functional.all_reduce(x.contiguous(), "sum", group))
     x = x.contiguous().clone()
     dist.all_reduce(x, group=group)
     return x
@@ -41,6 +55,8 @@ def _gather_last(x: torch.Tensor, group) -> torch.Tensor:
     size = group_size(group)
     if size == 1:
         return x
+    if _tracing():
+        return functional.wait_tensor(functional.all_gather_tensor(x.contiguous(), x.dim() - 1, group))
     parts = [torch.empty_like(x) for _ in range(size)]
     dist.all_gather(parts, x.contiguous(), group=group)
     return torch.cat(parts, dim=-1)
@@ -56,12 +72,16 @@ def _split_first(x: torch.Tensor, group) -> torch.Tensor:
 
 
 def _gather_first(x: torch.Tensor, group) -> torch.Tensor:
+    if _tracing():
+        return functional.wait_tensor(functional.all_gather_tensor(x.contiguous(), 0, group))
     out = torch.empty((x.shape[0] * group_size(group), *x.shape[1:]), dtype=x.dtype, device=x.device)
     _all_gather_single(out, x.contiguous(), group=group)
     return out
 
 
 def _reduce_scatter_first(x: torch.Tensor, group) -> torch.Tensor:
+    if _tracing():
+        return functional.wait_tensor(functional.reduce_scatter_tensor(x.contiguous(), "sum", 0, group))
     out = torch.empty((x.shape[0] // group_size(group), *x.shape[1:]), dtype=x.dtype, device=x.device)
     _reduce_scatter_single(out, x.contiguous(), group=group)
     return out
