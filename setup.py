@@ -41,12 +41,12 @@ setup(
     ext_modules=[Extension("megatron_hds.data._mtld", ["megatron_hds/data/_mtld.c"], extra_compile_args=["-O3"])],
     cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.6",  # the oldest release the suite passes on (README, "Tested versions")
         "numpy>=1.24",
         "sentencepiece>=0.1.99",
         "zstandard>=0.21",
         "tqdm>=4.60",
-        "triton>=2.1; platform_system == 'Linux'",
+        "triton>=3.2; platform_system == 'Linux'",  # torch 2.6 ships 3.2; older interpreters compute the kernels wrongly
     ],
     entry_points={"console_scripts": ["megatron-hds-pretrain = megatron_hds.training.pretrain:main"]},
     extras_require={

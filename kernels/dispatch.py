@@ -27,13 +27,34 @@ def _interpret_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
+def _version(text: str) -> Tuple[int, int]:
+    major, minor = (text.split(".") + ["0"])[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def _interpreter_problem() -> str:
+    """Why Triton's CPU interpreter cannot run these kernels correctly here ('' when it can).
+    Found by running tests/kernels under each Triton release (README, "Tested versions")."""
+    import numpy
+    from importlib.metadata import version
+
+    triton_version = version("triton")
+    if _version(triton_version) < (3, 2):
+        return f"Triton {triton_version}'s interpreter computes these kernels wrongly; install triton>=3.2"
+    if _version(triton_version) < (3, 7) and _version(numpy.__version__) >= (2, 4):
+        return (f"Triton {triton_version}'s interpreter fails with numpy {numpy.__version__} (it converts "
+                "1-element arrays to ints); install numpy<2.4 or triton>=3.7")
+    return ""
+
+
 @functools.lru_cache(maxsize=None)
 def _triton_probe() -> tuple:
     """(usable, device type it runs on or None, reason when unusable). Probed once per process."""
     if importlib.util.find_spec("triton") is None:
         return False, None, "the triton package is not installed"
     if _interpret_requested():
-        return True, "cpu", ""
+        problem = _interpreter_problem()
+        return not problem, None if problem else "cpu", problem
     if torch.cuda.is_available():
         return True, "cuda", ""
     return False, None, "no CUDA device is visible and TRITON_INTERPRET=1 was not set before kernels/ was imported"

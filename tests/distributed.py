@@ -10,6 +10,7 @@ return value is the list of each rank's return value (which must be picklable).
 """
 from __future__ import annotations
 
+import pickle
 import queue
 import socket
 import sys
@@ -55,7 +56,10 @@ def _worker(rank: int, world_size: int, port: int, backend: str, results, fn, ar
         if backend == "nccl":
             torch.cuda.set_device(rank)
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-        results.put((rank, True, fn(*args)))
+        # Pickled by value here: a tensor put on the queue as is travels as a shared-memory file
+        # descriptor that the parent can only open while this process is alive, and ranks exit
+        # right after (seen as "Connection reset by peer" under load).
+        results.put((rank, True, pickle.dumps(fn(*args))))
     except BaseException:
         results.put((rank, False, traceback.format_exc()))
     finally:
@@ -78,7 +82,7 @@ def run_distributed(fn, world_size: int, *args, backend: str = "gloo", timeout: 
         for _ in range(world_size):
             rank, ok, value = results.get(timeout=wait)
             if ok:
-                outcome[rank] = value
+                outcome[rank] = pickle.loads(value)
             else:
                 failures.append((rank, value))
                 # Peers blocked in a collective with the failed rank may fail soon after (or hang):

@@ -14,6 +14,7 @@ import torch
 
 import kernels
 from kernels import dispatch, reference
+from tests.kernels.conftest import compile_for_gpu_target
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SHAPES = ((1,), (7,), (1023,), (4097,), (0,), (33, 65), (3, 5, 7), (2, 0, 3), ())
@@ -149,12 +150,56 @@ def test_dispatch_forced_triton_without_triton_errors(monkeypatch):
     assert kernels.available_backends() == ["torch"]
 
 
+@pytest.mark.parametrize("triton_version,numpy_version,problem", [
+    ("3.1.0", "1.26.4", "interpreter computes these kernels wrongly; install triton>=3.2"),
+    ("3.6.0", "2.4.6", "fails with numpy 2.4.6 (it converts 1-element arrays to ints); install numpy<2.4"),
+    ("3.6.0", "2.3.5", ""),
+    ("3.7.1", "2.4.6", ""),
+    ("3.10.0rc1", "3.0.0", ""),
+])
+def test_interpreter_refused_where_it_computes_wrongly(triton_version, numpy_version, problem, monkeypatch):
+    """Older interpreters gave garbage (3.0, 3.1) or crashed under numpy 2.4 (up to 3.6) when the
+    suite ran against them; the probe names the fix instead of running them."""
+    import importlib.metadata
+
+    import numpy
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: {"triton": triton_version}[name])
+    monkeypatch.setattr(numpy, "__version__", numpy_version)
+    got = dispatch._interpreter_problem()
+    assert (problem in got and got.startswith(f"Triton {triton_version}'s")) if problem else got == ""
+
+
 def test_importing_kernels_does_not_import_triton():
     code = ("import sys, torch, kernels; kernels.multi_tensor_sum_of_squares([torch.ones(3)]); "
             "assert 'triton' not in sys.modules, 'triton imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path), "MEGATRON_HDS_KERNELS": ""})
     assert proc.returncode == 0, proc.stderr
+
+
+_COMPILE = """
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from kernels import norms
+assert not norms.INTERPRETED
+tables = {"ptr_table": "*i64", "sizes": "*i64", "block_tensor": "*i64", "block_start": "*i64", "partials": "*fp32",
+          "first_block": "i32", "DTYPE": "constexpr", "BLOCK": "constexpr", "ITERS": "constexpr"}
+for dtype in (tl.float32, tl.bfloat16, tl.float16):
+    triton.compile(ASTSource(norms._chunk_sumsq_kernel, tables, {"DTYPE": dtype, "BLOCK": 1024, "ITERS": 8}),
+                   target=GPUTarget("cuda", 90, 32))
+segments = {"partials": "*fp32", "seg_start": "*i64", "seg_stop": "*i64", "out": "*fp32", "BLOCK": "constexpr"}
+triton.compile(ASTSource(norms._segment_sum_kernel, segments, {"BLOCK": 256}), target=GPUTarget("cuda", 90, 32))
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_a_gpu_target():
+    """The pointer table (int64 addresses cast to typed pointers) must pass the real compiler,
+    not only the interpreter: sm_90 cubin for each dtype, no GPU needed."""
+    compile_for_gpu_target(_COMPILE)
 
 
 @pytest.mark.gpu

@@ -4,10 +4,8 @@ save/load with gloo, and the pre-emption signal handler."""
 import os
 import random
 import signal
-import socket
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -15,32 +13,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_hds.training import checkpointing as ckpt
-
-
-# Minimal stand-in for tests/distributed.py (the shared helper): spawn N gloo ranks on a
-# free port and always tear the process group down.
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _dist_entry(rank, world_size, port, fn, args):
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        fn(rank, world_size, *args)
-    finally:
-        dist.destroy_process_group()
-
-
-def run_distributed(fn, world_size, *args):
-    torch.multiprocessing.spawn(_dist_entry, args=(world_size, _free_port(), fn, args), nprocs=world_size, join=True)
+from tests.distributed import run_distributed
 
 
 @dataclass
@@ -295,7 +268,8 @@ def _agree_checks(rank):
         assert ckpt.agree(False, group) is False
 
 
-def _multi_rank_worker(rank, world_size, root):
+def _multi_rank_worker(root):
+    rank = dist.get_rank()
     _layout_checks(rank, root)
     _agree_checks(rank)
 
