@@ -118,12 +118,37 @@ def _check_model_holds_only_its_shards(state):
     assert qkv.shape == (3 * 32 // state.tp_size, 32)
 
 
+def _check_compiled_collectives_equal_eager(state):
+    """The functional collectives the mappings use while torch.compile traces (mappings.py says
+    why) compute what the eager in-place ones do, forward and backward, for every mapping."""
+    from megatron_hds.parallel import mappings
+
+    group, original = state.tp_group, mappings._tracing
+    x = torch.randn(4, 3, 6, generator=torch.Generator().manual_seed(state.tp_rank))
+    try:
+        for fn in (mappings.copy_to_tp, mappings.reduce_from_tp, mappings.scatter_to_tp, mappings.gather_from_tp,
+                   mappings.scatter_to_sequence, mappings.gather_from_sequence,
+                   mappings.reduce_scatter_to_sequence):
+            results = []
+            for tracing in (False, True):
+                mappings._tracing = lambda tracing=tracing: tracing
+                leaf = x.clone().requires_grad_()
+                out = fn(leaf, group)
+                (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+                results.append((out.detach(), leaf.grad))
+            for eager, functional in zip(*results):
+                assert torch.equal(eager, functional), fn.__name__
+    finally:
+        mappings._tracing = original
+
+
 def _tp2_worker():
     state = ParallelState.build(tensor_model_parallel_size=2)
     _check_cross_entropy(state)
     _check_layers(state)
     _check_model_holds_only_its_shards(state)
     _check_dropout_consistency(state)
+    _check_compiled_collectives_equal_eager(state)
     return True
 
 
