@@ -288,6 +288,10 @@ class Trainer:
         sums = domain_sums.double()  # combined over ranks in float64
         # The probes' sketches and the weight norms share the loss sums' all-reduce: one
         # collective per step for every signal.
+        if state.device.type != "cpu":
+            # Let the optimizer's kernels finish first, so that the scheduler's logged time does not
+            # absorb them; the signals' first copy to the host would wait for them anyway.
+            torch.get_device_module(state.device).synchronize(state.device)
         signals_start = time.perf_counter()
         shares = []
         if self.probe is not None and self.probe.mode == "sketch":

@@ -29,6 +29,12 @@ def triton_module(name: str):
     return importlib.import_module(f"kernels.{name}")
 
 
+def backends_for_cpu_tensors() -> list:
+    """Backends a test on CPU tensors can force: torch, and Triton only under the interpreter
+    (on a GPU machine the compiled kernels take CUDA tensors only)."""
+    return ["torch", "triton"] if kernels.dispatch._triton_probe()[1] == "cpu" else ["torch"]
+
+
 @pytest.fixture
 def norms():
     return triton_module("norms")

@@ -35,6 +35,8 @@ def test_bench_scheduler_training_part_with_the_overlapped_update(demo_manifest,
     assert "agent update (worker thread)" in out and "wait for overlapped update" in out
     methods = json.loads((tmp_path / "b.json").read_text())["part_a"]["methods"]
     assert set(methods) == {"static", "hds", "hds-overlap"}
+    # Timed steps alternate: the parts' device syncs stay out of the step times.
+    assert all((m["plain_steps"], m["instrumented_steps"]) == (2, 1) for m in methods.values())
     # The overlapped update is not inside observe(): the synchronous one is.
     assert "agent update" in methods["hds"]["parts_ms_median"]
     assert "agent update" not in methods["hds-overlap"]["parts_ms_median"]

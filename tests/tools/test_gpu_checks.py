@@ -22,3 +22,18 @@ def test_without_cuda_it_writes_a_summary_and_exits_3(tmp_path):
     summary = (tmp_path / "summary.txt").read_text()
     assert f"torch {torch.__version__}" in summary and "no CUDA device visible" in summary
     assert sorted(os.listdir(tmp_path)) == ["summary.txt"]  # no check ran
+
+
+def test_a_missing_dependency_is_named_and_exits_4(tmp_path):
+    """The GPU image lacks zstandard: without it pytest would stop at collection, so the script
+    names what is missing before running anything."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['zstandard'] = None  # find_spec -> None\n")
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, PYTHONPATH=str(hide))
+    proc = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    summary = (out / "summary.txt").read_text()
+    assert "missing: zstandard (carry the wheels and set WHEELS=.whl)" in summary
+    assert sorted(os.listdir(out)) == ["summary.txt"]
