@@ -8,7 +8,7 @@ function the identity (single-process runs).
 
 Under torch.compile (``--torch-compile``) the collectives are the functional,
 out-of-place ones that dynamo traces as graph ops. The in-place c10d calls used in
-eager mode are also traced, but through torch 2.11 the traced graph dropped the
+eager mode are also traced, but under torch 2.11 (not 2.6 or 2.13) the graph dropped the
 autograd edge of a Function whose forward ran one: the loss was right and every
 gradient behind the collective was zero (tests/parallel/test_parity.py -k compiled).
 """
