@@ -262,12 +262,71 @@ def from_hf_state_dict(hf_state: StateDict, config: ModelConfig) -> StateDict:
 # --------------------------------------------------------------------------- tokenizer
 
 
+# Texts every exported tokenizer must encode exactly as our SentencePiece tokenizer does: double
+# and leading spaces (the dummy prefix), newlines and tabs (user-defined pieces), digits, and
+# characters outside the vocabulary (byte fallback).
+_TOKENIZER_PROBES = ("Hello  world\n\tindented 12345", " leading space", "trailing  ", "a\n\nb\t\tc",
+                     "ünïcödé ☃ text", "x")
+
+
+def _set_sentencepiece_pipeline(backend, proto) -> None:
+    """Give `backend` (a tokenizers.Tokenizer holding the SentencePiece model's vocabulary) the
+    normalizer, pre-tokenizer and decoder that SentencePiece's own settings imply. transformers
+    builds them too, but releases before 5.24 left out the dummy prefix and the user-defined
+    pieces (the export then tokenised differently, silently); set here they do not depend on it."""
+    import re
+
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers
+
+    spec = proto.normalizer_spec
+    steps = [normalizers.Precompiled(spec.precompiled_charsmap)] if spec.precompiled_charsmap else []
+    if spec.remove_extra_whitespaces:  # spaces only: SentencePiece keeps newlines and tabs
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if spec.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", "\u2581"))
+    if spec.add_dummy_prefix:
+        # SentencePiece adds the prefix even before a leading space; Metaspace would not.
+        steps.append(normalizers.Replace(Regex("\\A\u2581"), "\u2581\u2581"))
+    backend.normalizer = normalizers.Sequence(steps)
+    splits = [pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=False)] \
+        if spec.add_dummy_prefix else []
+    user_defined = [piece.piece for piece in proto.pieces if piece.type == 4]
+    if user_defined:  # emitted whole, never merged with their neighbours
+        splits.append(pre_tokenizers.Split(Regex("|".join(re.escape(p) for p in user_defined)), "isolated"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(splits)
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if spec.add_dummy_prefix:
+        steps.append(decoders.Strip(" ", 1, 0))
+    backend.decoder = decoders.Sequence(steps)
+
+
+def _sentencepiece_model(proto):
+    """A tokenizers.Tokenizer with the SentencePiece model's vocabulary (unigram: pieces and scores;
+    BPE: merges ranked as SentencePiece applies them, by the merged piece's score, then its id),
+    or None for other model types."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE, Unigram
+
+    spec = proto.trainer_spec
+    if spec.model_type == 1:
+        return Tokenizer(Unigram([(p.piece, p.score) for p in proto.pieces], spec.unk_id, spec.byte_fallback))
+    if spec.model_type != 2:
+        return None
+    normal = {p.piece: (p.score, i) for i, p in enumerate(proto.pieces) if p.type == 1}
+    ranked = sorted((-score, i, piece[:k], piece[k:]) for piece, (score, i) in normal.items()
+                    for k in range(1, len(piece)) if piece[:k] in normal and piece[k:] in normal)
+    return Tokenizer(BPE({p.piece: i for i, p in enumerate(proto.pieces)}, [(a, b) for _, _, a, b in ranked],
+                         unk_token=proto.pieces[spec.unk_id].piece, fuse_unk=True, byte_fallback=spec.byte_fallback))
+
+
 def save_hf_tokenizer(sp_model: str, tokenizer_type: str, out_dir: str) -> dict:
     """Write tokenizer.json/tokenizer_config.json (and a copy of the SentencePiece model) that
-    encode text as our tokenizer does; returns the special token ids for the model config."""
+    encode text as our tokenizer does; returns the special token ids for the model config.
+    Checks that they do (on _TOKENIZER_PROBES) and raises, writing nothing, when not."""
+    import transformers
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
+    from transformers.convert_slow_tokenizer import import_protobuf
 
     from megatron_hds.data.tokenizer import build_tokenizer
 
@@ -279,17 +338,22 @@ def save_hf_tokenizer(sp_model: str, tokenizer_type: str, out_dir: str) -> dict:
     with open(sp_model, "rb") as f:
         proto.ParseFromString(f.read())
     pieces = [(p.piece, p.score) for p in proto.pieces]
-    vocab = pieces if proto.trainer_spec.model_type == 1 else {p: i for i, (p, _) in enumerate(pieces)}
-    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+    backend = _sentencepiece_model(proto)
     if backend is None:
         raise ValueError(f"SentencePiece model {sp_model} (model_type {proto.trainer_spec.model_type}) cannot be "
                          "converted: unigram and BPE models can")
+    _set_sentencepiece_pipeline(backend, proto)
     special = {name: (pieces[i][0], i) for name, i in (("bos", ours.bos), ("eos", ours.eos), ("unk", 0),
                                                        ("pad", ours.pad)) if i is not None and i >= 0}
     if tokenizer_type == "Llama2Tokenizer":  # Megatron's Llama2Tokenizer prepends BOS to every text
         bos, bos_id = special["bos"]
         backend.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+    for text in _TOKENIZER_PROBES:
+        if backend.encode(text).ids != ours.tokenize(text):
+            raise ValueError(f"the Hugging Face tokenizer built by transformers {transformers.__version__} encodes "
+                             f"{text!r} as {backend.encode(text).ids}, ours as {ours.tokenize(text)}: not exported "
+                             "(a SentencePiece setting this export does not reproduce)")
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=int(1e30),
                                         **{f"{name}_token": piece for name, (piece, _) in special.items()})
     tokenizer.save_pretrained(out_dir)
