@@ -323,7 +323,6 @@ def save_hf_tokenizer(sp_model: str, tokenizer_type: str, out_dir: str) -> dict:
     """Write tokenizer.json/tokenizer_config.json (and a copy of the SentencePiece model) that
     encode text as our tokenizer does; returns the special token ids for the model config.
     Checks that they do (on _TOKENIZER_PROBES) and raises, writing nothing, when not."""
-    import transformers
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import import_protobuf
@@ -351,9 +350,9 @@ def save_hf_tokenizer(sp_model: str, tokenizer_type: str, out_dir: str) -> dict:
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
     for text in _TOKENIZER_PROBES:
         if backend.encode(text).ids != ours.tokenize(text):
-            raise ValueError(f"the Hugging Face tokenizer built by transformers {transformers.__version__} encodes "
-                             f"{text!r} as {backend.encode(text).ids}, ours as {ours.tokenize(text)}: not exported "
-                             "(a SentencePiece setting this export does not reproduce)")
+            raise ValueError(f"the Hugging Face tokenizer built from {sp_model} encodes {text!r} as "
+                             f"{backend.encode(text).ids}, ours as {ours.tokenize(text)}: not exported (the model "
+                             "has a SentencePiece setting this export does not reproduce)")
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=int(1e30),
                                         **{f"{name}_token": piece for name, (piece, _) in special.items()})
     tokenizer.save_pretrained(out_dir)
