@@ -17,6 +17,8 @@ from megatron_hds.config import (
     BATCH_LAYOUTS,
     MIXING_METHODS,
     MODEL_PRESETS,
+    RECOMPUTE_GRANULARITIES,
+    RECOMPUTE_METHODS,
     DataConfig,
     DownstreamEvalConfig,
     MixingConfig,
@@ -41,6 +43,7 @@ _MODEL_FLAGS = {
     "attention_dropout": float,
     "hidden_dropout": float,
     "make_vocab_size_divisible_by": int,
+    "recompute_num_layers": int,
 }
 
 
@@ -86,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--torch-compile", action="store_true", default=None,
                    help="compile each transformer layer with torch.compile (fuses the elementwise work; "
                         "the first steps pay the compilation)")
+    g.add_argument("--recompute-activations", action="store_true",
+                   help="selective activation recompute: same as --recompute-granularity selective")
+    g.add_argument("--recompute-granularity", choices=list(RECOMPUTE_GRANULARITIES), default=None,
+                   help="full: recompute whole layers (see --recompute-method); selective: the attention core")
+    g.add_argument("--recompute-method", choices=list(RECOMPUTE_METHODS), default=None,
+                   help="with full: uniform (chunks of --recompute-num-layers layers) or block (the first "
+                        "--recompute-num-layers layers of each pipeline stage)")
 
     g = parser.add_argument_group("parallelism")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
@@ -214,6 +224,14 @@ def _model_config(args, vocab_size: int) -> ModelConfig:
             overrides[dest] = getattr(args, dest)
     if args.disable_bias_linear:
         overrides["add_bias_linear"] = False
+    if args.recompute_activations:
+        if args.recompute_granularity not in (None, "selective"):
+            raise ValueError(f"--recompute-activations means --recompute-granularity selective, not "
+                             f"{args.recompute_granularity!r}: give one of the two")
+        overrides["recompute_granularity"] = "selective"
+    for dest in ("recompute_granularity", "recompute_method"):
+        if getattr(args, dest) is not None:
+            overrides[dest] = getattr(args, dest)
     overrides["vocab_size"] = vocab_size
     if args.model is not None:
         return model_preset(args.model, **overrides)

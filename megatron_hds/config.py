@@ -16,6 +16,8 @@ from typing import Optional
 POSITION_EMBEDDING_TYPES = ("learned_absolute", "rope")
 NORMALIZATIONS = ("LayerNorm", "RMSNorm")
 TRANSFORMER_IMPLS = ("local", "transformer_engine")
+RECOMPUTE_GRANULARITIES = ("full", "selective")
+RECOMPUTE_METHODS = ("uniform", "block")
 
 
 def _positive(name: str, value) -> None:
@@ -59,6 +61,15 @@ class ModelConfig:
     make_vocab_size_divisible_by: int = 128  # --make-vocab-size-divisible-by (times TP)
     transformer_impl: str = "local"  # --transformer-impl {local,transformer_engine}
     torch_compile: bool = False  # --torch-compile: each transformer layer through torch.compile (inductor)
+    # Activation recompute (Megatron's flags): keep fewer activations, recompute them in backward.
+    # "full": whole layers, chosen by recompute_method; "selective" (--recompute-activations): the
+    # attention core only (softmax(QK^T) V with its dropout).
+    recompute_granularity: Optional[str] = None  # --recompute-granularity {full,selective}
+    # --recompute-method with "full": "uniform" checkpoints chunks of recompute_num_layers layers
+    # (the input of each chunk is kept); "block" checkpoints the first recompute_num_layers layers
+    # of each pipeline stage one by one and keeps the rest
+    recompute_method: Optional[str] = None
+    recompute_num_layers: Optional[int] = None  # --recompute-num-layers (default 1 with "full")
 
     def __post_init__(self):
         for name in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "seq_length",
@@ -100,6 +111,35 @@ class ModelConfig:
             raise ValueError(f"init_method_std={self.init_method_std!r} is invalid: expected a positive float")
         if not self.norm_epsilon > 0:
             raise ValueError(f"norm_epsilon={self.norm_epsilon!r} is invalid: expected a positive float")
+        self._check_recompute()
+
+    def _check_recompute(self) -> None:
+        if self.recompute_granularity is None:
+            if self.recompute_method is not None or self.recompute_num_layers is not None:
+                raise ValueError(
+                    f"recompute_method={self.recompute_method!r} and recompute_num_layers="
+                    f"{self.recompute_num_layers!r} need recompute_granularity='full' (--recompute-granularity full)")
+            return
+        _choice("recompute_granularity", self.recompute_granularity, RECOMPUTE_GRANULARITIES)
+        if self.recompute_granularity == "selective":
+            if self.torch_compile:
+                raise ValueError(
+                    "recompute_granularity='selective' does not work with torch_compile=True (the recompute "
+                    "would sit inside the compiled layer, whose partitioner already picks what to recompute); "
+                    "use recompute_granularity='full', which checkpoints around the compiled layers")
+            if self.recompute_method is not None or self.recompute_num_layers is not None:
+                raise ValueError(
+                    f"recompute_method={self.recompute_method!r} and recompute_num_layers="
+                    f"{self.recompute_num_layers!r} apply to recompute_granularity='full' only; "
+                    "'selective' always recomputes the attention core of every layer")
+            return
+        if self.recompute_method is None:
+            raise ValueError("recompute_granularity='full' needs recompute_method: accepted values are "
+                             + ", ".join(RECOMPUTE_METHODS))
+        _choice("recompute_method", self.recompute_method, RECOMPUTE_METHODS)
+        if self.recompute_num_layers is None:
+            self.recompute_num_layers = 1
+        _positive("recompute_num_layers", self.recompute_num_layers)
 
     @property
     def head_dim(self) -> int:

@@ -15,6 +15,10 @@ convention: 6 x (matmul parameters incl. the output head) + 12 x layers x hidden
 throughput from vendor datasheets (PEAK_TFLOPS); a CPU has no datasheet figure here,
 so its "peak" is the measured throughput of a large fp32 matmul on this machine
 (whatever the run's dtype), stated in the output, or --peak-tflops.
+
+Memory: the activations one micro-batch's forward keeps for backward (what activation
+recompute, --recompute-granularity, trades for time), on any device; on a GPU also the
+peak memory allocated during one of our steps.
 """
 from __future__ import annotations
 
@@ -28,11 +32,13 @@ import time
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_hds.config import MODEL_PRESETS, ModelConfig, model_preset  # noqa: E402
+from megatron_hds.config import (MODEL_PRESETS, RECOMPUTE_GRANULARITIES, RECOMPUTE_METHODS,  # noqa: E402
+                                 ModelConfig, model_preset)
 from megatron_hds.model.gpt import GPTModel  # noqa: E402
 from megatron_hds.parallel.schedules import forward_backward  # noqa: E402
 from megatron_hds.parallel.state import ParallelState, init_distributed  # noqa: E402
@@ -156,6 +162,45 @@ class PlainGPT(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
 
+def activation_bytes(model: GPTModel, micro_batch: dict) -> int:
+    """Bytes one training forward of ``micro_batch`` keeps for backward: the tensors autograd
+    saves plus the inputs activation checkpoints hold for their recompute, each storage once,
+    parameters excluded. The forward runs under the grad mode the caller has; nothing is kept."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def keep(t) -> None:
+        if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in params:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+
+    def pack(t):
+        keep(t)
+        return t
+
+    original = torch.utils.checkpoint.checkpoint
+
+    def counting_checkpoint(function, *args, **kwargs):
+        for arg in args:
+            keep(arg)
+        return original(function, *args, **kwargs)
+
+    torch.utils.checkpoint.checkpoint = counting_checkpoint
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(**micro_batch)
+    finally:
+        torch.utils.checkpoint.checkpoint = original
+    return sum(kept.values())
+
+
+def _recompute_text(config: ModelConfig) -> str:
+    if config.recompute_granularity is None:
+        return ""
+    if config.recompute_granularity == "selective":
+        return "; recompute selective"
+    return f"; recompute full/{config.recompute_method}/{config.recompute_num_layers}"
+
+
 def synchronize(device: torch.device) -> None:
     if device.type != "cpu":
         torch.get_device_module(device.type).synchronize(device)
@@ -187,6 +232,10 @@ def main(argv=None) -> None:
     parser.add_argument("--torch-compile", action="store_true",
                         help="compile our transformer layers (--torch-compile) and the plain GPT (Module.compile); "
                              "the warm-up steps pay the compilation")
+    parser.add_argument("--recompute-granularity", choices=list(RECOMPUTE_GRANULARITIES), default=None,
+                        help="activation recompute of our model (the plain GPT keeps everything)")
+    parser.add_argument("--recompute-method", choices=list(RECOMPUTE_METHODS), default=None)
+    parser.add_argument("--recompute-num-layers", type=int, default=None)
     args = parser.parse_args(argv)
 
     if "WORLD_SIZE" in os.environ:
@@ -194,7 +243,9 @@ def main(argv=None) -> None:
     state = ParallelState.build(args.tp, args.pp, sequence_parallel=args.sequence_parallel)
     device, dtype = state.device, DTYPES[args.dtype]
     overrides = {"seq_length": args.seq_length} if args.seq_length else {}
-    config = model_preset(args.model, torch_compile=args.torch_compile, **overrides)
+    config = model_preset(args.model, torch_compile=args.torch_compile, recompute_granularity=args.recompute_granularity,
+                          recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers,
+                          **overrides)
     torch.manual_seed(0)
 
     model = GPTModel(config, state, seed=0, dtype=dtype)
@@ -236,6 +287,17 @@ def main(argv=None) -> None:
         if plain is not None:
             plain_times.append(timed(plain_step, device))
 
+    # Memory, after the timing so it cannot disturb it. Activations per micro-batch need the
+    # whole model in this process's forward (a pipeline stage's input comes from another rank).
+    kept = activation_bytes(model, micro[0]) if args.pp == 1 else None
+    peak_memory = None
+    if device.type != "cpu":
+        accelerator = torch.get_device_module(device.type)
+        accelerator.reset_peak_memory_stats(device)
+        our_step()
+        synchronize(device)
+        peak_memory = accelerator.max_memory_allocated(device)
+
     tokens_per_step = args.micro_batch_size * config.seq_length * args.num_micro_batches * state.dp_size
     flops_per_step = model_flops_per_token(config, args.tp) * tokens_per_step
     peak, peak_source = device_peak(device, args.dtype, args.peak_tflops)
@@ -252,11 +314,16 @@ def main(argv=None) -> None:
     print(f"model {args.model}: {config.num_parameters(args.tp) / 1e6:.2f}M params, layers {config.num_layers}, "
           f"hidden {config.hidden_size}, seq {config.seq_length}; layout TP={args.tp} PP={args.pp} "
           f"DP={state.dp_size}{' +SP' if state.sequence_parallel else ''}"
-          f"{'; torch.compile' if args.torch_compile else ''}; micro-batch {args.micro_batch_size} x {args.num_micro_batches}; {args.dtype} on "
+          f"{'; torch.compile' if args.torch_compile else ''}{_recompute_text(config)}; micro-batch {args.micro_batch_size} x {args.num_micro_batches}; {args.dtype} on "
           f"{device}; {torch.get_num_threads()} threads")
     print(f"peak {peak:.3f} TFLOP/s per rank ({peak_source}); {flops_per_step / 1e9:.3f} GFLOP per step; "
           f"median of {len(ours_times)} steps")
     ours = report("megatron_hds GPTModel", ours_times)
+    memory = [f"activations kept for backward {kept / 2**20:,.1f} MiB per micro-batch" if kept is not None
+              else "activations per micro-batch: not measured with PP > 1"]
+    if peak_memory is not None:
+        memory.append(f"peak allocated in one step {peak_memory / 2**30:,.2f} GiB")
+    print("megatron_hds memory (rank 0): " + "; ".join(memory))
     if plain is not None:
         base = report("plain PyTorch GPT", plain_times)
         print(f"megatron_hds / plain throughput: {ours / base:.3f}")

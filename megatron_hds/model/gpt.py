@@ -11,7 +11,7 @@ TP. ``finalize_model_grads`` does both after backward.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.distributed as dist
@@ -25,7 +25,7 @@ from megatron_hds.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megatron_hds.parallel.layers import (ColumnParallelLinear, VocabParallelEmbedding, is_sequence_parallel,
                                           mark_sequence_parallel, sharded_normal_)
 from megatron_hds.parallel.mappings import copy_to_tp, gather_from_sequence, scatter_to_sequence
-from megatron_hds.parallel.random import RNGStatesTracker, build_rng_tracker
+from megatron_hds.parallel.random import RNGStatesTracker, build_rng_tracker, checkpoint
 from megatron_hds.parallel.state import ParallelState
 
 
@@ -97,6 +97,11 @@ class GPTModel(nn.Module):
         self.layers = nn.ModuleDict({
             str(i): TransformerLayer(config, state, i, seed, self.rng_tracker, dtype)
             for i in state.layers_of_stage(config.num_layers)})
+        if config.recompute_granularity == "full" and config.recompute_num_layers > len(self.layers):
+            raise ValueError(
+                f"recompute_num_layers={config.recompute_num_layers} is more than the {len(self.layers)} layers "
+                f"of this pipeline stage (num_layers={config.num_layers} over PP={state.pp_size}): it counts "
+                "layers per stage")
         if config.torch_compile:
             # In place (Module.compile): parameter names, hooks and checkpoints stay as in eager
             # mode. The layers share their code, so one compiled graph serves them all.
@@ -115,6 +120,23 @@ class GPTModel(nn.Module):
                     init_std=config.init_method_std, seed=seed, init_key="output_layer", bias=False,
                     device=state.device, dtype=dtype)
 
+    def _run_layers(self, x: torch.Tensor, rotary) -> torch.Tensor:
+        """The stage's layers in order; with full recompute, the checkpointed ones keep only their input."""
+        layers: List[TransformerLayer] = list(self.layers.values())
+        config = self.config
+        if config.recompute_granularity != "full" or not (self.training and torch.is_grad_enabled()):
+            for layer in layers:
+                x = layer(x, rotary)
+            return x
+        n = config.recompute_num_layers
+        if config.recompute_method == "uniform":  # chunks of n layers, each recomputed as one block
+            for start in range(0, len(layers), n):
+                x = checkpoint(_layer_chunk(layers[start:start + n]), self.rng_tracker, x, rotary)
+            return x
+        for i, layer in enumerate(layers):  # "block": the first n layers one by one, the rest kept
+            x = checkpoint(layer, self.rng_tracker, x, rotary) if i < n else layer(x, rotary)
+        return x
+
     def output_weight(self) -> torch.Tensor:
         return self.embedding.word_embeddings.weight if self.tied else self.output_layer.weight
 
@@ -124,8 +146,7 @@ class GPTModel(nn.Module):
         x = self.embedding(tokens) if self.pre_process else hidden
         seq_len = x.shape[0] * (self.state.tp_size if self.state.sequence_parallel else 1)
         rotary = self.rotary(seq_len) if self.rotary is not None else None
-        for layer in self.layers.values():
-            x = layer(x, rotary)
+        x = self._run_layers(x, rotary)
         if not self.post_process:
             return x
         x = self.final_layernorm(x)
@@ -139,6 +160,14 @@ class GPTModel(nn.Module):
             logits, labels.t(), self.state.tp_group, domain_ids=None if domains is None else domains.t(),
             domain_sums=domain_sums, loss_mask=None if loss_mask is None else loss_mask.t(),
             inplace_backward=True).t()
+
+
+def _layer_chunk(layers: List[TransformerLayer]):
+    def run(x: torch.Tensor, rotary) -> torch.Tensor:
+        for layer in layers:
+            x = layer(x, rotary)
+        return x
+    return run
 
 
 def allreduce_embedding_grads(model: GPTModel) -> None:

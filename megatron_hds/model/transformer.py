@@ -18,7 +18,7 @@ from torch import nn
 from megatron_hds.config import ModelConfig
 from megatron_hds.model.backends import build_norm
 from megatron_hds.parallel.layers import ColumnParallelLinear, RowParallelLinear, mark_sequence_parallel
-from megatron_hds.parallel.random import RNGStatesTracker
+from megatron_hds.parallel.random import RNGStatesTracker, checkpoint
 from megatron_hds.parallel.state import ParallelState
 
 Rotary = Tuple[torch.Tensor, torch.Tensor]
@@ -81,6 +81,7 @@ class SelfAttention(nn.Module):
         self.head_dim = config.head_dim
         self.dropout = config.attention_dropout
         self.rng_tracker = rng_tracker
+        self.recompute_core = config.recompute_granularity == "selective"
         prefix = f"layers.{layer}.self_attention"
         common = dict(seed=seed, bias=config.add_bias_linear, sequence_parallel=state.sequence_parallel,
                       device=state.device, dtype=dtype)
@@ -100,13 +101,20 @@ class SelfAttention(nn.Module):
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [b, heads, s, head_dim] for SDPA
+        if self.recompute_core and self.training and torch.is_grad_enabled():
+            out = checkpoint(self._core_attention, self.rng_tracker, q, k, v)
+        else:
+            out = self._core_attention(q, k, v)
+        out = out.permute(2, 0, 1, 3).reshape(s, b, self.heads_local * self.head_dim)
+        return self.dense(out)
+
+    def _core_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) v, causal, with attention dropout: [b, heads, s, head_dim]."""
         dropout = self.dropout if self.training else 0.0
         # Heads differ per TP rank, so their dropout masks come from the per-rank stream.
         fork = self.rng_tracker.fork() if dropout > 0 else contextlib.nullcontext()
         with fork:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        out = out.permute(2, 0, 1, 3).reshape(s, b, self.heads_local * self.head_dim)
-        return self.dense(out)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
 
 
 class MLP(nn.Module):

@@ -6,13 +6,17 @@ the "tensor-parallel" stream, seeded differently per TP rank, drives dropout on
 TP-sharded activations (attention probabilities of this rank's heads). ``fork``
 swaps a named stream into the default generator for the duration of a block, so
 any op that draws from the default generator (F.dropout, SDPA's dropout) uses it.
+
+``checkpoint`` is activation recompute that replays both streams: the recomputed
+forward in backward draws the same dropout masks as the original one.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Dict
+from typing import Callable, Dict
 
 import torch
+import torch.utils.checkpoint
 
 TENSOR_PARALLEL_RNG = "tensor-parallel"
 
@@ -69,6 +73,16 @@ class RNGStatesTracker:
             self.states[name] = _get_state(self.device)
             _set_state(self.device, saved)
 
+    @contextlib.contextmanager
+    def replay(self, states: Dict[str, torch.Tensor]):
+        """Run a block with the streams at ``states``, then put back the states they had."""
+        current = self.states
+        self.states = {name: state.clone() for name, state in states.items()}
+        try:
+            yield
+        finally:
+            self.states = current
+
     def state_dict(self) -> Dict[str, torch.Tensor]:
         return {name: state.clone() for name, state in self.states.items()}
 
@@ -86,3 +100,19 @@ def build_rng_tracker(seed: int, tp_rank: int, pp_rank: int, device: torch.devic
     tracker = RNGStatesTracker(device)
     tracker.add(TENSOR_PARALLEL_RNG, seed + _TP_SEED_OFFSET + _PP_SEED_OFFSET * pp_rank + tp_rank)
     return tracker
+
+
+def checkpoint(function: Callable, rng_tracker: RNGStatesTracker, *args):
+    """``function(*args)`` keeping only its inputs; backward recomputes the rest.
+
+    torch's non-reentrant checkpoint replays the default generator; the tracker's streams
+    are snapshotted at forward time and replayed the same way, so dropout inside the
+    recomputed block (replicated or per TP rank) draws the masks the forward drew.
+    Collectives inside ``function`` run again in backward, on every rank of the group alike.
+    """
+    def contexts():  # called once, when the forward starts
+        snapshot = rng_tracker.state_dict()
+        return contextlib.nullcontext(), rng_tracker.replay(snapshot)
+
+    return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False, context_fn=contexts,
+                                             preserve_rng_state=True)

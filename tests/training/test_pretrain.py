@@ -92,6 +92,9 @@ def test_arguments_reject_bad_and_contradictory_flags(demo_manifest, capsys):
         (["--num-attention-heads", "5"], "hidden_size=32 is not divisible by num_attention_heads=5"),
         (["--torch-compile", "--transformer-impl", "transformer_engine"], "works with transformer_impl='local'"),
         (["--load", "/nonexistent/ckpt"], "/nonexistent/ckpt"),
+        (["--recompute-activations", "--recompute-granularity", "full"], "give one of the two"),
+        (["--recompute-granularity", "full"], "needs recompute_method"),
+        (["--recompute-method", "block"], "need recompute_granularity='full'"),
         (["--downstream-eval-interval", "2"], "needs --downstream-eval-tasks"),
         (["--downstream-eval-tasks", "hellaswag", "--downstream-eval-interval", "1"], "it needs --save"),
     ]:
@@ -114,6 +117,12 @@ def test_arguments_map_megatron_flags(demo_manifest):
     assert parse_args(_argv(demo_manifest, "--train-iters", "5", "--mixing", "hds", "--mixing-weights",
                             "uniform")).mixing.weights == "uniform"
     assert parse_args(_argv(demo_manifest, "--train-iters", "5", "--torch-compile")).model.torch_compile
+    assert config.model.recompute_granularity is None
+    assert parse_args(_argv(demo_manifest, "--train-iters", "5", "--recompute-activations")
+                      ).model.recompute_granularity == "selective"
+    full = parse_args(_argv(demo_manifest, "--train-iters", "5", "--recompute-granularity", "full",
+                            "--recompute-method", "block", "--recompute-num-layers", "2")).model
+    assert (full.recompute_granularity, full.recompute_method, full.recompute_num_layers) == ("full", "block", 2)
     hooked = parse_args(_argv(demo_manifest, "--train-iters", "5", "--save", "/tmp/x", "--downstream-eval-tasks", "arc_easy, piqa",
                               "--downstream-eval-interval", "3", "--downstream-eval-limit", "50")).downstream_eval
     assert (hooked.tasks, hooked.interval, hooked.limit, hooked.batch_size) == (("arc_easy", "piqa"), 3, 50, 8)
