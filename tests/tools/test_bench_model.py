@@ -5,6 +5,7 @@ so agreement with it checks our model's math, not only the benchmark.
 """
 import importlib.util
 import pathlib
+import re
 
 import pytest
 import torch
@@ -50,3 +51,10 @@ def test_bench_prints_throughput_and_mfu(capsys):
     out = capsys.readouterr().out
     assert "megatron_hds GPTModel" in out and "plain PyTorch GPT" in out
     assert "tokens/s" in out and "MFU" in out and "peak 1.000 TFLOP/s" in out
+    kept = [float(m) for m in re.findall(r"activations kept for backward ([0-9.]+) MiB", out)]
+    bench_model.main(["--model", "tiny", "--micro-batch-size", "1", "--warmup", "1", "--steps", "1", "--no-plain",
+                      "--recompute-granularity", "full", "--recompute-method", "uniform"])
+    out = capsys.readouterr().out
+    assert "recompute full/uniform/1" in out
+    kept += [float(m) for m in re.findall(r"activations kept for backward ([0-9.]+) MiB", out)]
+    assert len(kept) == 2 and 0 < kept[1] < kept[0]

@@ -1,6 +1,8 @@
 """tools/gpu_checks.sh: the GPU checklist script parses, and stops cleanly (exit 3) without CUDA."""
 
+import ast
 import os
+import re
 import subprocess
 import sys
 
@@ -37,3 +39,14 @@ def test_a_missing_dependency_is_named_and_exits_4(tmp_path):
     summary = (out / "summary.txt").read_text()
     assert "missing: zstandard (carry the wheels and set WHEELS=.whl)" in summary
     assert sorted(os.listdir(out)) == ["summary.txt"]
+
+
+def test_dependency_check_lists_every_runtime_requirement():
+    """The script's hand-written module list must follow setup.py's install_requires (torch aside:
+    the GPU image brings its own), plus pytest; a requirement added to one and not the other
+    would let the checks die at collection on the GPU machine."""
+    setup_py = open(os.path.join(os.path.dirname(SCRIPT), "..", "setup.py"), encoding="utf-8").read()
+    requires = ast.literal_eval(re.search(r"install_requires=(\[.*?\])", setup_py, re.S).group(1))
+    names = {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() for r in requires} - {"torch"}
+    listed = re.search(r"for m in \((.*?)\)", open(SCRIPT, encoding="utf-8").read(), re.S).group(1)
+    assert set(ast.literal_eval(f"({listed})")) == names | {"pytest"}
