@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-grad", type=float, default=1.0)
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--fp16", action="store_true")
+    g.add_argument("--use-distributed-optimizer", action="store_true",
+                   help="shard the Adam state and fp32 master weights over the data-parallel ranks")
 
     g = parser.add_argument_group("logging and checkpoints")
     g.add_argument("--log-interval", type=int, default=10)
@@ -281,6 +283,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         adam_eps=args.adam_eps,
         clip_grad=args.clip_grad,
         precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        use_distributed_optimizer=args.use_distributed_optimizer,
     )
     train = TrainConfig(
         train_iters=args.train_iters,

@@ -250,6 +250,9 @@ class OptimConfig:
     adam_eps: float = 1e-8  # --adam-eps
     clip_grad: float = 1.0  # --clip-grad: global gradient-norm clip (0 = off)
     precision: str = "fp32"  # --bf16 / --fp16 (fp32 master weights either way)
+    # --use-distributed-optimizer: Adam state and fp32 master weights split over the DP ranks
+    # (Megatron's distributed optimizer); checkpoints keep the unsharded layout
+    use_distributed_optimizer: bool = False
 
     def __post_init__(self):
         _choice("precision", self.precision, PRECISIONS)

@@ -5,7 +5,8 @@ average over DP is the gradient of the mean loss over the global batch. The glob
 norm sums squares over this rank's parameters, skipping copies that another rank of
 the same model replica also holds (TP-replicated tensors off TP rank 0, and the last
 stage's copy of tied embeddings), then all-reduces over the TP x PP group; DP ranks
-hold identical gradients after averaging, so they are not summed again.
+hold identical gradients after averaging, so they are not summed again, unless each
+holds a different slice of them (the distributed optimizer: ``sharded_over_dp``).
 """
 from __future__ import annotations
 
@@ -69,15 +70,19 @@ def _counts_towards_norm(param: torch.Tensor, state: ParallelState) -> bool:
 
 
 @torch.no_grad()
-def global_norm(pairs: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]], state: ParallelState) -> float:
+def global_norm(pairs: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]], state: ParallelState,
+                sharded_over_dp: bool = False) -> float:
     """L2 norm over the whole model of (parameter, gradient) pairs, each distinct parameter
-    counted once; the gradient may live elsewhere than .grad (e.g. fp32 master grads)."""
+    counted once; the gradient may live elsewhere than .grad (e.g. fp32 master grads).
+    ``sharded_over_dp``: each DP rank holds different pieces of the gradients (sum over DP too)."""
     grads = [grad for p, grad in pairs if grad is not None and _counts_towards_norm(p, state)]
     total = torch.zeros((), dtype=torch.float32, device=state.device)
     if grads:  # one multi-tensor launch on GPU (kernels/), the torch reference elsewhere
         total += kernels.multi_tensor_sum_of_squares(grads).sum().to(state.device)
     if group_size(state.model_parallel_group) > 1:
         dist.all_reduce(total, group=state.model_parallel_group)
+    if sharded_over_dp and group_size(state.dp_group) > 1:
+        dist.all_reduce(total, group=state.dp_group)
     return math.sqrt(total.item())
 
 

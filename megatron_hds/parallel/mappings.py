@@ -63,8 +63,8 @@ def _gather_last(x: torch.Tensor, group) -> torch.Tensor:
 
 
 # Newer torch renames the single-tensor collectives; both spellings take (output, input, ..., group=).
-_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
 def _split_first(x: torch.Tensor, group) -> torch.Tensor:
@@ -75,7 +75,7 @@ def _gather_first(x: torch.Tensor, group) -> torch.Tensor:
     if _tracing():
         return functional.wait_tensor(functional.all_gather_tensor(x.contiguous(), 0, group))
     out = torch.empty((x.shape[0] * group_size(group), *x.shape[1:]), dtype=x.dtype, device=x.device)
-    _all_gather_single(out, x.contiguous(), group=group)
+    all_gather_single(out, x.contiguous(), group=group)
     return out
 
 
@@ -83,7 +83,7 @@ def _reduce_scatter_first(x: torch.Tensor, group) -> torch.Tensor:
     if _tracing():
         return functional.wait_tensor(functional.reduce_scatter_tensor(x.contiguous(), "sum", 0, group))
     out = torch.empty((x.shape[0] // group_size(group), *x.shape[1:]), dtype=x.dtype, device=x.device)
-    _reduce_scatter_single(out, x.contiguous(), group=group)
+    reduce_scatter_single(out, x.contiguous(), group=group)
     return out
 
 

@@ -228,6 +228,20 @@ def clip_grads_by_norm_(grads: Sequence[torch.Tensor], max_norm: float, total_no
     return 1.0
 
 
+def unscale_and_check_(grads: Sequence[torch.Tensor], inv_scale: float) -> torch.Tensor:
+    """Multiply fp32 ``grads`` by ``inv_scale`` in place; a one-element tensor, 1.0 if any is inf/NaN."""
+    found_inf = torch.zeros(1, dtype=torch.float32, device=grads[0].device)
+    inv = torch.full((1,), inv_scale, dtype=torch.float32, device=grads[0].device)
+    try:
+        # The fused unscale+check (one kernel on GPU; implemented on CPU in recent torch).
+        torch._amp_foreach_non_finite_check_and_unscale_(list(grads), found_inf, inv)
+    except (RuntimeError, NotImplementedError, AttributeError):
+        torch._foreach_mul_(list(grads), inv_scale)
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        found_inf.fill_(0.0 if bool(finite) else 1.0)
+    return found_inf
+
+
 # ---------------------------------------------------------------------------
 # Optimizers
 
@@ -247,6 +261,10 @@ class TrainingOptimizer(ABC):
 
     precision: str
     optimizer: torch.optim.AdamW
+    sharded_over_dp = False
+    """True when each DP rank holds a different part of the grads it steps on (the
+    distributed optimizer): norms then sum over DP too, and every rank takes part in
+    state_dict()."""
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -272,6 +290,25 @@ class TrainingOptimizer(ABC):
 
     def _after_step(self) -> None:
         """Hook run after a successful inner step (copy masters back)."""
+
+    def _default_grad_norm(self, pairs: GradPairs) -> float:
+        """The norm used without ``grad_norm_fn``: exact for one process and for pure DP."""
+        return local_grad_norm([g for _, g in pairs])
+
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state held by this rank: Adam moments and any fp32 weight copies
+        (the moments appear at the first step)."""
+        tensors = [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+        tensors += list(self._weight_copies())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def _weight_copies(self) -> Iterable[torch.Tensor]:
+        """The optimizer's own copies of the weights (none when it steps the model params)."""
+        return ()
+
+    def reload_model_params(self) -> None:
+        """Make the optimizer's copies of the weights (masters) equal the model params again,
+        after model weights were loaded without optimizer state. No-op without copies."""
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for param in self.model_params():
@@ -304,7 +341,7 @@ class TrainingOptimizer(ABC):
             return StepResult(skipped=True, grad_norm=None, loss_scale=self.loss_scale)
         pairs = self.grad_pairs()
         if grad_norm_fn is None:
-            grad_norm = local_grad_norm([g for _, g in pairs])
+            grad_norm = self._default_grad_norm(pairs)
         else:
             grad_norm = float(grad_norm_fn(pairs))
         if not math.isfinite(grad_norm):
@@ -413,6 +450,9 @@ class MixedPrecisionOptimizer(TrainingOptimizer):
     def master_params(self) -> list[torch.Tensor]:
         return [m for g in self._master_groups for m in g]
 
+    def _weight_copies(self) -> Iterable[torch.Tensor]:
+        return self.master_params()
+
     def _pairs_with_masters(self):
         for model_group, master_group in zip(self._model_groups, self._master_groups):
             yield from zip(model_group, master_group)
@@ -434,15 +474,7 @@ class MixedPrecisionOptimizer(TrainingOptimizer):
         grads = [m.grad for m in self.master_params() if m.grad is not None]
         if not grads:
             return False
-        found_inf = torch.zeros(1, dtype=torch.float32, device=grads[0].device)
-        inv_scale = torch.full((1,), self.scaler.inv_scale, dtype=torch.float32, device=grads[0].device)
-        try:
-            # The fused unscale+check (one kernel on GPU; implemented on CPU in recent torch).
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
-        except (RuntimeError, NotImplementedError, AttributeError):
-            torch._foreach_mul_(grads, inv_scale.item())
-            finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-            found_inf.fill_(0.0 if bool(finite) else 1.0)
+        found_inf = unscale_and_check_(grads, self.scaler.inv_scale)
         if found_inf_reduce is not None:
             found_inf_reduce(found_inf)
         return bool(found_inf.item() > 0)
@@ -510,12 +542,16 @@ def build_optimizer(
     precision: str | None = None,
     loss_scaler: LossScalerConfig | None = None,
     fused: bool | None = None,
-) -> FP32Optimizer | MixedPrecisionOptimizer:
+    distributed: bool = False,
+    dp_group=None,
+) -> TrainingOptimizer:
     """AdamW with decay / no-decay groups; fp32 master weights for bf16/fp16 params.
 
     ``precision`` (fp32, bf16, fp16) must match the params' dtype; None infers it.
     ``loss_scaler`` configures fp16's dynamic scaler (Megatron defaults when None).
     ``fused`` None picks fused AdamW on CUDA params when available, foreach otherwise.
+    ``distributed`` shards the state over ``dp_group`` (--use-distributed-optimizer; see
+    megatron_hds.training.distributed_optimizer); its step replaces the gradient all-reduce.
     Betas default to torch's (0.9, 0.999), as Megatron's --adam-beta1/2.
     """
     if not (math.isfinite(lr) and lr >= 0):
@@ -536,6 +572,11 @@ def build_optimizer(
     elif precision != found:
         raise ValueError(f"precision {precision!r} requested but the model params are {found}; cast the model first")
     betas = (float(betas[0]), float(betas[1]))
+    if distributed:
+        from megatron_hds.training.distributed_optimizer import DistributedOptimizer
+
+        return DistributedOptimizer(groups, lr, betas, eps, precision, dp_group,
+                                    loss_scaler=loss_scaler, fused=fused)
     if precision == "fp32":
         if loss_scaler is not None:
             raise ValueError("loss scaling is for fp16 only; fp32 trains without a loss scaler")

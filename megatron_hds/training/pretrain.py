@@ -156,7 +156,8 @@ class Trainer:
         self.model = GPTModel(model_cfg, state, seed=train.seed, dtype=_DTYPES[optim.precision])
         self.optimizer = build_optimizer(self.model, optim.lr, optim.weight_decay,
                                          (optim.adam_beta1, optim.adam_beta2), optim.adam_eps,
-                                         precision=optim.precision)
+                                         precision=optim.precision, distributed=optim.use_distributed_optimizer,
+                                         dp_group=state.dp_group)
         self.lr_scheduler = LRScheduler(self.optimizer, LRScheduleConfig(
             lr=optim.lr, train_iters=train.train_iters, min_lr=optim.min_lr, lr_decay_style=optim.lr_decay_style,
             lr_decay_iters=optim.lr_decay_iters, lr_warmup_iters=optim.lr_warmup_iters,
@@ -276,11 +277,13 @@ class Trainer:
             self.probe.begin_step([micro_batch_domain(batch["domains"]) for batch in micro_batches])
         forward_backward(self.model, micro_batches, loss_fn=self._loss_fn)
         finalize_model_grads(self.model)
-        self.grad_reducer.allreduce()
+        sharded = self.optimizer.sharded_over_dp
+        if not sharded:  # the distributed optimizer's step reduce-scatters the grads itself
+            self.grad_reducer.allreduce()
         if self.norm_tracker is not None:
             self.norm_tracker.snapshot()
         result = self.optimizer.step(
-            self.config.optim.clip_grad, grad_norm_fn=lambda pairs: global_norm(pairs, state),
+            self.config.optim.clip_grad, grad_norm_fn=lambda pairs: global_norm(pairs, state, sharded),
             found_inf_reduce=self._found_inf_reduce)
         self.lr_scheduler.step()
         self.sampler.advance(plan)
@@ -328,10 +331,16 @@ class Trainer:
         self.model.train()
         last_eval = None
         window = _Window(len(self.domains.names))
+        first_step = True
         with SignalSaveHandler() as signals:
             while self.iteration < cfg.train_iters:
                 start = time.perf_counter()
                 plan, result, domain_loss, domain_tokens, extra = self.train_step()
+                if first_step and self.state.rank == 0:  # Adam's state exists from the first step on
+                    sharding = f", split over DP={self.state.dp_size}" if self.optimizer.sharded_over_dp else ""
+                    logger.info("optimizer state on rank 0: %.1f MiB%s", self.optimizer.state_bytes() / 2**20,
+                                sharding)
+                first_step = False
                 scheduler_time = self.observe(plan, domain_loss, domain_tokens, extra)
                 window.add(time.perf_counter() - start, domain_loss, domain_tokens, plan, result, scheduler_time)
                 if self.iteration % cfg.log_interval == 0 or self.iteration == cfg.train_iters:
@@ -390,8 +399,10 @@ class Trainer:
     # ---- checkpoints -----------------------------------------------------------------
     def save(self) -> None:
         state = self.state
+        # A sharded optimizer gathers its state onto DP rank 0 (collective: every rank takes part).
+        optimizer = self.optimizer.state_dict() if self.optimizer.sharded_over_dp else self.optimizer
         save_checkpoint(
-            self.config.train.save, self.iteration, model=self.model, optimizer=self.optimizer,
+            self.config.train.save, self.iteration, model=self.model, optimizer=optimizer,
             opt_param_scheduler=self.lr_scheduler, data_sampler=self.sampler, mixture_scheduler=self.scheduler,
             args=self.config.to_dict(), rng_tracker_states=self.model.rng_tracker.state_dict(),
             extra={"consumed_samples": self.consumed_samples, "mixture_weights": self.weights.tolist()},
@@ -409,6 +420,10 @@ class Trainer:
             return
         ckpt = load_checkpoint(load_dir, state.tp_rank, state.pp_rank, state.tp_size, state.pp_size)
         self.model.load_state_dict(ckpt["model"])
+        # The optimizer's fp32 copies of the weights (bf16/fp16 masters, the distributed optimizer's
+        # slices) were taken from the initial weights: without optimizer state they must follow the
+        # loaded ones, or the first step would put the initial weights back.
+        self.optimizer.reload_model_params()
         if ckpt.get("optimizer") is None:  # weights only (tools/checkpoint/convert_from_hf.py): a new run from them
             logger.info("loaded the weights of %s (no optimizer state): starting at iteration 0", load_dir)
             return

@@ -303,3 +303,23 @@ def test_cuda_params_get_fused_adamw_and_match_cpu():
     gpu_optimizer.step(clip_grad=1.0)
     for a, b in zip(cpu_optimizer.master_params(), gpu_optimizer.master_params()):
         torch.testing.assert_close(a, b.cpu(), rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_reload_takes_loaded_weights_and_state_bytes_count_masters():
+    """After weights are loaded without optimizer state (the trainer then calls
+    reload_model_params), the fp32 masters follow them, so the first step starts from the
+    loaded weights and not from the initial ones."""
+    model = _seeded_model(torch.bfloat16)
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0)
+    loaded = {name: torch.randn(p.shape).to(torch.bfloat16) for name, p in model.named_parameters()}
+    model.load_state_dict(loaded)
+    optimizer.reload_model_params()
+    for master, param in zip(optimizer.master_params(), optimizer.model_params()):
+        assert torch.equal(master, param.float())
+    _fake_grads(model, seed=1)
+    optimizer.step()
+    for name, param in model.named_parameters():  # one small Adam step away from the loaded weights
+        assert (param.float() - loaded[name].float()).abs().max() < 0.02, name
+    params = list(model.parameters())
+    # fp32 master + exp_avg + exp_avg_sq per element, and a 4-byte step counter per tensor.
+    assert optimizer.state_bytes() == 12 * sum(p.numel() for p in params) + 4 * len(params)

@@ -1,8 +1,10 @@
 """The training loop end to end: flags, learning, metrics, checkpoints, and exact resume
-(bitwise, with weights that change every step) for TP=1/PP=1 and TP=2/PP=2."""
+(bitwise, with weights that change every step) for TP=1/PP=1 and TP=2/PP=2, and the
+distributed optimizer."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 from megatron_hds.arguments import parse_args
 from megatron_hds.parallel.state import ParallelState
+from megatron_hds.training.checkpoint_conversion import read_model_checkpoint, write_model_checkpoint
 from megatron_hds.training.metrics import read_metrics
 from megatron_hds.training.pretrain import Trainer
 from tests.distributed import run_distributed
@@ -223,3 +226,38 @@ def test_hds_weights_are_identical_on_every_rank(demo_manifest, tmp_path, layout
     histories = [r["weight_history"] for r in results]
     assert len(histories[0]) == 6 and len({h.tobytes() for h in histories}) == 1
     assert len({row.tobytes() for row in histories[0]}) >= 4  # the agent changed them
+
+
+def test_distributed_optimizer_trains_resumes_and_moves_checkpoints(demo_manifest, tmp_path):
+    """--use-distributed-optimizer at DP=2: the same steps as the all-reduce path (to rounding),
+    a bitwise resume from its own checkpoint, its checkpoint resumed without the flag at DP=1,
+    and a weights-only checkpoint (no optimizer state) trained from its weights."""
+    runs = {name: str(tmp_path / name) for name in ("plain", "straight", "resumed", "unsharded", "weights")}
+    sharded = ["--use-distributed-optimizer"]
+    base = ["--hidden-dropout", "0", "--attention-dropout", "0", "--train-iters", "6"]
+    run_distributed(_train, 2, _argv(demo_manifest, *base, "--save", runs["plain"]), 0.0)
+    run_distributed(_train, 2, _argv(demo_manifest, *base, *sharded, "--save", runs["straight"]), 0.0)
+    run_distributed(_train, 2, _argv(demo_manifest, *base, *sharded, "--save", runs["resumed"], "--exit-interval",
+                                     "3"), 0.0)
+    shutil.copytree(runs["resumed"], runs["unsharded"])
+    run_distributed(_train, 2, _argv(demo_manifest, *base, *sharded, "--save", runs["resumed"], "--load",
+                                     runs["resumed"]), 0.0)
+    _train(_argv(demo_manifest, *base, "--save", runs["unsharded"], "--load", runs["unsharded"]), 0.0)
+    plain, straight = _records(runs["plain"]), _records(runs["straight"])
+    _assert_same_steps(plain, straight, range(1, 7), exact=False)
+    _assert_same_steps(straight, _records(runs["resumed"]), range(1, 7), exact=True)
+    _assert_same_steps(straight, _records(runs["unsharded"]), range(4, 7), exact=False)
+
+    # Weights only (as tools/checkpoint/convert_from_hf.py writes them): the sharded optimizer's
+    # fp32 slices must take the loaded weights, or its first step would restore the initial ones.
+    checkpoint = read_model_checkpoint(runs["plain"])
+    write_model_checkpoint(runs["weights"], checkpoint.config, checkpoint.state, tp=1, pp=1)
+    fresh = {}
+    for name, flags in (("weights-plain", []), ("weights-sharded", sharded)):
+        log_dir = str(tmp_path / name)
+        run_distributed(_train, 2, _argv(demo_manifest, *base, *flags, "--load", runs["weights"], "--log-dir",
+                                         log_dir, "--train-iters", "3"), 0.0)
+        fresh[name] = _records(log_dir)
+    for it in (1, 2):
+        assert fresh["weights-sharded"][it]["loss"] == pytest.approx(fresh["weights-plain"][it]["loss"], rel=1e-5)
+    assert fresh["weights-plain"][1]["loss"] < plain[1]["loss"] - 0.1  # it did start from the trained weights
