@@ -1,6 +1,6 @@
-"""--use-distributed-optimizer: the DP-sharded AdamW steps exactly like the all-reduce path
-with the unsharded optimizer (fp32, bf16 and fp16, with clipping, under DP=2 and TP=2 x
-DP=2), keeps 1/DP of the state per rank, skips fp16 overflow steps on every rank, and
+"""--use-distributed-optimizer: the DP-sharded AdamW steps like the all-reduce path with
+the unsharded optimizer (fp32, bf16 and fp16, with clipping, under DP=2, TP=2 x DP=2 and
+PP=2 x DP=2), keeps 1/DP of the state per rank, skips fp16 overflow steps on every rank, and
 reads and writes the unsharded optimizers' checkpoint layout, so checkpoints move between
 the two and between DP sizes.
 
@@ -71,8 +71,8 @@ def _assert_close_to(tensor, reference):
     assert (tensor - reference).abs().max() <= 1e-5 * reference.abs().max()
 
 
-def _parity_worker(tp: int):
-    state = ParallelState.build(tp, 1)
+def _parity_worker(tp: int, pp: int):
+    state = ParallelState.build(tp, pp)
     plain, sharded = _Run(state, distributed=False), _Run(state, distributed=True)
     norms = []
     for batch in _batches(state, 3):
@@ -91,10 +91,11 @@ def _parity_worker(tp: int):
     return norms
 
 
-@pytest.mark.parametrize("tp", [1, 2])
-def test_sharded_steps_equal_the_all_reduce_path(tp):
-    """DP=2, and TP=2 x DP=2 (TP-replicated norms and biases are counted once in the norm)."""
-    reports = run_distributed(_parity_worker, 2 * tp, tp)
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2)], ids=["dp2", "tp2-dp2", "pp2-dp2"])
+def test_sharded_steps_equal_the_all_reduce_path(tp, pp):
+    """DP=2; TP=2 x DP=2 (TP-replicated norms and biases counted once in the norm); PP=2 x DP=2
+    (1F1B, and the last stage's copy of the tied embeddings counted once)."""
+    reports = run_distributed(_parity_worker, 2 * tp * pp, tp, pp)
     for norms in reports:
         for plain, sharded in norms:
             assert sharded == pytest.approx(plain, rel=RTOL)
