@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--exit-interval", type=int, default=0)
     g.add_argument("--override-opt_param-scheduler", dest="override_opt_param_scheduler", action="store_true",
                    help="on --load, keep this run's LR schedule instead of requiring the checkpoint's")
+    g.add_argument("--finetune", action="store_true",
+                   help="take only the model weights from --load and start a new run at iteration 0 "
+                        "(a restart resumes from --save once it holds a checkpoint)")
+    g.add_argument("--no-load-optim", action="store_true",
+                   help="on --load, leave out the optimizer state (Adam moments restart; the LR schedule continues)")
+    g.add_argument("--no-load-rng", action="store_true", help="on --load, leave out the random-number generator states")
     g.add_argument("--log-dir", default=None, help="where metrics.jsonl goes (default: --save)")
     g.add_argument("--tensorboard-dir", default=None)
     g.add_argument("--wandb-project", default=None)
@@ -302,6 +308,9 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         wandb_exp_name=args.wandb_exp_name,
         exit_interval=args.exit_interval,
         override_opt_param_scheduler=args.override_opt_param_scheduler,
+        finetune=args.finetune,
+        no_load_optim=args.no_load_optim,
+        no_load_rng=args.no_load_rng,
     )
     mixing = MixingConfig(
         method=args.mixing,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -284,6 +285,12 @@ class TrainConfig:
     wandb_exp_name: Optional[str] = None  # --wandb-exp-name
     exit_interval: int = 0  # --exit-interval: stop (after saving) once the iteration is a multiple of this
     override_opt_param_scheduler: bool = False  # --override-opt_param-scheduler: keep this run's LR schedule on --load
+    # --finetune: take only the model weights from --load and start a new run at iteration 0
+    # (fresh optimizer, LR schedule, data order, scheduler, RNG); once --save holds a checkpoint
+    # of this run, a restart resumes from it instead
+    finetune: bool = False
+    no_load_optim: bool = False  # --no-load-optim: resume everything but the optimizer state (Adam moments restart)
+    no_load_rng: bool = False  # --no-load-rng: resume everything but the random-number generators
 
     def __post_init__(self):
         for name in ("train_iters", "global_batch_size", "micro_batch_size", "log_interval"):
@@ -296,6 +303,12 @@ class TrainConfig:
             raise ValueError(
                 f"global_batch_size={self.global_batch_size} is not divisible by micro_batch_size="
                 f"{self.micro_batch_size}")
+        for name in ("finetune", "no_load_optim", "no_load_rng"):
+            if getattr(self, name) and self.load is None:
+                raise ValueError(f"{name}=True needs a checkpoint to load (--load)")
+        if self.finetune and self.save is not None and os.path.abspath(self.save) == os.path.abspath(self.load):
+            raise ValueError(f"finetune=True with save equal to load ({self.load!r}): the new run's checkpoints "
+                             "would mix with the ones it starts from; give another --save")
 
 
 @dataclass

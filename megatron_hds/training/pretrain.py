@@ -183,8 +183,12 @@ class Trainer:
         self.consumed_samples = 0
         self.saves = 0  # checkpoint saves by this process (the downstream-eval hook counts them)
         self._signals_time = 0.0
-        if train.load is not None:
-            self._load(train.load)
+        if train.finetune and train.save is not None and find_latest_iteration(train.save) is not None:
+            # A restarted fine-tuning run: its own checkpoint, not the weights it started from.
+            logger.info("--finetune: %s already holds this run's checkpoint; resuming from it", train.save)
+            self._load(train.save)
+        elif train.load is not None:
+            self._load(train.load, weights_only=train.finetune)
 
         log_dir = train.log_dir or train.save
         self.metrics = MetricsLogger(MetricsConfig(
@@ -413,8 +417,8 @@ class Trainer:
         maybe_evaluate_after_save(self.config.downstream_eval, self.config.train.save, self.iteration, self.saves,
                                   state.rank)
 
-    def _load(self, load_dir: str) -> None:
-        state = self.state
+    def _load(self, load_dir: str, weights_only: bool = False) -> None:
+        state, train = self.state, self.config.train
         if find_latest_iteration(load_dir) is None:
             logger.info("no checkpoint in %s: starting from scratch", load_dir)
             return
@@ -424,18 +428,25 @@ class Trainer:
         # slices) were taken from the initial weights: without optimizer state they must follow the
         # loaded ones, or the first step would put the initial weights back.
         self.optimizer.reload_model_params()
-        if ckpt.get("optimizer") is None:  # weights only (tools/checkpoint/convert_from_hf.py): a new run from them
-            logger.info("loaded the weights of %s (no optimizer state): starting at iteration 0", load_dir)
+        # Weights only (--finetune, or a checkpoint from tools/checkpoint/convert_from_hf.py): a new run from them.
+        if weights_only or ckpt.get("optimizer") is None:
+            logger.info("loaded the weights of %s (%s): starting at iteration 0", load_dir,
+                        "--finetune" if weights_only else "no optimizer state")
             return
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.lr_scheduler.load_state_dict(ckpt["opt_param_scheduler"],
-                                          override=self.config.train.override_opt_param_scheduler)
+        if train.no_load_optim:
+            logger.info("--no-load-optim: the optimizer state of %s is left out", load_dir)
+        else:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.lr_scheduler.load_state_dict(ckpt["opt_param_scheduler"], override=train.override_opt_param_scheduler)
         self.sampler.load_state_dict(ckpt["data_sampler"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(ckpt["mixture_scheduler"])
-        tracker_states = restore_rng_state(ckpt["rng_state"])
-        if tracker_states is not None:
-            self.model.rng_tracker.load_state_dict(tracker_states)
+        if train.no_load_rng:
+            logger.info("--no-load-rng: the random-number generator states of %s are left out", load_dir)
+        else:
+            tracker_states = restore_rng_state(ckpt["rng_state"])
+            if tracker_states is not None:
+                self.model.rng_tracker.load_state_dict(tracker_states)
         self.iteration = int(ckpt["iteration"])
         self.consumed_samples = int(ckpt["consumed_samples"])
         self.weights = np.asarray(ckpt["mixture_weights"], dtype=np.float64)

@@ -13,6 +13,7 @@ import torch
 from megatron_hds.arguments import parse_args
 from megatron_hds.parallel.state import ParallelState
 from megatron_hds.training.checkpoint_conversion import read_model_checkpoint, write_model_checkpoint
+from megatron_hds.training.checkpointing import load_checkpoint, save_checkpoint
 from megatron_hds.training.metrics import read_metrics
 from megatron_hds.training.pretrain import Trainer
 from tests.distributed import run_distributed
@@ -95,6 +96,10 @@ def test_arguments_reject_bad_and_contradictory_flags(demo_manifest, capsys):
         (["--num-attention-heads", "5"], "hidden_size=32 is not divisible by num_attention_heads=5"),
         (["--torch-compile", "--transformer-impl", "transformer_engine"], "works with transformer_impl='local'"),
         (["--load", "/nonexistent/ckpt"], "/nonexistent/ckpt"),
+        (["--finetune"], "finetune=True needs a checkpoint to load (--load)"),
+        (["--no-load-rng"], "no_load_rng=True needs a checkpoint to load (--load)"),
+        (["--finetune", "--load", os.path.dirname(demo_manifest), "--save", os.path.dirname(demo_manifest)],
+         "give another --save"),
         (["--recompute-activations", "--recompute-granularity", "full"], "give one of the two"),
         (["--recompute-granularity", "full"], "needs recompute_method"),
         (["--recompute-method", "block"], "need recompute_granularity='full'"),
@@ -261,3 +266,43 @@ def test_distributed_optimizer_trains_resumes_and_moves_checkpoints(demo_manifes
     for it in (1, 2):
         assert fresh["weights-sharded"][it]["loss"] == pytest.approx(fresh["weights-plain"][it]["loss"], rel=1e-5)
     assert fresh["weights-plain"][1]["loss"] < plain[1]["loss"] - 0.1  # it did start from the trained weights
+
+
+def test_finetune_and_partial_loads(demo_manifest, tmp_path):
+    """--finetune starts a new run from a checkpoint's weights alone (the same run as from a
+    weights-only checkpoint) and, restarted, resumes from its own --save; --no-load-optim and
+    --no-load-rng resume the run but leave out the optimizer / RNG state."""
+    d = {name: str(tmp_path / name) for name in ("straight", "pre", "weights", "ft", "from_weights", "ft_restarted")}
+    common = ["--train-iters", "6"]
+    _train(_argv(demo_manifest, *common, "--save", d["straight"]))
+    _train(_argv(demo_manifest, *common, "--save", d["pre"], "--exit-interval", "4"))
+    straight = _records(d["straight"])
+
+    # --finetune == a run from the weights alone (the same tensors, padded vocab rows included).
+    checkpoint = load_checkpoint(d["pre"], 0, 0, 1, 1)
+    save_checkpoint(d["weights"], 0, model=checkpoint["model"], args=checkpoint["args"])
+    _train(_argv(demo_manifest, *common, "--load", d["pre"], "--finetune", "--save", d["ft"]))
+    _train(_argv(demo_manifest, *common, "--load", d["weights"], "--save", d["from_weights"]))
+    finetuned, from_weights = _records(d["ft"]), _records(d["from_weights"])
+    assert sorted(finetuned) == list(range(1, 7))  # iteration 0 again
+    _assert_same_steps(finetuned, from_weights, range(1, 7), exact=True)
+    assert finetuned[1]["loss"] < straight[1]["loss"] - 0.1  # it did start from the trained weights
+    # Restarted with the same command, it resumes from its own checkpoint in --save.
+    restart = _argv(demo_manifest, *common, "--load", d["pre"], "--finetune", "--save", d["ft_restarted"])
+    assert _train(restart + ["--exit-interval", "3"])["iteration"] == 3
+    second = str(tmp_path / "second_launch_log")
+    _train(restart + ["--log-dir", second])
+    second_launch = _records(second)
+    assert sorted(second_launch) == [4, 5, 6]  # it resumed at 3, not from the --load weights again
+    _assert_same_steps(finetuned, {**_records(d["ft_restarted"]), **second_launch}, range(1, 7), exact=True)
+
+    for flag in ("--no-load-optim", "--no-load-rng"):
+        resumed = str(tmp_path / flag)
+        shutil.copytree(d["pre"], resumed)
+        _train(_argv(demo_manifest, *common, "--load", resumed, "--save", resumed, flag))
+        records = _records(resumed)
+        assert [records[i]["batch_hash"] for i in (5, 6)] == [straight[i]["batch_hash"] for i in (5, 6)]
+        if flag == "--no-load-optim":  # same weights at step 5; fresh Adam moments change step 6
+            assert records[5]["loss"] == straight[5]["loss"] and records[6]["loss"] != straight[6]["loss"]
+        else:  # other dropout masks from step 5 on
+            assert records[5]["loss"] != straight[5]["loss"]
