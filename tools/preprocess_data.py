@@ -90,7 +90,8 @@ def parse_args(argv=None):
 
     group = parser.add_argument_group("tokenizer")
     group.add_argument("--tokenizer-type", default="GPTSentencePieceTokenizer", help=f"one of {SUPPORTED_TOKENIZER_TYPES}")
-    group.add_argument("--tokenizer-model", required=True, help="SentencePiece model file")
+    group.add_argument("--tokenizer-model", required=True,
+                       help="SentencePiece model file; HuggingFaceTokenizer: a tokenizer.json or a directory holding one")
     group.add_argument("--append-eod", action="store_true", help="append the EOD token to every non-empty document")
 
     group = parser.add_argument_group("output data")
@@ -120,8 +121,9 @@ class DocumentEncoder:
         self.tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
         self.dtype = optimal_dtype(self.tokenizer.vocab_size)
         self.eod = self.tokenizer.eod if args.append_eod else None
-        # Llama2Tokenizer prepends BOS; MTLD is measured on the text's tokens only.
-        self.lead = 1 if args.tokenizer_type == "Llama2Tokenizer" else 0
+        # Tokens put before every text (Llama2Tokenizer's BOS, a Hugging Face template's BOS);
+        # MTLD is measured on the text's tokens only.
+        self.lead = len(self.tokenizer.tokenize(""))
 
     def encode(self, line: bytes):
         """('ok', domain, [(tokens, lengths, mtld) per json key]) or ('skip', reason, detail)."""

@@ -1,6 +1,6 @@
-"""SentencePiece tokenizers with Megatron-LM's tokenizer-type semantics, and vocab padding for TP.
+"""Tokenizers with Megatron-LM's tokenizer-type semantics, and vocab padding for TP.
 
-Three Megatron tokenizer types are supported, with Megatron's meaning:
+Four Megatron tokenizer types are supported, with Megatron's meaning:
 
 - ``GPTSentencePieceTokenizer``: plain SentencePiece ids; EOD is the model's EOS id.
 - ``Llama2Tokenizer``: as above, but ``tokenize`` prepends the BOS id to every text.
@@ -8,24 +8,34 @@ Three Megatron tokenizer types are supported, with Megatron's meaning:
   (<CLS> <SEP> <EOD> <MASK> and pad/bos/eos); a special token missing from the
   model gets the next free id after the model's vocabulary, so the vocabulary can
   grow by up to seven ids. EOD is the <EOD> token.
+- ``HuggingFaceTokenizer``: a Hugging Face fast tokenizer (``tokenizer.json``, e.g. GPT-NeoX's,
+  which Pythia uses), read with the ``tokenizers`` library, offline; ``--tokenizer-model`` is
+  the file or a model directory holding it. ``tokenize`` adds the special tokens the file's
+  template adds (as Megatron's, which calls the tokenizer with its defaults); EOD is
+  the EOS token named by the directory's ``tokenizer_config.json`` or
+  ``special_tokens_map.json``, else the first of ``<|endoftext|>``, ``</s>``, ``<eos>``,
+  ``<|end_of_text|>`` in the vocabulary. The vocabulary counts added tokens (Megatron's
+  ``len(tokenizer)``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from functools import cached_property
+from typing import Optional, Union
 
 from megatron_hds.atomic_io import write_bytes_atomic
 
-SUPPORTED_TOKENIZER_TYPES = ("GPTSentencePieceTokenizer", "SentencePieceTokenizer", "Llama2Tokenizer")
+SENTENCEPIECE_TOKENIZER_TYPES = ("GPTSentencePieceTokenizer", "SentencePieceTokenizer", "Llama2Tokenizer")
+SUPPORTED_TOKENIZER_TYPES = (*SENTENCEPIECE_TOKENIZER_TYPES, "HuggingFaceTokenizer")
 # Megatron tokenizer types we recognise but do not implement (they need vocab/merges
 # files or Hugging Face); named so the error can say so instead of "unknown".
 _KNOWN_UNSUPPORTED = (
     "BertWordPieceLowerCase",
     "BertWordPieceCase",
     "GPT2BPETokenizer",
-    "HuggingFaceTokenizer",
     "TikTokenizer",
     "Llama3Tokenizer",
     "MistralTokenizer",
@@ -62,7 +72,9 @@ class SentencePieceTokenizer:
     """
 
     def __init__(self, model_path: str, tokenizer_type: str = "GPTSentencePieceTokenizer"):
-        if tokenizer_type not in SUPPORTED_TOKENIZER_TYPES:
+        if tokenizer_type not in SENTENCEPIECE_TOKENIZER_TYPES:
+            if tokenizer_type in SUPPORTED_TOKENIZER_TYPES:
+                raise ValueError(f"{tokenizer_type} is not a SentencePiece tokenizer type: use build_tokenizer")
             if tokenizer_type in _KNOWN_UNSUPPORTED:
                 raise ValueError(
                     f"--tokenizer-type {tokenizer_type} is not supported by megatron_hds; "
@@ -165,8 +177,140 @@ class SentencePieceTokenizer:
         return padded_vocab_size(self.vocab_size, make_vocab_size_divisible_by, tensor_model_parallel_size)
 
 
-def build_tokenizer(tokenizer_type: str, tokenizer_model: str) -> SentencePieceTokenizer:
+# EOS spellings of common Hugging Face tokenizers, tried in order when no config names one.
+_EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
+
+
+def hf_tokenizer_file(model_path: str) -> str:
+    """The tokenizer.json a --tokenizer-model names: the file itself, or the one in a directory."""
+    path = os.path.join(model_path, "tokenizer.json") if os.path.isdir(model_path) else model_path
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Hugging Face tokenizer file not found: {path!r} (--tokenizer-model: a "
+                                "tokenizer.json or a directory holding one)")
+    return path
+
+
+def _token_text(value) -> Optional[str]:
+    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class HuggingFaceTokenizer:
+    """A Hugging Face fast tokenizer (tokenizer.json) with Megatron's HuggingFaceTokenizer semantics.
+
+    Picklable (it reloads the file), so preprocessing workers can share it.
+    """
+
+    tokenizer_type = "HuggingFaceTokenizer"
+
+    def __init__(self, model_path: str):
+        if not model_path:
+            raise FileNotFoundError("--tokenizer-model is required: a tokenizer.json or a directory holding one")
+        self.json_path = hf_tokenizer_file(model_path)
+        self.model_path = model_path
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as error:
+            raise ImportError("--tokenizer-type HuggingFaceTokenizer needs the `tokenizers` package: "
+                              "pip install 'megatron_hds[hf]'") from error
+        self._tokenizer = Tokenizer.from_file(self.json_path)
+        self._encode = self._tokenizer.encode
+        self._named = self._configured_special_tokens()
+        self._eod = self._special_id("eos", _EOS_CANDIDATES)
+        if self._eod is None:
+            raise ValueError(f"{self.json_path} names no EOS token (tokenizer_config.json / special_tokens_map.json) "
+                             f"and has none of {', '.join(_EOS_CANDIDATES)}: Megatron's EOD needs one")
+
+    def _configured_special_tokens(self) -> dict:
+        """bos/eos/pad/unk token texts from the files beside tokenizer.json (config first)."""
+        named = {}
+        folder = os.path.dirname(self.json_path)
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    data = json.load(f)
+                for kind in ("bos", "eos", "pad", "unk"):
+                    text = _token_text(data.get(f"{kind}_token"))
+                    if text is not None:
+                        named[kind] = text
+        return named
+
+    def _special_id(self, kind: str, candidates=()) -> Optional[int]:
+        for text in ([self._named[kind]] if kind in self._named else []) + list(candidates):
+            token_id = self._tokenizer.token_to_id(text)
+            if token_id is not None:
+                return token_id
+        return None
+
+    def __getstate__(self):
+        return {"json_path": self.json_path, "model_path": self.model_path}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._load()
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eod(self) -> int:
+        return self._eod
+
+    @property
+    def eos(self) -> int:
+        return self._eod
+
+    @property
+    def bos(self) -> Optional[int]:
+        return self._special_id("bos")
+
+    @property
+    def pad(self) -> Optional[int]:
+        return self._special_id("pad")
+
+    @property
+    def special_token_texts(self) -> dict:
+        """bos/eos/pad/unk texts for an exported tokenizer_config.json (those the vocabulary has)."""
+        texts = {kind: text for kind, text in self._named.items() if self._tokenizer.token_to_id(text) is not None}
+        texts.setdefault("eos", self._tokenizer.id_to_token(self._eod))
+        return texts
+
+    @cached_property
+    def model_sha256(self) -> str:
+        return file_sha256(self.json_path)
+
+    def encode(self, text: str) -> list[int]:
+        """Ids for text, no special tokens added."""
+        return self._encode(text, add_special_tokens=False).ids
+
+    def tokenize(self, text: str) -> list[int]:
+        """Megatron's ``tokenize``: the tokenizer's own special tokens are added as its template
+        says (none for GPT-NeoX's; a BOS for Llama-3-style templates)."""
+        return self._encode(text).ids
+
+    def detokenize(self, ids) -> str:
+        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    decode = detokenize
+
+    def padded_vocab_size(self, make_vocab_size_divisible_by: int = 128, tensor_model_parallel_size: int = 1) -> int:
+        return padded_vocab_size(self.vocab_size, make_vocab_size_divisible_by, tensor_model_parallel_size)
+
+
+Tokenizer = Union[SentencePieceTokenizer, HuggingFaceTokenizer]
+
+
+def build_tokenizer(tokenizer_type: str, tokenizer_model: str) -> Tokenizer:
     """The tokenizer for Megatron's (--tokenizer-type, --tokenizer-model) pair."""
+    if tokenizer_type == "HuggingFaceTokenizer":
+        return HuggingFaceTokenizer(tokenizer_model)
     return SentencePieceTokenizer(tokenizer_model, tokenizer_type)
 
 

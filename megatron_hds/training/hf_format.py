@@ -319,16 +319,38 @@ def _sentencepiece_model(proto):
                          unk_token=proto.pieces[spec.unk_id].piece, fuse_unk=True, byte_fallback=spec.byte_fallback))
 
 
+def _save_hf_json_tokenizer(model: str, out_dir: str) -> dict:
+    """HuggingFaceTokenizer: its tokenizer.json as it is, with a tokenizer_config.json naming its
+    special tokens; checked on _TOKENIZER_PROBES like the SentencePiece export."""
+    from transformers import PreTrainedTokenizerFast
+
+    from megatron_hds.data.tokenizer import HuggingFaceTokenizer
+
+    ours = HuggingFaceTokenizer(model)
+    texts = ours.special_token_texts
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=ours.json_path, model_max_length=int(1e30),
+                                        **{f"{kind}_token": text for kind, text in texts.items()})
+    for text in _TOKENIZER_PROBES:
+        if tokenizer(text)["input_ids"] != ours.tokenize(text):
+            raise ValueError(f"the Hugging Face tokenizer from {ours.json_path} encodes {text!r} as "
+                             f"{tokenizer(text)['input_ids']}, ours as {ours.tokenize(text)}: not exported")
+    tokenizer.save_pretrained(out_dir)
+    return {f"{kind}_token_id": tokenizer.convert_tokens_to_ids(text) for kind, text in texts.items() if kind != "unk"}
+
+
 def save_hf_tokenizer(sp_model: str, tokenizer_type: str, out_dir: str) -> dict:
     """Write tokenizer.json/tokenizer_config.json (and a copy of the SentencePiece model) that
     encode text as our tokenizer does; returns the special token ids for the model config.
-    Checks that they do (on _TOKENIZER_PROBES) and raises, writing nothing, when not."""
+    Checks that they do (on _TOKENIZER_PROBES) and raises, writing nothing, when not.
+    A HuggingFaceTokenizer's own tokenizer.json is written as it is."""
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import import_protobuf
 
     from megatron_hds.data.tokenizer import build_tokenizer
 
+    if tokenizer_type == "HuggingFaceTokenizer":
+        return _save_hf_json_tokenizer(sp_model, out_dir)
     if tokenizer_type not in ("GPTSentencePieceTokenizer", "Llama2Tokenizer"):
         raise ValueError(f"tokenizer type {tokenizer_type!r} cannot be exported (Megatron's extra special tokens "
                          "have no Hugging Face counterpart): GPTSentencePieceTokenizer and Llama2Tokenizer can")
@@ -453,15 +475,32 @@ def export_checkpoint(load_dir: str, out_dir: str, iteration: Optional[int] = No
     hf_architecture(ckpt.config)  # fail before anything is written
     run_model, run_type = checkpoint_tokenizer(ckpt.args)
     tokenizer_model = tokenizer_model or run_model
-    if tokenizer_model is not None and not os.path.isfile(tokenizer_model):
-        raise FileNotFoundError(f"SentencePiece model {tokenizer_model!r} not found: pass --tokenizer-model")
+    if tokenizer_model is not None and not os.path.exists(tokenizer_model):
+        raise FileNotFoundError(f"tokenizer model {tokenizer_model!r} not found: pass --tokenizer-model")
     return save_hf_model(out_dir, ckpt.config, ckpt.state, tokenizer_model, tokenizer_type or run_type, dtype)
 
 
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _import_json_tokenizer(hf_dir: str, save_dir: str) -> dict:
+    """Copy a fast tokenizer's files to save_dir/hf_tokenizer (HuggingFaceTokenizer, e.g. Pythia's)."""
+    dest = os.path.join(os.path.abspath(save_dir), "hf_tokenizer")
+    os.makedirs(dest, exist_ok=True)
+    for name in _HF_TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(hf_dir, name)):
+            with atomic_path(os.path.join(dest, name)) as tmp:
+                shutil.copyfile(os.path.join(hf_dir, name), tmp)
+    return {"tokenizer_model": dest, "tokenizer_type": "HuggingFaceTokenizer"}
+
+
 def _import_tokenizer(hf_dir: str, save_dir: str) -> Optional[dict]:
-    """Copy the directory's SentencePiece model (if any) to save_dir; the run's ``data`` args naming it."""
+    """Copy the directory's SentencePiece model to save_dir, else its tokenizer.json (if any);
+    the run's ``data`` args naming it."""
     source = os.path.join(hf_dir, "tokenizer.model")
     if not os.path.isfile(source):
+        if os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
+            return _import_json_tokenizer(hf_dir, save_dir)
         return None
     os.makedirs(save_dir, exist_ok=True)
     dest = os.path.join(os.path.abspath(save_dir), "tokenizer.model")

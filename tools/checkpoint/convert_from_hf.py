@@ -42,7 +42,8 @@ def main(argv=None):
           "--pipeline-model-parallel-size", args.target_pipeline_parallel_size, *pretrain_flags(config))
     if tokenizer:
         print(f"its tokenizer ({tokenizer['tokenizer_type']}) was copied to {tokenizer['tokenizer_model']}: "
-              "tokenize the training data with it")
+              f"tokenize the training data with it (tools/preprocess_data.py --tokenizer-type "
+              f"{tokenizer['tokenizer_type']} --tokenizer-model {tokenizer['tokenizer_model']})")
     for field, default in _TRAINER_DEFAULTS.items():
         if getattr(config, field) != default:
             print(f"WARNING: the model has {field}={getattr(config, field)}, which no pretrain flag sets "

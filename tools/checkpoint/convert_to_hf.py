@@ -3,8 +3,8 @@
     python tools/checkpoint/convert_to_hf.py --load ckpt --output ckpt/hf
 
 GPT-NeoX/Pythia shapes become GPTNeoXForCausalLM, Llama shapes LlamaForCausalLM; the
-vocabulary padding is removed; the tokenizer is the run's SentencePiece model unless
---tokenizer-model says otherwise. The directory appears only once complete.
+vocabulary padding is removed; the tokenizer is the run's (a SentencePiece model, or a
+HuggingFaceTokenizer's tokenizer.json) unless --tokenizer-model says otherwise. The directory appears only once complete.
 """
 import argparse
 import logging
@@ -21,8 +21,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--load", required=True, help="checkpoint directory (the training run's --save)")
     parser.add_argument("--iteration", type=int, default=None, help="default: latest_checkpointed_iteration.txt")
     parser.add_argument("--output", required=True, help="the Hugging Face model directory to write")
-    parser.add_argument("--tokenizer-model", default=None, help="SentencePiece model (default: the run's)")
-    parser.add_argument("--tokenizer-type", default=None, choices=["GPTSentencePieceTokenizer", "Llama2Tokenizer"],
+    parser.add_argument("--tokenizer-model", default=None,
+                        help="SentencePiece model, or a tokenizer.json / its directory (default: the run's)")
+    parser.add_argument("--tokenizer-type", default=None,
+                        choices=["GPTSentencePieceTokenizer", "Llama2Tokenizer", "HuggingFaceTokenizer"],
                         help="default: the run's")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the written weights")
     return parser.parse_args(argv)
