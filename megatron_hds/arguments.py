@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fp16", action="store_true")
     g.add_argument("--use-distributed-optimizer", action="store_true",
                    help="shard the Adam state and fp32 master weights over the data-parallel ranks")
+    g.add_argument("--overlap-grad-reduce", action="store_true",
+                   help="overlap the data-parallel gradient all-reduce with the last micro-batch's backward")
+    g.add_argument("--ddp-bucket-size", type=int, default=None,
+                   help="gradient elements per data-parallel all-reduce bucket (default: 25 MiB of gradients)")
 
     g = parser.add_argument_group("logging and checkpoints")
     g.add_argument("--log-interval", type=int, default=10)
@@ -290,6 +294,8 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         clip_grad=args.clip_grad,
         precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         use_distributed_optimizer=args.use_distributed_optimizer,
+        overlap_grad_reduce=args.overlap_grad_reduce,
+        ddp_bucket_size=args.ddp_bucket_size,
     )
     train = TrainConfig(
         train_iters=args.train_iters,

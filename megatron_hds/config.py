@@ -254,6 +254,10 @@ class OptimConfig:
     # --use-distributed-optimizer: Adam state and fp32 master weights split over the DP ranks
     # (Megatron's distributed optimizer); checkpoints keep the unsharded layout
     use_distributed_optimizer: bool = False
+    # --overlap-grad-reduce: start each gradient bucket's DP all-reduce during the last
+    # micro-batch's backward, as soon as its gradients are final
+    overlap_grad_reduce: bool = False
+    ddp_bucket_size: Optional[int] = None  # --ddp-bucket-size: gradient elements per DP all-reduce bucket (default: 25 MiB)
 
     def __post_init__(self):
         _choice("precision", self.precision, PRECISIONS)
@@ -263,6 +267,11 @@ class OptimConfig:
             raise ValueError(f"clip_grad={self.clip_grad!r} is invalid: expected >= 0 (0 turns clipping off)")
         for name in ("adam_beta1", "adam_beta2"):
             _probability(name, getattr(self, name))
+        if self.ddp_bucket_size is not None:
+            _positive("ddp_bucket_size", self.ddp_bucket_size)
+        if self.overlap_grad_reduce and self.use_distributed_optimizer:
+            raise ValueError("overlap_grad_reduce=True works with the all-reduce path, not with "
+                             "use_distributed_optimizer=True (its reduce-scatter runs in the optimizer step)")
 
 
 @dataclass

@@ -11,7 +11,7 @@ holds a different slice of them (the distributed optimizer: ``sharded_over_dp``)
 from __future__ import annotations
 
 import math
-from typing import Iterable, List, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 import torch
 import torch.distributed as dist
@@ -23,17 +23,28 @@ from megatron_hds.parallel.state import ParallelState
 
 
 class GradientAllReducer:
-    """Averages .grad over the DP group in flat buckets of about `bucket_size_mb` (one all-reduce each)."""
+    """Averages .grad over the DP group in flat buckets of about `bucket_size_mb` (one all-reduce each).
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], dp_group, bucket_size_mb: float = 25.0):
+    ``overlap`` (Megatron's --overlap-grad-reduce): buckets are filled from the last parameters
+    backwards, and once ``arm()`` has been called (before the last micro-batch's backward), a
+    bucket's asynchronous all-reduce starts as soon as all its gradients are final, while the
+    backward of earlier layers continues. ``allreduce()`` then starts the buckets still
+    waiting, waits for all, and writes the averages back. A gradient reduced during the
+    backward is the one before ``finalize_model_grads``, so with overlap call ``allreduce()``
+    first: both are sums, so either order gives the same gradient.
+    """
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], dp_group, bucket_size_mb: float = 25.0,
+                 overlap: bool = False):
         self.dp_group = dp_group
+        self.overlap = overlap
         self.buckets: List[List[torch.nn.Parameter]] = []
         limit = int(bucket_size_mb * 2 ** 20)
         current, current_bytes = [], 0
+        params = [p for p in params if p.requires_grad]
         # Same parameter order on every DP rank (same model), so buckets line up across ranks.
-        for p in params:
-            if not p.requires_grad:
-                continue
+        # Backward produces the last layers' gradients first: with overlap, bucket from the end.
+        for p in reversed(params) if overlap else params:
             if current and (current_bytes + p.numel() * p.element_size() > limit or p.dtype != current[0].dtype):
                 self.buckets.append(current)
                 current, current_bytes = [], 0
@@ -41,26 +52,59 @@ class GradientAllReducer:
             current_bytes += p.numel() * p.element_size()
         if current:
             self.buckets.append(current)
+        self._armed = False
+        self._pending: List[int] = []
+        self._in_flight: Dict[int, Tuple[torch.Tensor, object]] = {}
+        if overlap and group_size(dp_group) > 1:
+            self._bucket_of = {p: k for k, bucket in enumerate(self.buckets) for p in bucket}
+            for p in params:
+                p.register_post_accumulate_grad_hook(self._gradient_final)
+
+    def arm(self) -> None:
+        """The next backward is the step's last: reduce each bucket as soon as it is complete."""
+        self._armed = True
+        self._pending = [len(bucket) for bucket in self.buckets]
+
+    def _gradient_final(self, param: torch.nn.Parameter) -> None:
+        if not self._armed:
+            return
+        k = self._bucket_of[param]
+        self._pending[k] -= 1
+        if self._pending[k] == 0:
+            self._start(k)
+
+    @torch.no_grad()
+    def _start(self, k: int) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.buckets[k]]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat.div_(group_size(self.dp_group))
+        self._in_flight[k] = (flat, dist.all_reduce(flat, group=self.dp_group, async_op=True))
 
     @torch.no_grad()
     def allreduce(self) -> None:
-        size = group_size(self.dp_group)
-        if size == 1:
+        self._armed = False
+        if group_size(self.dp_group) == 1:
             return
-        for bucket in self.buckets:
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in bucket]
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            flat.div_(size)
-            dist.all_reduce(flat, group=self.dp_group)
+        for k in range(len(self.buckets)):
+            if k not in self._in_flight:
+                self._start(k)
+        in_flight, self._in_flight = self._in_flight, {}
+        for k, (flat, handle) in sorted(in_flight.items()):
+            handle.wait()
             offset = 0
-            for p, g in zip(bucket, grads):
-                n = g.numel()
-                chunk = flat[offset:offset + n].view_as(g)
+            for p in self.buckets[k]:
+                n = p.numel()
+                chunk = flat[offset:offset + n].view_as(p)
                 if p.grad is None:
                     p.grad = chunk.clone()
                 else:
                     p.grad.copy_(chunk)
                 offset += n
+
+    @property
+    def buckets_started_in_backward(self) -> int:
+        """Buckets whose all-reduce is already running (for tests and logs)."""
+        return len(self._in_flight)
 
 
 def _counts_towards_norm(param: torch.Tensor, state: ParallelState) -> bool:

@@ -100,7 +100,8 @@ def one_f_one_b_order(num_stages: int, stage: int, num_microbatches: int) -> Lis
 
 
 def forward_backward(model, micro_batches: List[MicroBatch], *, loss_fn: LossFn = masked_mean_loss,
-                     forward_only: bool = False) -> List[torch.Tensor]:
+                     forward_only: bool = False,
+                     before_last_backward: Optional[Callable[[], None]] = None) -> List[torch.Tensor]:
     """Run every micro-batch through this rank's stage; accumulate gradients unless forward_only.
 
     Each micro-batch is a dict with 'tokens' and 'labels' [b, s], and optionally 'loss_mask' [b, s],
@@ -108,6 +109,8 @@ def forward_backward(model, micro_batches: List[MicroBatch], *, loss_fn: LossFn 
     by the loss pass); every stage receives the full list (only the first stage reads tokens, the
     last the rest).
     Returns the detached per-token losses [b, s] of each micro-batch on the last stage, [] elsewhere.
+    ``before_last_backward`` runs just before the last micro-batch's backward, after which every
+    gradient is final (GradientAllReducer.arm, for --overlap-grad-reduce).
     """
     state = model.state
     num_microbatches = len(micro_batches)
@@ -128,6 +131,8 @@ def forward_backward(model, micro_batches: List[MicroBatch], *, loss_fn: LossFn 
         return loss_fn(out, batch) / num_microbatches
 
     def backward_step(i: int, x, y: torch.Tensor, grad_y: Optional[torch.Tensor]):
+        if i == num_microbatches - 1 and before_last_backward is not None:
+            before_last_backward()  # backwards run in micro-batch order: this one is the last
         torch.autograd.backward(y, grad_tensors=None if last else grad_y)
         return x.grad if x is not None else None
 

@@ -162,7 +162,10 @@ class Trainer:
             lr=optim.lr, train_iters=train.train_iters, min_lr=optim.min_lr, lr_decay_style=optim.lr_decay_style,
             lr_decay_iters=optim.lr_decay_iters, lr_warmup_iters=optim.lr_warmup_iters,
             lr_warmup_fraction=optim.lr_warmup_fraction, weight_decay=optim.weight_decay))
-        self.grad_reducer = GradientAllReducer(self.model.parameters(), state.dp_group)
+        bucket_mb = 25.0 if optim.ddp_bucket_size is None else \
+            optim.ddp_bucket_size * torch.finfo(_DTYPES[optim.precision]).bits / 8 / 2**20
+        self.grad_reducer = GradientAllReducer(self.model.parameters(), state.dp_group, bucket_size_mb=bucket_mb,
+                                               overlap=optim.overlap_grad_reduce)
         self.num_matrices = min(config.mixing.norm_matrices, model_cfg.num_layers)
         self.probe = self.norm_tracker = self.quality = None
         if config.mixing.method in LEARNING_METHODS:
@@ -279,11 +282,15 @@ class Trainer:
             from megatron_hds.mixing.signals import micro_batch_domain
 
             self.probe.begin_step([micro_batch_domain(batch["domains"]) for batch in micro_batches])
-        forward_backward(self.model, micro_batches, loss_fn=self._loss_fn)
-        finalize_model_grads(self.model)
+        reducer = self.grad_reducer
+        forward_backward(self.model, micro_batches, loss_fn=self._loss_fn,
+                         before_last_backward=reducer.arm if reducer.overlap else None)
         sharded = self.optimizer.sharded_over_dp
-        if not sharded:  # the distributed optimizer's step reduce-scatters the grads itself
-            self.grad_reducer.allreduce()
+        if reducer.overlap:  # buckets reduced during backward hold the gradients before finalize
+            reducer.allreduce()
+        finalize_model_grads(self.model)
+        if not sharded and not reducer.overlap:  # the distributed optimizer reduce-scatters in its step
+            reducer.allreduce()
         if self.norm_tracker is not None:
             self.norm_tracker.snapshot()
         result = self.optimizer.step(

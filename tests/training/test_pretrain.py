@@ -100,6 +100,7 @@ def test_arguments_reject_bad_and_contradictory_flags(demo_manifest, capsys):
         (["--no-load-rng"], "no_load_rng=True needs a checkpoint to load (--load)"),
         (["--finetune", "--load", os.path.dirname(demo_manifest), "--save", os.path.dirname(demo_manifest)],
          "give another --save"),
+        (["--overlap-grad-reduce", "--use-distributed-optimizer"], "overlap_grad_reduce=True works with the all-reduce"),
         (["--recompute-activations", "--recompute-granularity", "full"], "give one of the two"),
         (["--recompute-granularity", "full"], "needs recompute_method"),
         (["--recompute-method", "block"], "need recompute_granularity='full'"),
@@ -306,3 +307,18 @@ def test_finetune_and_partial_loads(demo_manifest, tmp_path):
             assert records[5]["loss"] == straight[5]["loss"] and records[6]["loss"] != straight[6]["loss"]
         else:  # other dropout masks from step 5 on
             assert records[5]["loss"] != straight[5]["loss"]
+
+
+def test_overlapped_gradient_reduce_trains_like_the_reduce_after_backward(demo_manifest, tmp_path):
+    """--overlap-grad-reduce at TP=2 x DP=2 with sequence parallelism (whose norm gradients are
+    summed over TP after the DP average): the same steps as without it, to rounding."""
+    runs = {}
+    for name, flags in (("after", []), ("overlapped", ["--overlap-grad-reduce"])):
+        log_dir = str(tmp_path / name)
+        run_distributed(_train, 4, _argv(demo_manifest, "--hidden-dropout", "0", "--attention-dropout", "0",
+                                         "--tensor-model-parallel-size", "2", "--sequence-parallel",
+                                         "--train-iters", "4", "--log-dir", log_dir, *flags), 0.0)
+        runs[name] = _records(log_dir)
+    _assert_same_steps(runs["after"], runs["overlapped"], range(1, 5), exact=False)
+    for it in range(1, 5):
+        assert runs["overlapped"][it]["grad_norm"] == pytest.approx(runs["after"][it]["grad_norm"], rel=1e-5)
