@@ -100,6 +100,7 @@ def test_arguments_reject_bad_and_contradictory_flags(demo_manifest, capsys):
         (["--no-load-rng"], "no_load_rng=True needs a checkpoint to load (--load)"),
         (["--finetune", "--load", os.path.dirname(demo_manifest), "--save", os.path.dirname(demo_manifest)],
          "give another --save"),
+        (["--ddp-bucket-size", "0"], "ddp_bucket_size=0 is invalid"),
         (["--overlap-grad-reduce", "--use-distributed-optimizer"], "overlap_grad_reduce=True works with the all-reduce"),
         (["--recompute-activations", "--recompute-granularity", "full"], "give one of the two"),
         (["--recompute-granularity", "full"], "needs recompute_method"),
