@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from abc import ABC, abstractmethod
 from functools import cached_property
 from typing import Optional, Union
 
@@ -65,7 +66,23 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-class SentencePieceTokenizer:
+class _FileTokenizer(ABC):
+    """What both tokenizers share: pickled as their file paths (``__getstate__``) and loaded
+    again on unpickling (``_load``), so preprocessing workers can share one; Megatron's padding."""
+
+    @abstractmethod
+    def _load(self) -> None:
+        """Open the tokenizer file(s) named by the instance's attributes."""
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._load()
+
+    def padded_vocab_size(self, make_vocab_size_divisible_by: int = 128, tensor_model_parallel_size: int = 1) -> int:
+        return padded_vocab_size(self.vocab_size, make_vocab_size_divisible_by, tensor_model_parallel_size)
+
+
+class SentencePieceTokenizer(_FileTokenizer):
     """A SentencePiece model wrapped with one of Megatron's SentencePiece tokenizer types.
 
     Picklable (it reloads the model from its path), so preprocessing workers can share it.
@@ -121,10 +138,6 @@ class SentencePieceTokenizer:
     def __getstate__(self):
         return {"model_path": self.model_path, "tokenizer_type": self.tokenizer_type}
 
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._load()
-
     @property
     def vocab_size(self) -> int:
         if self.tokenizer_type == "SentencePieceTokenizer":
@@ -173,9 +186,6 @@ class SentencePieceTokenizer:
 
     decode = detokenize
 
-    def padded_vocab_size(self, make_vocab_size_divisible_by: int = 128, tensor_model_parallel_size: int = 1) -> int:
-        return padded_vocab_size(self.vocab_size, make_vocab_size_divisible_by, tensor_model_parallel_size)
-
 
 # EOS spellings of common Hugging Face tokenizers, tried in order when no config names one.
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
@@ -197,7 +207,7 @@ def _token_text(value) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
-class HuggingFaceTokenizer:
+class HuggingFaceTokenizer(_FileTokenizer):
     """A Hugging Face fast tokenizer (tokenizer.json) with Megatron's HuggingFaceTokenizer semantics.
 
     Picklable (it reloads the file), so preprocessing workers can share it.
@@ -251,10 +261,6 @@ class HuggingFaceTokenizer:
     def __getstate__(self):
         return {"json_path": self.json_path, "model_path": self.model_path}
 
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._load()
-
     @property
     def vocab_size(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
@@ -299,9 +305,6 @@ class HuggingFaceTokenizer:
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
 
     decode = detokenize
-
-    def padded_vocab_size(self, make_vocab_size_divisible_by: int = 128, tensor_model_parallel_size: int = 1) -> int:
-        return padded_vocab_size(self.vocab_size, make_vocab_size_divisible_by, tensor_model_parallel_size)
 
 
 Tokenizer = Union[SentencePieceTokenizer, HuggingFaceTokenizer]

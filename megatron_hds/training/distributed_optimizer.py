@@ -122,13 +122,6 @@ class DistributedOptimizer(TrainingOptimizer):
         self.scaler = DynamicLossScaler(loss_scaler) if precision == "fp16" else None
 
     # ---- the step ---------------------------------------------------------------------
-    @property
-    def loss_scale(self) -> float:
-        return self.scaler.scale if self.scaler is not None else 1.0
-
-    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
-        return loss.float() * self.scaler.scale if self.scaler is not None else loss
-
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
         for master in self._masters:

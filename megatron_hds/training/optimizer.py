@@ -261,6 +261,8 @@ class TrainingOptimizer(ABC):
 
     precision: str
     optimizer: torch.optim.AdamW
+    scaler: DynamicLossScaler | None = None
+    """fp16's dynamic loss scaler (None for fp32 and bf16)."""
     sharded_over_dp = False
     """True when each DP rank holds a different part of the grads it steps on (the
     distributed optimizer): norms then sum over DP too, and every rank takes part in
@@ -272,10 +274,11 @@ class TrainingOptimizer(ABC):
 
     @property
     def loss_scale(self) -> float:
-        return 1.0
+        return self.scaler.scale if self.scaler is not None else 1.0
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
-        return loss
+        # Scale in fp32: an fp16 loss times 2**32 would overflow before backward starts.
+        return loss.float() * self.scaler.scale if self.scaler is not None else loss
 
     def model_params(self) -> list[nn.Parameter]:
         return [p for group in self._model_groups for p in group]
@@ -334,9 +337,8 @@ class TrainingOptimizer(ABC):
         disables clipping; the norm is still computed and returned for logging.
         """
         found_inf = self._prepare_grads(found_inf_reduce)
-        scaler = getattr(self, "scaler", None)
-        if scaler is not None:
-            scaler.update(found_inf)
+        if self.scaler is not None:
+            self.scaler.update(found_inf)
         if found_inf:
             return StepResult(skipped=True, grad_norm=None, loss_scale=self.loss_scale)
         pairs = self.grad_pairs()
@@ -438,14 +440,6 @@ class MixedPrecisionOptimizer(TrainingOptimizer):
             master_groups, lr=lr, betas=betas, eps=eps, **adamw_impl_kwargs(masters, fused)
         )
         self.scaler = DynamicLossScaler(loss_scaler) if precision == "fp16" else None
-
-    @property
-    def loss_scale(self) -> float:
-        return self.scaler.scale if self.scaler is not None else 1.0
-
-    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
-        # Scale in fp32: an fp16 loss times 2**32 would overflow before backward starts.
-        return loss.float() * self.scaler.scale if self.scaler is not None else loss
 
     def master_params(self) -> list[torch.Tensor]:
         return [m for g in self._master_groups for m in g]
