@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--load", default=None)
     g.add_argument("--save-interval", type=int, default=0)
     g.add_argument("--exit-interval", type=int, default=0)
+    g.add_argument("--exit-duration-in-mins", type=float, default=None,
+                   help="save and exit once this many minutes have passed since start (all ranks agree)")
+    g.add_argument("--exit-signal-handler", action="store_true",
+                   help="accepted for Megatron compatibility: SIGTERM/SIGUSR1 always save and exit here")
     g.add_argument("--override-opt_param-scheduler", dest="override_opt_param_scheduler", action="store_true",
                    help="on --load, keep this run's LR schedule instead of requiring the checkpoint's")
     g.add_argument("--finetune", action="store_true",
@@ -313,6 +317,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         wandb_project=args.wandb_project,
         wandb_exp_name=args.wandb_exp_name,
         exit_interval=args.exit_interval,
+        exit_duration_in_mins=args.exit_duration_in_mins,
         override_opt_param_scheduler=args.override_opt_param_scheduler,
         finetune=args.finetune,
         no_load_optim=args.no_load_optim,

@@ -293,6 +293,7 @@ class TrainConfig:
     wandb_project: Optional[str] = None  # --wandb-project
     wandb_exp_name: Optional[str] = None  # --wandb-exp-name
     exit_interval: int = 0  # --exit-interval: stop (after saving) once the iteration is a multiple of this
+    exit_duration_in_mins: Optional[float] = None  # --exit-duration-in-mins: stop (after saving) once this much wall time has passed
     override_opt_param_scheduler: bool = False  # --override-opt_param-scheduler: keep this run's LR schedule on --load
     # --finetune: take only the model weights from --load and start a new run at iteration 0
     # (fresh optimizer, LR schedule, data order, scheduler, RNG); once --save holds a checkpoint
@@ -312,6 +313,9 @@ class TrainConfig:
             raise ValueError(
                 f"global_batch_size={self.global_batch_size} is not divisible by micro_batch_size="
                 f"{self.micro_batch_size}")
+        if self.exit_duration_in_mins is not None and not self.exit_duration_in_mins > 0:
+            raise ValueError(f"exit_duration_in_mins={self.exit_duration_in_mins!r} is invalid: expected a "
+                             "positive number of minutes")
         for name in ("finetune", "no_load_optim", "no_load_rng"):
             if getattr(self, name) and self.load is None:
                 raise ValueError(f"{name}=True needs a checkpoint to load (--load)")

@@ -564,10 +564,11 @@ class SignalSaveHandler:
         """This rank's own flag, without communication."""
         return self._received is not None
 
-    def should_save_and_exit(self) -> bool:
-        """Whether any rank got a signal. Collective when a process group is initialised:
-        every rank of ``group`` must call it at the same iteration."""
-        decision = agree(self._received is not None, self.group)
+    def should_save_and_exit(self, also: bool = False) -> bool:
+        """Whether any rank got a signal (or has ``also`` set: another local reason to stop, agreed
+        in the same collective). Collective when a process group is initialised: every rank of
+        ``group`` must call it at the same iteration."""
+        decision = agree(self._received is not None or also, self.group)
         if decision and self._received is not None:
             logger.warning(
                 "received %s: saving a checkpoint and exiting", signal.Signals(self._received).name

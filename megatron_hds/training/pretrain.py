@@ -129,6 +129,7 @@ class Trainer:
     """Builds everything for one run from a PretrainConfig and trains."""
 
     def __init__(self, config: PretrainConfig, state: ParallelState, scheduler=None):
+        self._start_time = time.monotonic()  # --exit-duration-in-mins counts from here
         self.config = config
         self.state = state
         train, model_cfg, optim = config.train, config.model, config.optim
@@ -359,14 +360,19 @@ class Trainer:
                     window = _Window(len(self.domains.names))
                 if cfg.eval_interval and self.iteration % cfg.eval_interval == 0:
                     last_eval = self._evaluate("valid")
-                stop = signals.should_save_and_exit()
-                stop = stop or bool(cfg.exit_interval and self.iteration % cfg.exit_interval == 0)
+                # The wall clock differs per rank: agreed with the signals in one collective.
+                out_of_time = bool(cfg.exit_duration_in_mins and
+                                   time.monotonic() - self._start_time >= 60 * cfg.exit_duration_in_mins)
+                stop = signals.should_save_and_exit(also=out_of_time)
+                reason = ("signal" if signals.signal_received() else "--exit-duration-in-mins" if out_of_time
+                          else "a signal or the time limit on another rank")
+                if not stop and cfg.exit_interval and self.iteration % cfg.exit_interval == 0:
+                    stop, reason = True, "--exit-interval"
                 periodic = bool(cfg.save_interval and self.iteration % cfg.save_interval == 0)
                 if cfg.save and (periodic or stop or self.iteration == cfg.train_iters):
                     self.save()
                 if stop and self.iteration < cfg.train_iters:
-                    logger.info("stopping at iteration %d (%s)", self.iteration,
-                                "signal" if signals.signal_received() else "--exit-interval")
+                    logger.info("stopping at iteration %d (%s)", self.iteration, reason)
                     self.metrics.close()
                     return {"iteration": self.iteration, "stopped_early": True}
         if not (cfg.eval_interval and self.iteration % cfg.eval_interval == 0):

@@ -101,6 +101,7 @@ def test_arguments_reject_bad_and_contradictory_flags(demo_manifest, capsys):
         (["--finetune", "--load", os.path.dirname(demo_manifest), "--save", os.path.dirname(demo_manifest)],
          "give another --save"),
         (["--ddp-bucket-size", "0"], "ddp_bucket_size=0 is invalid"),
+        (["--exit-duration-in-mins", "0"], "exit_duration_in_mins=0.0 is invalid"),
         (["--overlap-grad-reduce", "--use-distributed-optimizer"], "overlap_grad_reduce=True works with the all-reduce"),
         (["--recompute-activations", "--recompute-granularity", "full"], "give one of the two"),
         (["--recompute-granularity", "full"], "needs recompute_method"),
@@ -323,3 +324,15 @@ def test_overlapped_gradient_reduce_trains_like_the_reduce_after_backward(demo_m
     _assert_same_steps(runs["after"], runs["overlapped"], range(1, 5), exact=False)
     for it in range(1, 5):
         assert runs["overlapped"][it]["grad_norm"] == pytest.approx(runs["after"][it]["grad_norm"], rel=1e-5)
+
+
+def test_exit_duration_saves_and_stops_and_the_run_resumes(demo_manifest, tmp_path):
+    """--exit-duration-in-mins: past the limit the ranks agree, save and stop; the same command
+    without the limit resumes from that checkpoint (--exit-signal-handler is accepted)."""
+    save = str(tmp_path / "ckpt")
+    common = ["--train-iters", "4", "--save", save, "--load", save, "--exit-signal-handler"]
+    os.makedirs(save)
+    first = run_distributed(_train, 2, _argv(demo_manifest, *common, "--exit-duration-in-mins", "1e-6"))
+    assert [r["stopped_early"] for r in first] == [True, True] and first[0]["iteration"] == 1
+    assert open(os.path.join(save, "latest_checkpointed_iteration.txt")).read().strip() == "1"
+    assert _train(_argv(demo_manifest, *common))["iteration"] == 4
