@@ -160,3 +160,25 @@ def test_recompute_num_layers_counts_layers_per_stage():
     config = ModelConfig(**CONFIG, recompute_granularity="full", recompute_method="block", recompute_num_layers=5)
     with pytest.raises(ValueError, match="recompute_num_layers=5 is more than the 4 layers"):
         GPTModel(config, ParallelState.single("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["full-uniform-1", "selective"])
+def test_recompute_on_cuda_replays_the_cuda_generators(mode):
+    """On a GPU the dropout masks come from the CUDA generator (and SDPA's own kernels in bf16):
+    recompute must still reproduce every loss and gradient bit for bit."""
+    state = ParallelState.single("cuda")
+
+    def run(extra):
+        seed_default_generator(SEED, 0, state.device)
+        model = GPTModel(ModelConfig(**CONFIG, **extra), state, seed=SEED, dtype=torch.bfloat16)
+        out = []
+        for batch in _micro_batches(2, 2):
+            model.zero_grad(set_to_none=True)
+            batch = [{k: v.cuda() for k, v in b.items()} for b in batch]
+            losses = forward_backward(model, batch)
+            out.append(([t.clone() for t in losses], {n: p.grad.clone() for n, p in model.named_parameters()}))
+        return out
+
+    _assert_identical(run(MODES[mode]), run({}))
