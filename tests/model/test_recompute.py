@@ -167,7 +167,9 @@ def test_recompute_num_layers_counts_layers_per_stage():
 @pytest.mark.parametrize("mode", ["full-uniform-1", "selective"])
 def test_recompute_on_cuda_replays_the_cuda_generators(mode):
     """On a GPU the dropout masks come from the CUDA generator (and SDPA's own kernels in bf16):
-    recompute must still reproduce every loss and gradient bit for bit."""
+    recompute must still reproduce them. Losses must match bit for bit (the second step's show
+    the generators advanced alike). Gradients may differ in rounding only: flash attention's
+    backward and the embedding's accumulate with atomics. A wrong mask moves them by O(1)."""
     state = ParallelState.single("cuda")
 
     def run(extra):
@@ -181,4 +183,8 @@ def test_recompute_on_cuda_replays_the_cuda_generators(mode):
             out.append(([t.clone() for t in losses], {n: p.grad.clone() for n, p in model.named_parameters()}))
         return out
 
-    _assert_identical(run(MODES[mode]), run({}))
+    for (losses, grads), (ref_losses, ref_grads) in zip(run(MODES[mode]), run({}), strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(losses, ref_losses))
+        for name, grad in grads.items():
+            ref = ref_grads[name].float()
+            assert (grad.float() - ref).abs().max() <= 2e-2 * ref.abs().max(), name
