@@ -85,11 +85,12 @@ class GradientAllReducer:
         self._armed = False
         if group_size(self.dp_group) == 1:
             return
+        # A bucket not started during backward is started and finished alone, so without overlap
+        # only one bucket's flat copy exists at a time.
         for k in range(len(self.buckets)):
             if k not in self._in_flight:
                 self._start(k)
-        in_flight, self._in_flight = self._in_flight, {}
-        for k, (flat, handle) in sorted(in_flight.items()):
+            flat, handle = self._in_flight.pop(k)
             handle.wait()
             offset = 0
             for p in self.buckets[k]:

@@ -52,6 +52,14 @@ class _Piece:
     end: int  # one past the last
     at: int  # where it starts within the slice
 
+    def of_slice(self, slice_: torch.Tensor) -> torch.Tensor:
+        """This piece's elements of a slice-sized tensor (a view)."""
+        return slice_[self.at:self.at + self.end - self.begin]
+
+    def of_param(self) -> torch.Tensor:
+        """This piece's elements of the parameter (a view)."""
+        return self.param.detach().reshape(-1)[self.begin:self.end]
+
 
 class _GroupShard:
     """One parameter group's flat layout and this DP rank's slice of it."""
@@ -157,17 +165,16 @@ class DistributedOptimizer(TrainingOptimizer):
         for shard, master in zip(self._shards, self._masters):
             if master.grad is None:
                 continue
-            pairs.extend((piece.param, master.grad[piece.at:piece.at + piece.end - piece.begin])
-                         for piece in shard.pieces)
+            pairs.extend((piece.param, piece.of_slice(master.grad)) for piece in shard.pieces)
         return pairs
 
     def _default_grad_norm(self, pairs: GradPairs) -> float:
-        squares = torch.tensor([local_grad_norm([g for _, g in pairs]) ** 2], dtype=torch.float64)
-        if self.dp_size > 1:
-            device = self._masters[0].device
-            squares = squares.to(device=device, dtype=torch.float32)
-            dist.all_reduce(squares, group=self.dp_group)
-        return math.sqrt(float(squares.item()))
+        squares = local_grad_norm([g for _, g in pairs]) ** 2
+        if self.dp_size > 1:  # each rank holds different pieces: sum their squares over DP
+            total = torch.tensor([squares], dtype=torch.float32, device=self._masters[0].device)
+            dist.all_reduce(total, group=self.dp_group)
+            squares = total.item()
+        return math.sqrt(squares)
 
     @torch.no_grad()
     def _after_step(self) -> None:
@@ -190,8 +197,7 @@ class DistributedOptimizer(TrainingOptimizer):
     def reload_model_params(self) -> None:
         for shard, master in zip(self._shards, self._masters):
             for piece in shard.pieces:
-                n = piece.end - piece.begin
-                master[piece.at:piece.at + n].copy_(piece.param.detach().reshape(-1)[piece.begin:piece.end])
+                piece.of_slice(master).copy_(piece.of_param())
 
     # ---- checkpoints ------------------------------------------------------------------
     def _gather_to_first(self, shard: _GroupShard, mine: torch.Tensor) -> list[torch.Tensor] | None:

@@ -80,6 +80,9 @@ def _parity_worker(tp: int, pp: int):
         assert not a.skipped and not b.skipped
         norms.append((a.grad_norm, b.grad_norm))
         _assert_same_params(plain.model, sharded.model)
+        if tp == pp == 1:  # the default norm (no grad_norm_fn) sums over DP: the clipped slices' norm is CLIP
+            clipped = sharded.optimizer._default_grad_norm(sharded.optimizer.grad_pairs())
+            assert clipped == pytest.approx(CLIP * b.grad_norm / (b.grad_norm + 1e-6), rel=1e-5)
     # Each rank holds 1/DP of the state: one fp32 slice each of master, exp_avg and exp_avg_sq per
     # group (padded to a multiple of DP), plus one step counter per group. The unsharded fp32
     # optimizer: both moments of every parameter and a step counter per parameter, no master copy.
