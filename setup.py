@@ -37,7 +37,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["megatron_hds", "megatron_hds.*", "kernels", "kernels.*"]),
+    # The repository's top-level kernels/ folder installs as megatron_hds.kernels: a top-level
+    # "kernels" package would clash with the registry's package of that name.
+    packages=[*find_packages(include=["megatron_hds", "megatron_hds.*"]), "megatron_hds.kernels"],
+    package_dir={"megatron_hds.kernels": "kernels"},
     ext_modules=[Extension("megatron_hds.data._mtld", ["megatron_hds/data/_mtld.c"], extra_compile_args=["-O3"])],
     cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[
@@ -48,7 +51,8 @@ setup(
         "tqdm>=4.60",
         "triton>=3.2; platform_system == 'Linux'",  # torch 2.6 ships 3.2; older interpreters compute the kernels wrongly
     ],
-    entry_points={"console_scripts": ["megatron-hds-pretrain = megatron_hds.training.pretrain:main"]},
+    entry_points={"console_scripts": ["megatron-hds-pretrain = megatron_hds.training.pretrain:main",
+                                      "megatron-hds-evaluate = megatron_hds.evaluation.downstream:cli"]},
     extras_require={
         "test": ["pytest>=7", "matplotlib>=3.5", *HF_EXTRA],
         "hf": HF_EXTRA,

@@ -4,7 +4,7 @@
 call; Triton is imported only when a Triton kernel is actually used.
 """
 
-from kernels.dispatch import (
+from megatron_hds.kernels.dispatch import (
     available_backends,
     choose_backend,
     count_sketch_add,

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from kernels import reference
+from megatron_hds.kernels import reference
 
 __all__ = ["ENV_VAR", "available_backends", "choose_backend", "multi_tensor_sum_of_squares", "cross_entropy_partials",
            "cross_entropy_loss", "cross_entropy_backward", "count_sketch_add"]
@@ -74,19 +74,19 @@ def _requested() -> str:
 
 
 def _norms():
-    from kernels import norms  # Triton is imported here, on first use only
+    from megatron_hds.kernels import norms  # Triton is imported here, on first use only
 
     return norms
 
 
 def _sketch():
-    from kernels import sketch  # Triton is imported here, on first use only
+    from megatron_hds.kernels import sketch  # Triton is imported here, on first use only
 
     return sketch
 
 
 def _cross_entropy():
-    from kernels import cross_entropy  # Triton is imported here, on first use only
+    from megatron_hds.kernels import cross_entropy  # Triton is imported here, on first use only
 
     return cross_entropy
 

@@ -6,7 +6,7 @@ Imported only through ``kernels.dispatch`` (it imports Triton). Under ``TRITON_I
 (set before this module is first imported) it runs on CPU tensors for tests.
 
 The hash is the gradient probes' (``count_sketch_hash`` in kernels/reference.py, used by
-megatron_hds/mixing/signals.py):
+megatron_hds/mixing/probes.py):
     z = splitmix64(splitmix64(j) ^ key);  bucket = (z >> 33) mod m;  sign = +1 if z odd else -1
 in wrap-around uint64 arithmetic. The torch path keeps a table of (bucket, sign) per
 element, 5 bytes per probed element; computing them here instead keeps the probe's memory

@@ -51,7 +51,7 @@ def run_tool(name: str, *args: str, check: bool = True, cwd: str | None = None) 
 
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory) -> str:
-    from megatron_hds.data.demo_corpus import write_demo_corpus
+    from demo_corpus import write_demo_corpus
 
     path = str(tmp_path_factory.mktemp("demo") / "demo.jsonl.zst")
     write_demo_corpus(path, size_mb=DEMO_TEST_SIZE_MB, seed=1234)
@@ -60,7 +60,7 @@ def demo_corpus(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def demo_documents(demo_corpus) -> list[tuple[str, str]]:
-    from megatron_hds.data.demo_corpus import read_demo_corpus
+    from demo_corpus import read_demo_corpus
 
     return list(read_demo_corpus(demo_corpus))
 

@@ -39,11 +39,10 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from megatron_hds.data.mixture import LAYOUTS, MixtureConfig, MixtureSampler  # noqa: E402
+from megatron_hds.data.mixture import LAYOUTS, MixtureConfig, MixtureSampler
 
 PILE_WEIGHTS = {
     "Pile-CC": 0.1811, "PubMed Central": 0.144, "Books3": 0.1207, "OpenWebText2": 0.1001,

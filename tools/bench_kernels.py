@@ -27,17 +27,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import kernels  # noqa: E402
-from kernels import dispatch  # noqa: E402
-from megatron_hds.config import MODEL_PRESETS, ModelConfig, model_preset  # noqa: E402
+from megatron_hds import kernels
+from megatron_hds.kernels import dispatch
+from megatron_hds.config import MODEL_PRESETS, ModelConfig, model_preset
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 KERNELS = ("ce", "norm", "sketch")
@@ -262,7 +260,7 @@ def bench_norm(args, device: torch.device, bandwidth: float) -> None:
 
 
 def bench_sketch(args, device: torch.device, bandwidth: float) -> None:
-    from megatron_hds.mixing.signals import PROBE_MATRICES, count_sketch_hash, global_flat_index, name_key
+    from megatron_hds.mixing.probes import PROBE_MATRICES, count_sketch_hash, global_flat_index, name_key
 
     dtype = DTYPES[args.dtype]
     config = model_preset(args.model)

@@ -26,7 +26,6 @@ import argparse
 import math
 import os
 import statistics
-import sys
 import time
 
 import torch
@@ -35,13 +34,12 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_hds.config import (MODEL_PRESETS, RECOMPUTE_GRANULARITIES, RECOMPUTE_METHODS,  # noqa: E402
+from megatron_hds.config import (MODEL_PRESETS, RECOMPUTE_GRANULARITIES, RECOMPUTE_METHODS,
                                  ModelConfig, model_preset)
-from megatron_hds.model.gpt import GPTModel  # noqa: E402
-from megatron_hds.parallel.schedules import forward_backward  # noqa: E402
-from megatron_hds.parallel.state import ParallelState, init_distributed  # noqa: E402
+from megatron_hds.model.gpt import GPTModel
+from megatron_hds.parallel.schedules import forward_backward
+from megatron_hds.parallel.state import ParallelState, init_distributed
 
 # Dense (no sparsity) datasheet peaks in TFLOP/s, by substring of the device name.
 PEAK_TFLOPS = {

@@ -65,12 +65,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from megatron_hds.data import quality as _quality  # noqa: E402
-from megatron_hds.data.indexed_dataset import IndexedDatasetBuilder as OurIndexedDatasetBuilder  # noqa: E402
+from megatron_hds.data import quality as _quality
+from megatron_hds.data.indexed_dataset import IndexedDatasetBuilder as OurIndexedDatasetBuilder
 
 DEMO_SEED = 1234
 
@@ -302,7 +301,7 @@ def _plain_copy(path: str, work_dir: str) -> str:
 
 def prepare_inputs(args) -> list[tuple[str, str]]:
     """[(label, path)]: the plain .jsonl first (read by both tools), then any other format."""
-    from megatron_hds.data.demo_corpus import write_demo_corpus
+    from demo_corpus import write_demo_corpus
 
     if args.input:
         plain = _plain_copy(args.input, args.work_dir)

@@ -47,10 +47,9 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 DEFAULT_CACHE = os.path.join(tempfile.gettempdir(), "megatron_hds_bench_scheduler")
 METHODS = ("static", "hds", "odm", "acodm", "uniform", "hds-overlap", "acodm-overlap")
@@ -150,7 +149,7 @@ _ACTIVE_TIMERS: list = [None]
 
 
 def _install_hook_timer() -> None:
-    from megatron_hds.mixing.signals import GradientProbe
+    from megatron_hds.mixing.probes import GradientProbe
 
     if getattr(GradientProbe._make_hook, "_bench_timed", False):
         return
@@ -207,12 +206,8 @@ def ensure_demo_manifest(cache_dir: str, size_mb: float, vocab: int) -> str:
         print(f"reusing the demo data in {cache_dir}")
         return manifest
     print(f"building the demo corpus, tokenizer and datasets in {cache_dir} (once) ...", flush=True)
-    from megatron_hds.data.demo_corpus import read_demo_corpus, write_demo_corpus
+    from demo_corpus import read_demo_corpus, write_demo_corpus
     from megatron_hds.data.tokenizer import train_sentencepiece
-
-    tools_dir = os.path.dirname(os.path.abspath(__file__))
-    if tools_dir not in sys.path:
-        sys.path.insert(1, tools_dir)
     import preprocess_data
 
     os.makedirs(os.path.join(cache_dir, "data"), exist_ok=True)
@@ -265,7 +260,7 @@ class Run:
     def __init__(self, args, manifest: str, method: str, log_root: str):
         from megatron_hds.arguments import parse_args as pretrain_parse_args
         from megatron_hds.parallel.state import ParallelState
-        from megatron_hds.training.pretrain import Trainer
+        from megatron_hds.training.trainer import Trainer
 
         self.method = method
         self.timers = Timers()

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Compare data-mixing methods (HDS against static, uniform, ODM, AC-ODM) with everything
-else identical, and write a report: tables in comparison.md, PNG plots.
+else identical, and write a report: tables in scheduler_comparison.md, PNG plots.
 
     python tools/compare_schedulers.py --output-dir runs/compare \\
         --methods static,uniform,odm,acodm,hds --seeds 1,2 --train-iters 400 --eval-interval 25
@@ -41,13 +41,11 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from megatron_hds.atomic_io import write_text_atomic  # noqa: E402
-from megatron_hds.training import comparison  # noqa: E402
-from megatron_hds.training.checkpointing import find_latest_iteration  # noqa: E402
-from megatron_hds.training.metrics import read_metrics  # noqa: E402
+from megatron_hds.atomic_io import write_text_atomic
+import scheduler_comparison
+from megatron_hds.checkpoint.store import find_latest_iteration
+from megatron_hds.training.metrics import read_metrics
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(REPO_ROOT, "examples", "pretrain_gpt_hds.sh")
@@ -290,7 +288,7 @@ def write_report(args, command: str) -> str:
     curves = {}
     bands = {}
     for method, records in runs.items():
-        curves[method], low, high = comparison.mean_curve([comparison.eval_curve(r) for r in records])
+        curves[method], low, high = scheduler_comparison.mean_curve([scheduler_comparison.eval_curve(r) for r in records])
         bands[method] = (low, high)
     missing = [run_name(m, s) for m in args.methods for s in args.seeds
                if not is_complete(run_dir(args.output_dir, m, s), args.train_iters)]
@@ -305,13 +303,13 @@ def write_report(args, command: str) -> str:
     lines += ["", "## Final validation perplexity (mean over domains)", ""]
     rows = []
     for method, records in runs.items():
-        finals = [comparison.eval_curve(r).final for r in records]
-        mean, std, low, high = comparison.spread(finals)
+        finals = [scheduler_comparison.eval_curve(r).final for r in records]
+        mean, std, low, high = scheduler_comparison.spread(finals)
         rows.append([method, _fmt(mean), _fmt(std), f"{_fmt(low)} .. {_fmt(high)}", str(len(finals))])
     lines += _table(["method", "mean over seeds", "std", "min .. max", "seeds"], rows)
 
     if args.reference in curves and len(curves) > 1:
-        best, target, target_rows = comparison.steps_to_best_baseline(curves, args.reference)
+        best, target, target_rows = scheduler_comparison.steps_to_best_baseline(curves, args.reference)
         lines += ["", f"## Steps to reach the best baseline's final perplexity ({best}: {target:.2f})", "",
                   "On the seed-mean curves; saving = 1 - steps / steps the baseline needed (negative: more steps).",
                   ""]
@@ -325,25 +323,25 @@ def write_report(args, command: str) -> str:
         for baseline in curves:
             if baseline == args.reference:
                 continue
-            per_seed = [(seed, comparison.saving(comparison.eval_curve(by_seed[args.reference][seed]),
-                                                 comparison.eval_curve(by_seed[baseline][seed])))
+            per_seed = [(seed, scheduler_comparison.saving(scheduler_comparison.eval_curve(by_seed[args.reference][seed]),
+                                                 scheduler_comparison.eval_curve(by_seed[baseline][seed])))
                         for seed in by_seed[args.reference] if seed in by_seed[baseline]]
-            rows.append([baseline, _fmt(comparison.saving(curves[args.reference], curves[baseline]), percent=True),
+            rows.append([baseline, _fmt(scheduler_comparison.saving(curves[args.reference], curves[baseline]), percent=True),
                          ", ".join(f"seed {seed}: {_fmt(s, percent=True)}" for seed, s in per_seed)])
         lines += _table(["baseline", "saving (seed mean)", "per seed"], rows)
 
-    domains = list(dict.fromkeys(d for records in runs.values() for d in comparison.final_domain_ppl(records)))
-    per_domain = {m: comparison.final_domain_ppl(records) for m, records in runs.items()}
+    domains = list(dict.fromkeys(d for records in runs.values() for d in scheduler_comparison.final_domain_ppl(records)))
+    per_domain = {m: scheduler_comparison.final_domain_ppl(records) for m, records in runs.items()}
     lines += ["", "## Final validation perplexity per domain (mean over seeds)", ""]
     lines += _table(["domain", *runs], [[d, *(_fmt(per_domain[m].get(d)) for m in runs)] for d in domains])
 
     lines += ["", "## Domain weights (mean over seeds): first tenth / last fifth of the run", ""]
-    early = {m: comparison.mean_weights(r, 0.0, 0.1) for m, r in runs.items()}
-    late = {m: comparison.mean_weights(r, 0.8, 1.0) for m, r in runs.items()}
+    early = {m: scheduler_comparison.mean_weights(r, 0.0, 0.1) for m, r in runs.items()}
+    late = {m: scheduler_comparison.mean_weights(r, 0.8, 1.0) for m, r in runs.items()}
     lines += _table(["domain", *runs], [[d, *(f"{early[m].get(d, 0):.3f} / {late[m].get(d, 0):.3f}" for m in runs)]
                                         for d in domains])
 
-    rewards = {m: (comparison.reward_means(r, 0.0, 0.1), comparison.reward_means(r, 0.8, 1.0))
+    rewards = {m: (scheduler_comparison.reward_means(r, 0.0, 0.1), scheduler_comparison.reward_means(r, 0.8, 1.0))
                for m, r in runs.items()}
     rewards = {m: v for m, v in rewards.items() if v[0] or v[1]}
     if rewards:
@@ -360,7 +358,7 @@ def write_report(args, command: str) -> str:
               "the weights' broadcast. Wall time: all seeds, start-up and evaluations included.", ""]
     rows = []
     for method, records in runs.items():
-        step, scheduler = comparison.step_times(records)
+        step, scheduler = scheduler_comparison.step_times(records)
         rows.append([method, _fmt(1000 * step, 1), _fmt(1000 * scheduler, 2), _fmt(scheduler / step * 100, 2) + "%",
                      _fmt(wall_minutes(args, method), 1)])
     lines += _table(["method", "step (ms)", "scheduler (ms)", "scheduler share", "wall time (min)"], rows)
@@ -368,7 +366,7 @@ def write_report(args, command: str) -> str:
     plots = write_plots(args, by_seed, curves, bands)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots]
-    path = os.path.join(args.output_dir, "comparison.md")
+    path = os.path.join(args.output_dir, "scheduler_comparison.md")
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 

@@ -4,18 +4,14 @@
     python tools/make_demo_corpus.py --output data/demo/demo.jsonl.zst [--size-mb 32] [--seed 1234]
 
 Compression follows the extension (.jsonl.zst, .jsonl.gz, .jsonl).  See
-megatron_hds/data/demo_corpus.py for the domains and how they are made.
+tools/demo_corpus.py for the domains and how they are made.
 """
 import argparse
 import os
 import sys
 import time
 
-# Runnable from a checkout without installing the package: the repo root (the
-# parent of tools/) goes first on sys.path, ahead of any installed copy.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_hds.data.demo_corpus import DEMO_SHARES, MB, write_demo_corpus  # noqa: E402
+from demo_corpus import DEMO_SHARES, MB, write_demo_corpus
 
 
 def main(argv=None) -> int:

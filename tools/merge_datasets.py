@@ -13,13 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
-from pathlib import Path
 
 # Runnable from a checkout without installation: put the repo root (parent of tools/) first.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from megatron_hds.data.indexed_dataset import (  # noqa: E402
+from megatron_hds.data.indexed_dataset import (
     IndexedDataset,
     IndexedDatasetBuilder,
     data_file_path,

@@ -19,9 +19,8 @@ import os
 import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_hds.training.metrics import METRICS_FILENAME, read_metrics  # noqa: E402
+from megatron_hds.training.metrics import METRICS_FILENAME, read_metrics
 
 MATPLOTLIB_HINT = "plot_run.py needs matplotlib: pip install megatron_hds[plot] (or pip install matplotlib)"
 

@@ -27,17 +27,16 @@ import time
 from array import array
 from collections import Counter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from megatron_hds.data.indexed_dataset import (  # noqa: E402
+from megatron_hds.data.indexed_dataset import (
     IndexedDatasetBuilder,
     data_file_path,
     index_file_path,
     optimal_dtype,
 )
-from megatron_hds.data.jsonl_input import (  # noqa: E402
+from megatron_hds.data.jsonl_input import (
     SKIP_DESCRIPTIONS,
     SKIP_REASONS,
     MalformedLine,
@@ -45,7 +44,7 @@ from megatron_hds.data.jsonl_input import (  # noqa: E402
     iter_lines,
     parse_line,
 )
-from megatron_hds.data.manifest import (  # noqa: E402
+from megatron_hds.data.manifest import (
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
     domain_slug,
@@ -53,8 +52,8 @@ from megatron_hds.data.manifest import (  # noqa: E402
     relative_entry,
     write_manifest,
 )
-from megatron_hds.data.quality import MTLD_BACKEND, MTLD_THRESHOLD, mtld, quality_path, save_quality  # noqa: E402
-from megatron_hds.data.tokenizer import SUPPORTED_TOKENIZER_TYPES, build_tokenizer  # noqa: E402
+from megatron_hds.data.quality import MTLD_BACKEND, MTLD_THRESHOLD, mtld, quality_path, save_quality
+from megatron_hds.data.tokenizer import SUPPORTED_TOKENIZER_TYPES, build_tokenizer
 
 # Arguments that change what is written; the manifest records these (and not, e.g.,
 # --workers) so the output is byte-identical for any worker count.

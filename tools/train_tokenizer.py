@@ -8,14 +8,11 @@ writes tok.model (and tok.vocab), usable as --tokenizer-model with
 """
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_hds.data.jsonl_input import MalformedLine, expand_inputs, iter_lines, parse_line  # noqa: E402
-from megatron_hds.data.tokenizer import train_sentencepiece  # noqa: E402
+from megatron_hds.data.jsonl_input import MalformedLine, expand_inputs, iter_lines, parse_line
+from megatron_hds.data.tokenizer import train_sentencepiece
 
 
 def parse_args(argv=None):

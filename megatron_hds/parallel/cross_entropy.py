@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-import kernels
+from megatron_hds import kernels
 from megatron_hds.parallel.mappings import group_rank, group_size
 
 

@@ -16,7 +16,7 @@ from typing import Dict, Iterable, List, Tuple
 import torch
 import torch.distributed as dist
 
-import kernels
+from megatron_hds import kernels
 from megatron_hds.parallel.layers import is_tensor_parallel
 from megatron_hds.parallel.mappings import group_size
 from megatron_hds.parallel.state import ParallelState

@@ -1,1 +1,1 @@
-"""Training loop, optimizer, LR schedule, checkpointing, evaluation, metrics."""
+"""The training loop: entry point, Trainer, one step's data plumbing, metrics, pre-emption."""

@@ -17,7 +17,7 @@ from megatron_hds.arguments import parse_args  # noqa: E402
 from megatron_hds.data.indexed_dataset import IndexedDataset  # noqa: E402
 from megatron_hds.data.tokenizer import HuggingFaceTokenizer, build_tokenizer  # noqa: E402
 from megatron_hds.parallel.state import ParallelState  # noqa: E402
-from megatron_hds.training.pretrain import Trainer  # noqa: E402
+from megatron_hds.training.trainer import Trainer  # noqa: E402
 
 EOS = "<|endoftext|>"
 
@@ -74,7 +74,7 @@ def test_template_tokens_and_a_missing_eos(demo_documents, tmp_path):
 def test_preprocess_train_export_and_import(hf_tokenizer_dir, demo_corpus, demo_documents, tmp_path):
     import preprocess_data
 
-    from megatron_hds.training.hf_format import export_checkpoint, import_hf_model
+    from megatron_hds.checkpoint.hf_model import export_checkpoint, import_hf_model
 
     prefix = str(tmp_path / "data" / "demo")
     preprocess_data.preprocess(preprocess_data.parse_args(

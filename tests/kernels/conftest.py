@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-import kernels
+from megatron_hds import kernels
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +26,7 @@ def triton_module(name: str):
     usable, _, reason = kernels.dispatch._triton_probe()
     if not usable:
         pytest.skip(f"Triton cannot run here: {reason}")
-    return importlib.import_module(f"kernels.{name}")
+    return importlib.import_module(f"megatron_hds.kernels.{name}")
 
 
 def backends_for_cpu_tensors() -> list:

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels import dispatch, reference
+from megatron_hds import kernels
+from megatron_hds.kernels import dispatch, reference
 from megatron_hds.parallel.cross_entropy import vocab_parallel_cross_entropy
 from tests.distributed import run_distributed
 from tests.kernels.conftest import backends_for_cpu_tensors, compile_for_gpu_target
@@ -275,7 +275,7 @@ _COMPILE = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels import cross_entropy as ce
+from megatron_hds.kernels import cross_entropy as ce
 assert not ce.INTERPRETED
 common = {"target": "*i64", "loss_mask": "*fp32", "vocab_start": "i32", "ignore_index": "i32"}
 cases = [

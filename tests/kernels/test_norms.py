@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 
-import kernels
-from kernels import dispatch, reference
+from megatron_hds import kernels
+from megatron_hds.kernels import dispatch, reference
 from tests.kernels.conftest import compile_for_gpu_target
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -183,7 +183,7 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels import norms
+from megatron_hds.kernels import norms
 assert not norms.INTERPRETED
 tables = {"ptr_table": "*i64", "sizes": "*i64", "block_tensor": "*i64", "block_start": "*i64", "partials": "*fp32",
           "first_block": "i32", "DTYPE": "constexpr", "BLOCK": "constexpr", "ITERS": "constexpr"}

@@ -2,7 +2,7 @@
 kernels/dispatch.py).
 
 The Triton kernel hashes each element's global index on the fly; it must give the buckets
-and signs of the probe's table (megatron_hds/mixing/signals.py) bit for bit, so the
+and signs of the probe's table (megatron_hds/mixing/probes.py) bit for bit, so the
 sketches of the two paths agree to fp32 summation order: relative error < 1e-6 against a
 float64 sketch built from the table.
 """
@@ -10,9 +10,9 @@ float64 sketch built from the table.
 import pytest
 import torch
 
-import kernels
-from kernels import reference
-from megatron_hds.mixing.signals import count_sketch_hash, global_flat_index, name_key, shard_placement
+from megatron_hds import kernels
+from megatron_hds.kernels import reference
+from megatron_hds.mixing.probes import count_sketch_hash, global_flat_index, name_key, shard_placement
 from megatron_hds.parallel.layers import mark_tensor_parallel
 from tests.kernels.conftest import compile_for_gpu_target
 
@@ -89,7 +89,7 @@ _COMPILE = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels import sketch
+from megatron_hds.kernels import sketch
 assert not sketch.INTERPRETED
 for key_type in ("u64", "i64", "i32"):  # how Triton types a key above 2**63, below it, below 2**31
     for grad_type in ("*bf16", "*fp16", "*fp32"):

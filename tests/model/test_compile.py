@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from megatron_hds.config import ModelConfig
-from megatron_hds.mixing.signals import GradientProbe, select_matrices
+from megatron_hds.mixing.probes import GradientProbe, select_matrices
 from megatron_hds.model.gpt import GPTModel
 from megatron_hds.parallel.schedules import forward_backward
 from megatron_hds.parallel.state import ParallelState

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from megatron_hds.config import ModelConfig
-from megatron_hds.mixing.signals import GradientProbe, select_matrices
+from megatron_hds.mixing.probes import GradientProbe, select_matrices
 from megatron_hds.model.gpt import GPTModel
 from megatron_hds.parallel.random import seed_default_generator
 from megatron_hds.parallel.schedules import forward_backward

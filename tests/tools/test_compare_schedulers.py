@@ -1,4 +1,4 @@
-"""tools/compare_schedulers.py and the metrics behind it (megatron_hds/training/comparison.py):
+"""tools/compare_schedulers.py and the metrics behind it (tools/scheduler_comparison.py):
 the step-saving arithmetic on synthetic curves (never reached, ties, noisy baselines), seed
 averaging, and one end-to-end comparison on a tiny demo that resumes instead of redoing runs."""
 
@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from megatron_hds.training import comparison
-from megatron_hds.training.comparison import Curve
+import scheduler_comparison
+from scheduler_comparison import Curve
 from tests.conftest import REPO_ROOT
 
 TOOL = os.path.join(REPO_ROOT, "tools", "compare_schedulers.py")
@@ -25,43 +25,43 @@ def curve(steps, values):
 # ---- metrics on synthetic curves --------------------------------------------------------
 def test_steps_to_reach_first_step_at_or_below_target():
     c = curve([10, 20, 30, 40], [50.0, 30.0, 20.0, 15.0])
-    assert comparison.steps_to_reach(c, 30.0) == 20  # equal counts as reached
-    assert comparison.steps_to_reach(c, 29.9) == 30
-    assert comparison.steps_to_reach(c, 100.0) == 10
-    assert comparison.steps_to_reach(c, 14.9) is None
+    assert scheduler_comparison.steps_to_reach(c, 30.0) == 20  # equal counts as reached
+    assert scheduler_comparison.steps_to_reach(c, 29.9) == 30
+    assert scheduler_comparison.steps_to_reach(c, 100.0) == 10
+    assert scheduler_comparison.steps_to_reach(c, 14.9) is None
 
 
 def test_saving_matches_the_papers_definition():
     # The baseline ends at 20 after 100 steps; the method gets there at step 56: 44% fewer.
     baseline = curve(list(range(4, 101, 4)), np.linspace(60, 20, 25))
     method = curve([8, 56, 100], [40.0, 20.0, 12.0])
-    assert comparison.saving(method, baseline) == pytest.approx(0.44)
-    assert comparison.saving(baseline, baseline) == 0.0
+    assert scheduler_comparison.saving(method, baseline) == pytest.approx(0.44)
+    assert scheduler_comparison.saving(baseline, baseline) == 0.0
     slower = curve([50, 100], [30.0, 25.0])
-    assert comparison.saving(slower, baseline) is None  # never reaches the target
+    assert scheduler_comparison.saving(slower, baseline) is None  # never reaches the target
     late = curve([50, 100, 150], [30.0, 25.0, 20.0])
-    assert comparison.saving(late, baseline) == pytest.approx(-0.5)  # needs 50% more steps
+    assert scheduler_comparison.saving(late, baseline) == pytest.approx(-0.5)  # needs 50% more steps
 
 
 def test_noisy_baseline_that_touched_its_final_value_early_uses_that_step():
     baseline = curve([10, 20, 30, 40], [40.0, 19.0, 22.0, 20.0])  # reached 20 at step 20 already
     method = curve([10, 20, 30, 40], [30.0, 25.0, 20.0, 18.0])
-    assert comparison.saving(method, baseline) == pytest.approx(1 - 30 / 20)
+    assert scheduler_comparison.saving(method, baseline) == pytest.approx(1 - 30 / 20)
 
 
 def test_best_baseline_excludes_the_method_under_test_and_breaks_ties_by_order():
     curves = {"static": curve([10], [20.0]), "odm": curve([10], [18.0]), "acodm": curve([10], [18.0]),
               "hds": curve([10], [10.0])}
-    assert comparison.best_baseline(curves, "hds") == "odm"  # odm and acodm tie; odm listed first
-    assert comparison.best_baseline(curves, "odm") == "hds"
+    assert scheduler_comparison.best_baseline(curves, "hds") == "odm"  # odm and acodm tie; odm listed first
+    assert scheduler_comparison.best_baseline(curves, "odm") == "hds"
     with pytest.raises(ValueError, match="no baseline"):
-        comparison.best_baseline({"hds": curves["hds"]}, "hds")
+        scheduler_comparison.best_baseline({"hds": curves["hds"]}, "hds")
 
 
 def test_steps_to_best_baseline_table():
     curves = {"static": curve([10, 20, 30], [30.0, 25.0, 22.0]), "acodm": curve([10, 20, 30], [28.0, 21.0, 20.0]),
               "hds": curve([10, 20, 30], [24.0, 19.0, 17.0]), "uniform": curve([10, 20, 30], [40.0, 35.0, 30.0])}
-    best, target, rows = comparison.steps_to_best_baseline(curves, "hds")
+    best, target, rows = scheduler_comparison.steps_to_best_baseline(curves, "hds")
     assert (best, target) == ("acodm", 20.0)
     by_method = {r.method: r for r in rows}
     assert by_method["hds"].steps_to_target == 20 and by_method["hds"].saving == pytest.approx(1 - 20 / 30)
@@ -73,11 +73,11 @@ def test_steps_to_best_baseline_table():
 def test_mean_curve_over_seeds_uses_common_steps():
     a = curve([10, 20, 30], [30.0, 20.0, 10.0])
     b = curve([10, 30, 40], [40.0, 14.0, 12.0])
-    mean, low, high = comparison.mean_curve([a, b])
+    mean, low, high = scheduler_comparison.mean_curve([a, b])
     assert mean.steps.tolist() == [10, 30]
     assert mean.values.tolist() == [35.0, 12.0] and low.tolist() == [30.0, 10.0] and high.tolist() == [40.0, 14.0]
     with pytest.raises(ValueError, match="share no evaluated step"):
-        comparison.mean_curve([curve([10], [1.0]), curve([20], [1.0])])
+        scheduler_comparison.mean_curve([curve([10], [1.0]), curve([20], [1.0])])
 
 
 def test_curve_rejects_malformed_input():
@@ -88,19 +88,19 @@ def test_curve_rejects_malformed_input():
 
 
 def test_spread_and_windows():
-    assert comparison.spread([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)), 1.0, 3.0)
-    assert comparison.spread([5.0, None, math.nan]) == (5.0, 0.0, 5.0, 5.0)
-    assert all(math.isnan(v) for v in comparison.spread([]))
+    assert scheduler_comparison.spread([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)), 1.0, 3.0)
+    assert scheduler_comparison.spread([5.0, None, math.nan]) == (5.0, 0.0, 5.0, 5.0)
+    assert all(math.isnan(v) for v in scheduler_comparison.spread([]))
     train = [{"iteration": i, "domain_weights": {"a": w, "b": 1 - w}, "reward": {"total": t},
               "step_time_s": s, "scheduler_time_s": 0.01}
              for i, w, t, s in [(10, 0.5, math.nan, 9.0), (20, 0.6, 1.0, 1.0), (30, 0.7, 2.0, 1.0),
                                 (40, 0.8, 3.0, 1.0), (50, 0.9, 4.0, 3.0)]]
     records = {"train": train}
-    assert comparison.mean_weights([records], 0.0, 0.1) == {"a": 0.5, "b": 0.5}  # at least the first record
-    assert comparison.mean_weights([records], 0.8, 1.0)["a"] == pytest.approx(0.9)
-    assert comparison.reward_means([records], 0.0, 0.1) == {}  # the only early value is NaN
-    assert comparison.reward_means([records], 0.6, 1.0) == {"total": 3.5}
-    assert comparison.step_times([records]) == (pytest.approx(1.5), pytest.approx(0.01))  # first record left out
+    assert scheduler_comparison.mean_weights([records], 0.0, 0.1) == {"a": 0.5, "b": 0.5}  # at least the first record
+    assert scheduler_comparison.mean_weights([records], 0.8, 1.0)["a"] == pytest.approx(0.9)
+    assert scheduler_comparison.reward_means([records], 0.0, 0.1) == {}  # the only early value is NaN
+    assert scheduler_comparison.reward_means([records], 0.6, 1.0) == {"total": 3.5}
+    assert scheduler_comparison.step_times([records]) == (pytest.approx(1.5), pytest.approx(0.01))  # first record left out
 
 
 # ---- the tool, end to end -----------------------------------------------------------------
@@ -121,7 +121,7 @@ def test_end_to_end_builds_demo_data_compares_and_resumes(tmp_path):
     proc = run_tool(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "data" / "demo_manifest.json").is_file()  # built because none was given
-    report = (tmp_path / "comparison.md").read_text()
+    report = (tmp_path / "scheduler_comparison.md").read_text()
     for heading in ("Final validation perplexity (mean over domains)", "Steps to reach the best baseline's final",
                     "hds against each baseline", "per domain", "Domain weights", "Time per step"):
         assert heading in report
@@ -159,7 +159,7 @@ def test_end_to_end_builds_demo_data_compares_and_resumes(tmp_path):
 
     # A report-only rerun names the command that trained the runs, not itself.
     assert run_tool(tmp_path, "--report-only").returncode == 0
-    command_line = next(line for line in (tmp_path / "comparison.md").read_text().splitlines()
+    command_line = next(line for line in (tmp_path / "scheduler_comparison.md").read_text().splitlines()
                         if line.startswith("Command:"))
     assert "--train-iters 8" in command_line and "--report-only" not in command_line
 
@@ -249,7 +249,7 @@ def test_sbatch_launcher_submits_one_job_per_run_and_reports_after_waiting(slurm
         job_id = (tmp_path / "runs" / name / "slurm_job_id").read_text().strip()
         log = (tmp_path / "runs" / name / f"slurm_{job_id}.log").read_text()
         assert "megatron_hds (slurm)" in log  # it ran as a SLURM job through the example script
-    assert "| hds |" in (tmp_path / "comparison.md").read_text()
+    assert "| hds |" in (tmp_path / "scheduler_comparison.md").read_text()
     # Submitting again while nothing is left to do submits nothing.
     again = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert again.returncode == 0 and "2 of 2 runs already complete" in again.stdout

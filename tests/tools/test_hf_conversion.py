@@ -22,11 +22,11 @@ from megatron_hds.model.gpt import GPTModel  # noqa: E402
 from megatron_hds.parallel.layers import is_tensor_parallel  # noqa: E402
 from megatron_hds.parallel.p2p import P2P  # noqa: E402
 from megatron_hds.parallel.state import ParallelState  # noqa: E402
-from megatron_hds.training.checkpoint_conversion import partition_dim, read_model_checkpoint  # noqa: E402
-from megatron_hds.training.checkpointing import find_latest_iteration, load_checkpoint  # noqa: E402
-from megatron_hds.training.downstream_eval import DownstreamEvalConfig, maybe_evaluate_after_save  # noqa: E402
-from megatron_hds.training.hf_format import hf_architecture  # noqa: E402
-from megatron_hds.training.pretrain import Trainer  # noqa: E402
+from megatron_hds.checkpoint.reshard import partition_dim, read_model_checkpoint  # noqa: E402
+from megatron_hds.checkpoint.store import find_latest_iteration, load_checkpoint  # noqa: E402
+from megatron_hds.evaluation.downstream import DownstreamEvalConfig, maybe_evaluate_after_save  # noqa: E402
+from megatron_hds.checkpoint.hf_model import hf_architecture  # noqa: E402
+from megatron_hds.training.trainer import Trainer  # noqa: E402
 from tests.conftest import REPO_ROOT, TOOLS_DIR  # noqa: E402
 from tests.distributed import run_distributed  # noqa: E402
 from tests.training.test_pretrain import _argv, _train  # noqa: E402
@@ -217,7 +217,7 @@ def test_evaluate_hook_starts_only_on_rank_0_every_n_saves(monkeypatch, tmp_path
     assert maybe_evaluate_after_save(config, str(tmp_path), 20, save_count=2, rank=1) is None
     assert maybe_evaluate_after_save(config, str(tmp_path), 20, save_count=2, rank=0) is proc
     cmd = started[0]
-    assert cmd[1] == os.path.join(REPO_ROOT, "tools", "evaluate.py")
+    assert cmd[1:3] == ["-m", "megatron_hds.evaluation.downstream"]  # a module: works from any install
     assert cmd[cmd.index("--iteration") + 1] == "20" and cmd[cmd.index("--tasks") + 1] == "a,b"
     assert cmd[cmd.index("--include-path") + 1] == "tasks" and cmd[cmd.index("--limit") + 1] == "3"
     with pytest.raises(ValueError, match="needs --downstream-eval-tasks"):

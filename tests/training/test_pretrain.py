@@ -12,10 +12,10 @@ import torch
 
 from megatron_hds.arguments import parse_args
 from megatron_hds.parallel.state import ParallelState
-from megatron_hds.training.checkpoint_conversion import read_model_checkpoint, write_model_checkpoint
-from megatron_hds.training.checkpointing import load_checkpoint, save_checkpoint
+from megatron_hds.checkpoint.reshard import read_model_checkpoint, write_model_checkpoint
+from megatron_hds.checkpoint.store import load_checkpoint, save_checkpoint
 from megatron_hds.training.metrics import read_metrics
-from megatron_hds.training.pretrain import Trainer
+from megatron_hds.training.trainer import Trainer
 from tests.distributed import run_distributed
 
 TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",

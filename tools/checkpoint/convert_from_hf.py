@@ -8,12 +8,10 @@ training run's save protocol, and prints the pretrain flags that build the same 
 """
 import argparse
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from megatron_hds.training.hf_format import import_hf_model, pretrain_flags  # noqa: E402
+from megatron_hds.checkpoint.hf_model import import_hf_model, pretrain_flags  # noqa: E402
 
 # ModelConfig fields that no pretrain flag sets: the trainer uses these defaults.
 _TRAINER_DEFAULTS = {"rotary_base": 10000, "norm_epsilon": 1e-5}

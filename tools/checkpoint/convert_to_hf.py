@@ -8,12 +8,10 @@ HuggingFaceTokenizer's tokenizer.json) unless --tokenizer-model says otherwise. 
 """
 import argparse
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from megatron_hds.training.hf_format import DTYPES, export_checkpoint  # noqa: E402
+from megatron_hds.checkpoint.hf_model import DTYPES, export_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

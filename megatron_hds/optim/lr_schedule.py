@@ -131,7 +131,7 @@ class LRScheduler:
     """Sets lr (and constant weight decay) on an optimizer's param groups, one step at a time.
 
     ``optimizer`` is anything with ``param_groups`` (torch optimizers and the wrappers of
-    ``megatron_hds.training.optimizer``). Construction applies the lr of step 0; call
+    ``megatron_hds.optim.optimizer``). Construction applies the lr of step 0; call
     ``step()`` once after every optimizer step, skipped fp16 steps included (as Megatron
     does: the schedule follows iterations, not successful updates).
     """

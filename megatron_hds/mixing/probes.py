@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-import kernels
-from kernels.reference import count_sketch_hash, signed64
+from megatron_hds import kernels
+from megatron_hds.kernels.reference import count_sketch_hash, signed64
 from megatron_hds.parallel.layers import is_tensor_parallel
 from megatron_hds.parallel.mappings import group_size
 from megatron_hds.parallel.state import ParallelState

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from megatron_hds.parallel.mappings import all_gather_single, group_rank, group_size, reduce_scatter_single
-from megatron_hds.training.optimizer import (OPTIMIZER_STATE_VERSION, PRECISIONS, DynamicLossScaler, GradPairs,
+from megatron_hds.optim.optimizer import (OPTIMIZER_STATE_VERSION, PRECISIONS, DynamicLossScaler, GradPairs,
                                              LossScalerConfig, TrainingOptimizer, _model_grad, adamw_impl_kwargs,
                                              local_grad_norm, unscale_and_check_)
 

@@ -1,4 +1,4 @@
-"""Tests for the built-in demo corpus (megatron_hds/data/demo_corpus.py, tools/make_demo_corpus.py)."""
+"""Tests for the built-in demo corpus (tools/demo_corpus.py, tools/make_demo_corpus.py)."""
 import gzip
 import json
 import os
@@ -14,8 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:  # no conftest / install needed
     sys.path.insert(0, REPO)
 
-from megatron_hds.data import demo_corpus as dc  # noqa: E402
-from megatron_hds.data.demo_corpus import (  # noqa: E402
+import demo_corpus as dc  # noqa: E402
+from demo_corpus import (  # noqa: E402
     DEMO_DOMAINS,
     DEMO_SHARES,
     iter_demo_documents,

@@ -1,4 +1,4 @@
-"""Gradient probes, sketches, alignment scores and weight norms (megatron_hds/mixing/signals.py).
+"""Gradient probes, sketches, alignment scores and weight norms (megatron_hds/mixing/probes.py).
 
 Tolerance policy (fp32 on CPU), as in tests/parallel/test_parity.py: a parallel run
 reorders sums, so values agree to rounding, not bitwise:
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from megatron_hds.config import ModelConfig
-import kernels
-from kernels.reference import splitmix64
-from megatron_hds.mixing.signals import (GradientProbe, WeightNormTracker, alignment_scores, choose_layers,
+from megatron_hds import kernels
+from megatron_hds.kernels.reference import splitmix64
+from megatron_hds.mixing.probes import (GradientProbe, WeightNormTracker, alignment_scores, choose_layers,
                                          count_sketch_hash, global_flat_index, micro_batch_domain, name_key,
                                          select_matrices, selected_names)
 from megatron_hds.model.gpt import GPTModel

@@ -19,7 +19,7 @@ import torch
 
 from megatron_hds.atomic_io import atomic_path
 from megatron_hds.config import ModelConfig
-from megatron_hds.training.checkpoint_conversion import (OUTPUT_LAYER, WORD_EMBEDDINGS, StateDict,
+from megatron_hds.checkpoint.reshard import (OUTPUT_LAYER, WORD_EMBEDDINGS, StateDict,
                                                          read_model_checkpoint, write_model_checkpoint)
 
 NEOX = "GPTNeoXForCausalLM"

@@ -1,5 +1,14 @@
-"""Downstream evaluation with lm-evaluation-harness: an exported checkpoint on a list of tasks, and
-the hook that starts one in the background every N checkpoint saves.
+"""Downstream evaluation with lm-evaluation-harness: an exported checkpoint on a list of tasks, the
+hook that starts one in the background every N checkpoint saves, and the command line
+(``python -m megatron_hds.evaluation.downstream``, or ``megatron-hds-evaluate``):
+
+    python -m megatron_hds.evaluation.downstream --load ckpt --tasks my_task --include-path tasks/
+    python -m megatron_hds.evaluation.downstream --hf-model ckpt/hf --tasks my_task --include-path tasks/
+
+With --load the latest checkpoint (or --iteration) is exported to
+<load>/downstream_eval/iter_XXXXXXX/hf and the results go to lm_eval_results.json beside it;
+with --hf-model they go into that directory; --output names another file. Datasets and
+models are read offline unless --online.
 
 Results land next to the checkpoint, in ``<save>/downstream_eval/iter_XXXXXXX/`` (the exported
 model in ``hf/``, lm-eval's results in ``lm_eval_results.json``, the run's output in
@@ -7,6 +16,7 @@ model in ``hf/``, lm-eval's results in ``lm_eval_results.json``, the run's outpu
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -16,13 +26,11 @@ from typing import Optional
 
 from megatron_hds.atomic_io import write_text_atomic
 from megatron_hds.config import DownstreamEvalConfig
-from megatron_hds.training.checkpointing import find_latest_iteration, iteration_dirname
+from megatron_hds.checkpoint.store import find_latest_iteration, iteration_dirname
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILENAME = "lm_eval_results.json"
-EVALUATE_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                               "tools", "evaluate.py")
 OFFLINE_ENV = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -59,7 +67,7 @@ def evaluate_checkpoint(load_dir: str, tasks, iteration: Optional[int] = None, o
                         **lm_eval_kwargs) -> str:
     """Export one checkpoint to ``downstream_eval/iter_XXXXXXX/hf`` and evaluate it; returns the results path
     (default: lm_eval_results.json beside the export)."""
-    from megatron_hds.training.hf_format import export_checkpoint
+    from megatron_hds.checkpoint.hf_model import export_checkpoint
 
     if iteration is None:
         iteration = find_latest_iteration(load_dir)
@@ -74,13 +82,12 @@ def evaluate_checkpoint(load_dir: str, tasks, iteration: Optional[int] = None, o
 
 def maybe_evaluate_after_save(config: DownstreamEvalConfig, save_dir: str, iteration: int, save_count: int,
                               rank: int) -> Optional[subprocess.Popen]:
-    """After a committed save: on global rank 0, every `interval`-th save, start tools/evaluate.py on it in
-    the background (training does not wait; its output goes to evaluate.log). Returns the process or None."""
+    """After a committed save: on global rank 0, every `interval`-th save, start this module's command
+    line on it in the background (training does not wait; its output goes to evaluate.log). Returns the
+    process or None."""
     if rank != 0 or not config.interval or save_count % config.interval:
         return None
-    if not os.path.isfile(EVALUATE_SCRIPT):
-        raise FileNotFoundError(f"{EVALUATE_SCRIPT} not found: downstream evaluation needs a source checkout")
-    cmd = [sys.executable, EVALUATE_SCRIPT, "--load", save_dir, "--iteration", str(iteration),
+    cmd = [sys.executable, "-m", __name__, "--load", save_dir, "--iteration", str(iteration),
            "--tasks", ",".join(config.tasks), "--batch-size", str(config.batch_size), "--device", config.device]
     if config.include_path:
         cmd += ["--include-path", config.include_path]
@@ -92,3 +99,55 @@ def maybe_evaluate_after_save(config: DownstreamEvalConfig, save_dir: str, itera
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE_ENV})
     logger.info("downstream evaluation of iteration %d started (pid %d): %s", iteration, proc.pid, out)
     return proc
+
+
+# ---- command line
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m megatron_hds.evaluation.downstream", allow_abbrev=False,
+                                     description="Run lm-evaluation-harness offline on a checkpoint or an exported model.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--load", help="checkpoint directory: export it (latest or --iteration), then evaluate")
+    source.add_argument("--hf-model", help="a transformers model directory (tools/checkpoint/convert_to_hf.py)")
+    parser.add_argument("--iteration", type=int, default=None, help="with --load (default: latest)")
+    parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    parser.add_argument("--include-path", default=None, help="directory of local lm-eval task YAMLs")
+    parser.add_argument("--output", default=None, help="results JSON (default: lm_eval_results.json beside the model)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
+    parser.add_argument("--num-fewshot", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--online", action="store_true", help="allow downloads of datasets/models from the Hub")
+    args = parser.parse_args(argv)
+    if args.iteration is not None and args.load is None:
+        parser.error("--iteration goes with --load")
+    return args
+
+
+def main(argv=None) -> str:
+    """The command line; returns the results path."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    if not args.online:  # must be set before datasets / huggingface_hub are imported
+        os.environ.update(OFFLINE_ENV)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    options = dict(include_path=args.include_path, batch_size=args.batch_size, limit=args.limit,
+                   num_fewshot=args.num_fewshot, device=args.device)
+    if args.load is not None:
+        path = evaluate_checkpoint(args.load, tasks, args.iteration, args.output, **options)
+    else:
+        path = args.output or os.path.join(args.hf_model, RESULTS_FILENAME)
+        run_lm_eval(args.hf_model, tasks, path, **options)
+    print(f"wrote {path}")
+    return path
+
+
+def cli(argv=None) -> None:
+    """Console entry point: main() with a one-line message instead of a traceback for bad input."""
+    try:
+        main(argv)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"evaluate: error: {error}")
+
+
+if __name__ == "__main__":
+    cli()

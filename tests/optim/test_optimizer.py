@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from megatron_hds.training.optimizer import (
+from megatron_hds.optim.optimizer import (
     CLIP_EPS,
     DynamicLossScaler,
     FP32Optimizer,

@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from megatron_hds.config import ModelConfig
-from megatron_hds.training.checkpointing import (checkpoint_dir, find_latest_iteration, list_iterations,
+from megatron_hds.checkpoint.store import (checkpoint_dir, find_latest_iteration, list_iterations,
                                                  load_checkpoint, save_checkpoint)
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-import kernels
+from megatron_hds import kernels
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPE_PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -545,7 +545,7 @@ def build_optimizer(
     ``loss_scaler`` configures fp16's dynamic scaler (Megatron defaults when None).
     ``fused`` None picks fused AdamW on CUDA params when available, foreach otherwise.
     ``distributed`` shards the state over ``dp_group`` (--use-distributed-optimizer; see
-    megatron_hds.training.distributed_optimizer); its step replaces the gradient all-reduce.
+    megatron_hds.optim.distributed_optimizer); its step replaces the gradient all-reduce.
     Betas default to torch's (0.9, 0.999), as Megatron's --adam-beta1/2.
     """
     if not (math.isfinite(lr) and lr >= 0):
@@ -567,7 +567,7 @@ def build_optimizer(
         raise ValueError(f"precision {precision!r} requested but the model params are {found}; cast the model first")
     betas = (float(betas[0]), float(betas[1]))
     if distributed:
-        from megatron_hds.training.distributed_optimizer import DistributedOptimizer
+        from megatron_hds.optim.distributed_optimizer import DistributedOptimizer
 
         return DistributedOptimizer(groups, lr, betas, eps, precision, dp_group,
                                     loss_scaler=loss_scaler, fused=fused)

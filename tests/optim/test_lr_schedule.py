@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from megatron_hds.training.lr_schedule import LRScheduleConfig, LRScheduler, lr_at
+from megatron_hds.optim.lr_schedule import LRScheduleConfig, LRScheduler, lr_at
 
 # lr 1e-3 -> 1e-4, 10 warm-up iterations, decay window ends at 110 (so 100 decay iterations).
 BASE = dict(lr=1e-3, min_lr=1e-4, train_iters=110, lr_warmup_iters=10)

@@ -1,5 +1,5 @@
-"""Checkpoint layout, crash safety, RNG round trip, layout checks, retention, multi-rank
-save/load with gloo, and the pre-emption signal handler."""
+"""Checkpoint layout, crash safety, RNG round trip, layout checks, retention, and multi-rank
+save/load with gloo (whose spawn also checks that the pre-emption signal is agreed over ranks)."""
 
 import os
 import random
@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from megatron_hds.training import checkpointing as ckpt
+from megatron_hds.checkpoint import store as ckpt
+from megatron_hds.training import preemption
 from tests.distributed import run_distributed
 
 
@@ -224,33 +225,9 @@ def _layout_checks(rank, root):
         dist.barrier()
 
 
-def test_signal_handler_records_and_restores(monkeypatch):
-    seen = []
-
-    def previous(signum, frame):
-        seen.append(signum)
-
-    old_usr1 = signal.signal(signal.SIGUSR1, previous)
-    old_term = signal.getsignal(signal.SIGTERM)
-    try:
-        with ckpt.SignalSaveHandler() as handler:
-            assert not handler.should_save_and_exit()
-            os.kill(os.getpid(), signal.SIGUSR1)
-            deadline = time.monotonic() + 5
-            while not handler.signal_received() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert handler.received_signal == signal.SIGUSR1
-            assert handler.should_save_and_exit()
-            assert seen == []  # the previous handler is replaced, not called
-        assert signal.getsignal(signal.SIGUSR1) is previous
-        assert signal.getsignal(signal.SIGTERM) is old_term
-    finally:
-        signal.signal(signal.SIGUSR1, old_usr1)
-
-
 def _agree_checks(rank):
     """Only rank 1 gets SIGUSR1; every rank must decide to save and exit."""
-    handler = ckpt.SignalSaveHandler()
+    handler = preemption.SignalSaveHandler()
     try:
         assert not handler.should_save_and_exit()
         if rank == 1:
@@ -264,8 +241,8 @@ def _agree_checks(rank):
         handler.close()
     group = dist.new_group([0, 1])  # collective over the world, used by ranks 0 and 1 only
     if rank < 2:
-        assert ckpt.agree(rank == 0, group) is True
-        assert ckpt.agree(False, group) is False
+        assert preemption.agree(rank == 0, group) is True
+        assert preemption.agree(False, group) is False
 
 
 def _multi_rank_worker(root):

@@ -20,8 +20,8 @@ from megatron_hds.model.gpt import GPTModel
 from megatron_hds.parallel.data_parallel import GradientAllReducer, global_norm
 from megatron_hds.parallel.schedules import forward_backward
 from megatron_hds.parallel.state import ParallelState
-from megatron_hds.training.distributed_optimizer import DistributedOptimizer
-from megatron_hds.training.optimizer import FP32Optimizer, build_optimizer
+from megatron_hds.optim.distributed_optimizer import DistributedOptimizer
+from megatron_hds.optim.optimizer import FP32Optimizer, build_optimizer
 from tests.distributed import run_distributed
 
 CONFIG = dict(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=96, seq_length=16,

@@ -1,0 +1,1 @@
+"""Checkpoints: Megatron-layout save/load, TP/PP resharding, and Hugging Face model/tokenizer conversion."""

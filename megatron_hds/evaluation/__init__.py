@@ -1,0 +1,1 @@
+"""Evaluation: held-out per-domain validation/test losses, and downstream tasks with lm-evaluation-harness."""

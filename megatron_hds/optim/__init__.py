@@ -1,0 +1,1 @@
+"""Optimisation: AdamW with fp32 master weights and loss scaling, the distributed optimizer, the LR schedule."""
