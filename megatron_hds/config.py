@@ -1,18 +1,21 @@
 """Typed, validated configuration dataclasses: model, parallel layout, data, optimizer,
-training run and data mixing.
+training run and downstream evaluation; the data schedulers' own live in mixing/config.py.
 
-Each field's comment is its user-facing help; the Megatron flag of the same meaning
-is named where one exists. Validation happens in ``__post_init__`` so a bad value is
-reported where it is set, naming the value and what is accepted. Only
-``megatron_hds.arguments`` turns argv into these.
+Every field is an ``option()`` (megatron_hds/options.py): its name, type, default and help
+are written once, here, and ``megatron_hds.arguments`` generates the command line from
+them, with Megatron-LM's flag spellings. Validation happens in ``__post_init__`` so a bad
+value is reported where it is set, naming the value and what is accepted.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
+
+from megatron_hds.data.tokenizer import SUPPORTED_TOKENIZER_TYPES
+from megatron_hds.mixing.config import MixingConfig
+from megatron_hds.options import comma_list, option
 
 POSITION_EMBEDDING_TYPES = ("learned_absolute", "rope")
 NORMALIZATIONS = ("LayerNorm", "RMSNorm")
@@ -38,39 +41,52 @@ def _choice(name: str, value: str, accepted: tuple) -> None:
 
 @dataclass
 class ModelConfig:
-    """Shape and numerics of the GPT model (Megatron model flags)."""
+    """Shape and numerics of the GPT model (Megatron's model flags). With --model, a preset
+    gives the shape and any of these flags overrides it."""
 
-    num_layers: int  # --num-layers: transformer layers in the whole model
-    hidden_size: int  # --hidden-size
-    num_attention_heads: int  # --num-attention-heads
-    vocab_size: int  # tokenizer vocabulary; padded up, see padded_vocab_size()
-    seq_length: int  # --seq-length: tokens per training sample
-    ffn_hidden_size: Optional[int] = None  # --ffn-hidden-size; default 4*hidden (GeLU) or 8/3*hidden rounded to 64 (SwiGLU)
-    max_position_embeddings: Optional[int] = None  # --max-position-embeddings; default seq_length
-    position_embedding_type: str = "learned_absolute"  # --position-embedding-type {learned_absolute,rope}
-    rotary_percent: float = 1.0  # --rotary-percent: fraction of each head's dims that rotary touches (Pythia: 0.25)
-    rotary_base: int = 10000  # rotary frequency base
-    normalization: str = "LayerNorm"  # --normalization {LayerNorm,RMSNorm}
-    norm_epsilon: float = 1e-5  # epsilon of the norm layers
-    swiglu: bool = False  # --swiglu: gated SiLU MLP instead of GeLU
-    parallel_residual: bool = False  # x + attn(ln1(x)) + mlp(ln2(x)) as in GPT-NeoX / Pythia
-    untie_embeddings_and_output_weights: bool = False  # --untie-embeddings-and-output-weights
-    add_bias_linear: bool = True  # biases in the linear layers (Megatron --disable-bias-linear turns them off)
-    attention_dropout: float = 0.0  # --attention-dropout
-    hidden_dropout: float = 0.0  # --hidden-dropout (embeddings and residual branches)
-    init_method_std: float = 0.02  # --init-method-std; output layers use std/sqrt(2*num_layers)
-    make_vocab_size_divisible_by: int = 128  # --make-vocab-size-divisible-by (times TP)
-    transformer_impl: str = "local"  # --transformer-impl {local,transformer_engine}
-    torch_compile: bool = False  # --torch-compile: each transformer layer through torch.compile (inductor)
-    # Activation recompute (Megatron's flags): keep fewer activations, recompute them in backward.
-    # "full": whole layers, chosen by recompute_method; "selective" (--recompute-activations): the
-    # attention core only (softmax(QK^T) V with its dropout).
-    recompute_granularity: Optional[str] = None  # --recompute-granularity {full,selective}
-    # --recompute-method with "full": "uniform" checkpoints chunks of recompute_num_layers layers
-    # (the input of each chunk is kept); "block" checkpoints the first recompute_num_layers layers
-    # of each pipeline stage one by one and keeps the rest
-    recompute_method: Optional[str] = None
-    recompute_num_layers: Optional[int] = None  # --recompute-num-layers (default 1 with "full")
+    num_layers: int = option(help="transformer layers in the whole model")
+    hidden_size: int = option(help="width of the residual stream")
+    num_attention_heads: int = option(help="attention heads per layer")
+    vocab_size: int = option(cli=False, help="the tokenizer's vocabulary (from the data; padded, see "
+                                             "padded_vocab_size)")
+    seq_length: int = option(help="tokens per training sample")
+    ffn_hidden_size: Optional[int] = option(None, help="MLP width (default: 4 x hidden, or 8/3 x hidden rounded "
+                                                       "to 64 with --swiglu)")
+    max_position_embeddings: Optional[int] = option(None, help="positions of the learned position table "
+                                                               "(default: --seq-length)")
+    position_embedding_type: str = option("learned_absolute", choices=POSITION_EMBEDDING_TYPES,
+                                          help="learned absolute positions, or rotary embeddings")
+    rotary_percent: float = option(1.0, help="share of each head's dimensions that rotary touches (Pythia: 0.25)")
+    rotary_base: int = option(10000, help="rotary frequency base")
+    normalization: str = option("LayerNorm", choices=NORMALIZATIONS, help="the norm layers")
+    norm_epsilon: float = option(1e-5, help="epsilon of the norm layers")
+    swiglu: bool = option(False, help="gated SiLU MLP instead of GeLU")
+    parallel_residual: bool = option(False, flag="--use-parallel-residual",
+                                     help="x + attn(ln1(x)) + mlp(ln2(x)) as in GPT-NeoX / Pythia")
+    untie_embeddings_and_output_weights: bool = option(False, help="a separate output layer instead of the "
+                                                                   "input embedding's transpose")
+    add_bias_linear: bool = option(True, flag="--disable-bias-linear", negate=True,
+                                   help="no biases in the linear layers")
+    attention_dropout: float = option(0.0, help="dropout on the attention probabilities")
+    hidden_dropout: float = option(0.0, help="dropout on the embeddings and the residual branches")
+    init_method_std: float = option(0.02, help="std of the weight initialisation; output layers use "
+                                               "std / sqrt(2 x num_layers)")
+    make_vocab_size_divisible_by: int = option(128, help="pad the vocabulary to a multiple of this times TP")
+    transformer_impl: str = option("local", choices=TRANSFORMER_IMPLS,
+                                   help="local (torch, optional apex) or transformer_engine layers")
+    torch_compile: bool = option(False, help="compile each transformer layer with torch.compile (fuses the "
+                                             "elementwise work; the first steps pay the compilation)")
+    recompute_granularity: Optional[str] = option(
+        None, choices=RECOMPUTE_GRANULARITIES,
+        aliases={"--recompute-activations": ("selective", "same as --recompute-granularity selective")},
+        help="activation recompute: full (whole layers, see --recompute-method) or selective (the attention "
+             "core softmax(QK^T)V with its dropout)")
+    recompute_method: Optional[str] = option(
+        None, choices=RECOMPUTE_METHODS,
+        help="with full: uniform (chunks of --recompute-num-layers layers keep only their input) or block "
+             "(the first --recompute-num-layers layers of each pipeline stage)")
+    recompute_num_layers: Optional[int] = option(None, help="layers per recompute chunk or block (default 1 "
+                                                            "with full)")
 
     def __post_init__(self):
         for name in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "seq_length",
@@ -172,14 +188,13 @@ class ModelConfig:
 
 @dataclass
 class ParallelConfig:
-    """How the world is split: TP fastest, then DP, then PP (Megatron's rank layout)."""
+    """How the world is split: TP fastest, then DP, then PP (Megatron's rank layout). The data-parallel
+    size is derived: world size / (TP x PP)."""
 
-    tensor_model_parallel_size: int = 1  # --tensor-model-parallel-size
-    pipeline_model_parallel_size: int = 1  # --pipeline-model-parallel-size
-    # --sequence-parallel: split norms/dropout/residual activations along the sequence across TP
-    # (less activation memory; no effect when TP is 1)
-    sequence_parallel: bool = False
-    # data parallel size is derived: world / (TP * PP)
+    tensor_model_parallel_size: int = option(1, help="tensor-parallel ranks (the weight matrices are split)")
+    pipeline_model_parallel_size: int = option(1, help="pipeline stages (the layers are split, 1F1B schedule)")
+    sequence_parallel: bool = option(False, help="split norms, dropout and residual activations along the sequence "
+                                                 "across TP ranks (less activation memory; no effect when TP is 1)")
 
     def __post_init__(self):
         _positive("tensor_model_parallel_size", self.tensor_model_parallel_size)
@@ -212,21 +227,24 @@ def model_preset(name: str, **overrides) -> ModelConfig:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-BATCH_LAYOUTS = ("single_domain", "hds", "mixed")
-MIXING_METHODS = ("static", "uniform", "odm", "acodm", "hds")
-REWARD_COMPONENTS = ("align", "quality", "norm")
+LR_DECAY_STYLES = ("constant", "linear", "cosine")
 
 
 @dataclass
 class DataConfig:
     """Where the per-domain datasets come from and how they are split."""
 
-    data_manifest: Optional[str] = None  # --data-manifest: the preprocessing manifest (one domain per entry)
-    data_path: Optional[list] = None  # --data-path [w1] prefix1 [w2] prefix2 ...: Megatron's blend, one domain per prefix
-    split: str = "969,30,1"  # --split: train/valid/test document shares of every domain
-    data_cache_path: Optional[str] = None  # --data-cache-path: where sample indices are cached
-    tokenizer_type: str = "GPTSentencePieceTokenizer"  # --tokenizer-type
-    tokenizer_model: Optional[str] = None  # --tokenizer-model (default: the manifest's)
+    data_manifest: Optional[str] = option(None, help="manifest written by tools/preprocess_data.py (one domain "
+                                                     "per entry)")
+    data_path: Optional[tuple] = option(None, nargs="+", parse=str, metavar="[W] PREFIX",
+                                        help="Megatron's blend instead of a manifest: [w1] prefix1 [w2] prefix2 ..., "
+                                             "one domain per prefix (weights default to the token shares)")
+    split: str = option("969,30,1", help="train,valid,test shares of every domain's documents")
+    data_cache_path: Optional[str] = option(None, help="where the sample indices are cached (default: beside "
+                                                       "the data)")
+    tokenizer_type: str = option("GPTSentencePieceTokenizer", choices=SUPPORTED_TOKENIZER_TYPES,
+                                 help="how the tokenizer file is read (Megatron's types)")
+    tokenizer_model: Optional[str] = option(None, help="the tokenizer file (default: the manifest's)")
 
     def __post_init__(self):
         if (self.data_manifest is None) == (not self.data_path):
@@ -237,32 +255,38 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW, the LR schedule, clipping and numeric precision (Megatron optimizer flags)."""
+    """AdamW, the LR schedule, clipping and numeric precision (Megatron's optimizer flags)."""
 
-    lr: float = 3e-4  # --lr: peak learning rate
-    min_lr: float = 0.0  # --min-lr
-    lr_decay_style: str = "cosine"  # --lr-decay-style {constant,linear,cosine}
-    lr_decay_iters: Optional[int] = None  # --lr-decay-iters (default: train iters)
-    lr_warmup_iters: Optional[int] = None  # --lr-warmup-iters
-    lr_warmup_fraction: Optional[float] = None  # --lr-warmup-fraction (of the decay iters)
-    weight_decay: float = 0.01  # --weight-decay (not applied to biases and norms)
-    adam_beta1: float = 0.9  # --adam-beta1
-    adam_beta2: float = 0.999  # --adam-beta2
-    adam_eps: float = 1e-8  # --adam-eps
-    clip_grad: float = 1.0  # --clip-grad: global gradient-norm clip (0 = off)
-    precision: str = "fp32"  # --bf16 / --fp16 (fp32 master weights either way)
-    # --use-distributed-optimizer: Adam state and fp32 master weights split over the DP ranks
-    # (Megatron's distributed optimizer); checkpoints keep the unsharded layout
-    use_distributed_optimizer: bool = False
-    # --overlap-grad-reduce: start each gradient bucket's DP all-reduce during the last
-    # micro-batch's backward, as soon as its gradients are final
-    overlap_grad_reduce: bool = False
-    ddp_bucket_size: Optional[int] = None  # --ddp-bucket-size: gradient elements per DP all-reduce bucket (default: 25 MiB)
+    lr: float = option(3e-4, help="peak learning rate, reached at the end of warm-up")
+    min_lr: float = option(0.0, help="the learning rate the decay ends at")
+    lr_decay_style: str = option("cosine", choices=LR_DECAY_STYLES, help="shape of the decay after warm-up")
+    lr_decay_iters: Optional[int] = option(None, help="iterations over which the LR decays to --min-lr "
+                                                      "(default: --train-iters)")
+    lr_warmup_iters: Optional[int] = option(None, help="linear warm-up from 0, in iterations")
+    lr_warmup_fraction: Optional[float] = option(None, help="linear warm-up as a share of --lr-decay-iters")
+    weight_decay: float = option(0.01, help="AdamW weight decay (not applied to biases and norms)")
+    adam_beta1: float = option(0.9, help="Adam's first-moment decay")
+    adam_beta2: float = option(0.999, help="Adam's second-moment decay")
+    adam_eps: float = option(1e-8, help="Adam's epsilon")
+    clip_grad: float = option(1.0, help="global gradient-norm clip (0 turns clipping off)")
+    precision: str = option("fp32", flag="", choices=PRECISIONS, aliases={
+        "--bf16": ("bf16", "bf16 weights and activations, fp32 master weights (GPU)"),
+        "--fp16": ("fp16", "fp16 weights and activations with dynamic loss scaling, fp32 master weights (GPU)")},
+        help="numeric precision of the model (fp32 master weights either way)")
+    use_distributed_optimizer: bool = option(False, help="shard the Adam state and fp32 master weights over the "
+                                                         "data-parallel ranks; checkpoints keep the unsharded layout")
+    overlap_grad_reduce: bool = option(False, help="start each gradient bucket's data-parallel all-reduce during "
+                                                   "the last micro-batch's backward")
+    ddp_bucket_size: Optional[int] = option(None, help="gradient elements per data-parallel all-reduce bucket "
+                                                       "(default: 25 MiB of gradients)")
 
     def __post_init__(self):
         _choice("precision", self.precision, PRECISIONS)
+        _choice("lr_decay_style", self.lr_decay_style, LR_DECAY_STYLES)
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr!r} is invalid: expected a positive float")
+        if self.lr_warmup_iters is not None and self.lr_warmup_fraction is not None:
+            raise ValueError("--lr-warmup-iters and --lr-warmup-fraction are mutually exclusive")
         if self.clip_grad < 0:
             raise ValueError(f"clip_grad={self.clip_grad!r} is invalid: expected >= 0 (0 turns clipping off)")
         for name in ("adam_beta1", "adam_beta2"):
@@ -278,29 +302,34 @@ class OptimConfig:
 class TrainConfig:
     """The run: batch, length, seed, intervals, checkpoints and logging."""
 
-    train_iters: int  # --train-iters
-    global_batch_size: int  # --global-batch-size: samples per step over all DP ranks
-    micro_batch_size: int = 1  # --micro-batch-size: samples per forward pass per rank
-    seed: int = 1234  # --seed
-    log_interval: int = 10  # --log-interval
-    eval_interval: int = 100  # --eval-interval (0 = no periodic evaluation)
-    eval_iters: int = 10  # --eval-iters: micro-batches per DP rank per domain in one evaluation
-    save: Optional[str] = None  # --save: checkpoint directory
-    load: Optional[str] = None  # --load: checkpoint directory to resume from (latest)
-    save_interval: int = 0  # --save-interval (0 = only at the end and on a pre-emption signal)
-    log_dir: Optional[str] = None  # --log-dir: where metrics.jsonl goes (default: --save)
-    tensorboard_dir: Optional[str] = None  # --tensorboard-dir
-    wandb_project: Optional[str] = None  # --wandb-project
-    wandb_exp_name: Optional[str] = None  # --wandb-exp-name
-    exit_interval: int = 0  # --exit-interval: stop (after saving) once the iteration is a multiple of this
-    exit_duration_in_mins: Optional[float] = None  # --exit-duration-in-mins: stop (after saving) once this much wall time has passed
-    override_opt_param_scheduler: bool = False  # --override-opt_param-scheduler: keep this run's LR schedule on --load
-    # --finetune: take only the model weights from --load and start a new run at iteration 0
-    # (fresh optimizer, LR schedule, data order, scheduler, RNG); once --save holds a checkpoint
-    # of this run, a restart resumes from it instead
-    finetune: bool = False
-    no_load_optim: bool = False  # --no-load-optim: resume everything but the optimizer state (Adam moments restart)
-    no_load_rng: bool = False  # --no-load-rng: resume everything but the random-number generators
+    train_iters: int = option(help="optimizer steps of the run")
+    global_batch_size: int = option(help="samples per step over all data-parallel ranks")
+    micro_batch_size: int = option(1, help="samples per forward pass per rank")
+    seed: int = option(1234, help="seeds the model, the data order and the mixture sampler")
+    log_interval: int = option(10, help="steps between log lines (and metrics.jsonl records)")
+    eval_interval: int = option(100, help="steps between held-out evaluations (0: only at the end)")
+    eval_iters: int = option(10, help="micro-batches per data-parallel rank per domain in one evaluation")
+    save: Optional[str] = option(None, help="checkpoint directory")
+    load: Optional[str] = option(None, help="checkpoint directory to resume from (its latest checkpoint)")
+    save_interval: int = option(0, help="steps between checkpoints (0: only at the end and on a pre-emption "
+                                        "signal)")
+    log_dir: Optional[str] = option(None, help="where metrics.jsonl goes (default: --save)")
+    tensorboard_dir: Optional[str] = option(None, help="TensorBoard event files (pip install -e '.[tensorboard]')")
+    wandb_project: Optional[str] = option(None, help="Weights & Biases project (pip install -e '.[wandb]')")
+    wandb_exp_name: Optional[str] = option(None, help="Weights & Biases run name")
+    exit_interval: int = option(0, help="save and stop once the iteration is a multiple of this (0: never)")
+    exit_duration_in_mins: Optional[float] = option(None, help="save and stop once this many minutes have passed "
+                                                               "since start (all ranks agree)")
+    exit_signal_handler: bool = option(False, help="accepted for Megatron compatibility: SIGTERM/SIGUSR1 always "
+                                                   "save and exit here")
+    override_opt_param_scheduler: bool = option(False, flag="--override-opt_param-scheduler",
+                                                help="on --load, keep this run's LR schedule instead of requiring "
+                                                     "the checkpoint's")
+    finetune: bool = option(False, help="take only the model weights from --load and start a new run at iteration "
+                                        "0 (a restart resumes from --save once it holds a checkpoint)")
+    no_load_optim: bool = option(False, help="on --load, leave out the optimizer state (Adam moments restart; the "
+                                             "LR schedule continues)")
+    no_load_rng: bool = option(False, help="on --load, leave out the random-number generator states")
 
     def __post_init__(self):
         for name in ("train_iters", "global_batch_size", "micro_batch_size", "log_interval"):
@@ -316,93 +345,37 @@ class TrainConfig:
         if self.exit_duration_in_mins is not None and not self.exit_duration_in_mins > 0:
             raise ValueError(f"exit_duration_in_mins={self.exit_duration_in_mins!r} is invalid: expected a "
                              "positive number of minutes")
+        # A restart with --save D --load D works from the very first start, before D exists.
+        if self.load is not None and not os.path.isdir(self.load) and not self._load_is_save():
+            raise ValueError(f"--load directory {self.load!r} does not exist")
         for name in ("finetune", "no_load_optim", "no_load_rng"):
             if getattr(self, name) and self.load is None:
                 raise ValueError(f"{name}=True needs a checkpoint to load (--load)")
-        if self.finetune and self.save is not None and os.path.abspath(self.save) == os.path.abspath(self.load):
+        if self.finetune and self._load_is_save():
             raise ValueError(f"finetune=True with save equal to load ({self.load!r}): the new run's checkpoints "
                              "would mix with the ones it starts from; give another --save")
 
-
-@dataclass
-class MixingConfig:
-    """How domain weights are chosen each step (the scheduler) and how batches are laid out."""
-
-    method: str = "static"  # --mixing {static,uniform,odm,acodm,hds}
-    weights: Optional[list | str] = None  # --mixing-weights: static weights / a learning scheduler's start; or "uniform"
-    weight_floor: float = 0.0  # --mixing-weight-floor: the sampler keeps every domain at least this weight
-    batch_layout: str = "single_domain"  # --mixing-batch-layout {single_domain,hds,mixed}
-    update_interval: int = 1  # --mixing-update-interval: learning schedulers act every this many steps
-    warmup_fraction: float = 0.02  # --mixing-warmup-fraction: HDS keeps the initial weights this share of the run
-    overlap_update: bool = False  # --mixing-overlap-update: HDS/AC-ODM update on a worker thread during the next step
-    # ODM (EXP3) settings
-    odm_variant: str = "paper"  # --odm-variant {paper,released}
-    odm_smoothing: float = 0.5  # --odm-smoothing: a in R <- a R + (1 - a) reward
-    odm_warmup_steps: int = 0  # --odm-warmup-steps: steps at the initial weights (released 1B scripts: 2000)
-    # HDS agent (SAC) settings; METHOD.md's reference values
-    agent_gamma: float = 0.95  # --hds-gamma
-    agent_tau: float = 0.001  # --hds-tau
-    agent_buffer_size: int = 10_000  # --hds-buffer-size
-    agent_batch_size: int = 32  # --hds-batch-size
-    agent_lr: float = 1e-4  # --hds-lr: actor, critics and temperature
-    agent_hidden_sizes: tuple = (256, 256)  # --hds-hidden-sizes
-    agent_weight_floor: Optional[float] = None  # --hds-weight-floor (default 0.1 / D)
-    agent_action_bound: Optional[float] = 2.0  # --hds-action-bound: c (actions in [-c, c] around the start), or None
-    agent_seed: int = 0  # --hds-seed
-    agent_log_std_max: float = 0.0  # --hds-log-std-max: upper bound of the policy's log-std over logits
-    agent_log_alpha_init: float = 0.0  # --hds-log-alpha-init: initial log entropy temperature
-    agent_target_entropy: Optional[float] = None  # --hds-target-entropy (default -D)
-    hds_encoder: str = "mlp"  # --hds-encoder {mlp,domain_tokens}
-    acodm_noise_std: float = 0.1  # --acodm-noise-std: exploration noise on the DDPG actor's logits
-    hds_reward: tuple = REWARD_COMPONENTS  # --hds-reward align,quality,norm
-    hds_lambda_align: float = 1.0  # --hds-lambda-align
-    hds_lambda_quality: float = 10.0  # --hds-lambda-quality
-    hds_lambda_norm: float = 10.0  # --hds-lambda-norm
-    probe_mode: str = "sketch"  # --hds-probe {sketch,exact}: per-domain gradients on 3 late MLP outputs
-    sketch_size: int = 4096  # --hds-sketch-size: CountSketch buckets per domain
-    norm_matrices: int = 9  # --hds-norm-matrices: MLP output projections whose norms enter the state
-
-    def __post_init__(self):
-        _choice("method", self.method, MIXING_METHODS)
-        _choice("batch_layout", self.batch_layout, BATCH_LAYOUTS)
-        _choice("odm_variant", self.odm_variant, ("paper", "released"))
-        _choice("probe_mode", self.probe_mode, ("sketch", "exact"))
-        _choice("hds_encoder", self.hds_encoder, ("mlp", "domain_tokens"))
-        if not 0.0 <= self.weight_floor < 1.0:
-            raise ValueError(f"weight_floor={self.weight_floor!r} is invalid: expected a value in [0, 1)")
-        for name in ("update_interval", "agent_buffer_size", "agent_batch_size", "sketch_size", "norm_matrices"):
-            _positive(name, getattr(self, name))
-        bound = self.agent_action_bound
-        if bound is not None and not (math.isfinite(bound) and bound > 0):
-            raise ValueError(f"--hds-action-bound {bound!r} is invalid: expected a positive number, or none")
-        unknown = [c for c in self.hds_reward if c not in REWARD_COMPONENTS]
-        if unknown or not self.hds_reward:
-            raise ValueError(f"--hds-reward {','.join(self.hds_reward)!r} is invalid: choose from "
-                             f"{','.join(REWARD_COMPONENTS)}")
-        if self.weights is not None:
-            if self.method == "uniform":
-                raise ValueError("--mixing-weights does not apply to --mixing uniform")
-            if isinstance(self.weights, str) and self.weights != "uniform":
-                raise ValueError(f"--mixing-weights {self.weights!r} is invalid: expected numbers or 'uniform'")
-            if not isinstance(self.weights, str) and (
-                    any(not isinstance(w, (int, float)) or not w >= 0 for w in self.weights)
-                    or not sum(self.weights) > 0):
-                raise ValueError(f"--mixing-weights {' '.join(map(str, self.weights))} is invalid: expected "
-                                 "non-negative numbers with a positive sum, or the word 'uniform' alone")
+    def _load_is_save(self) -> bool:
+        return self.save is not None and self.load is not None and \
+            os.path.abspath(self.save) == os.path.abspath(self.load)
 
 
 @dataclass
 class DownstreamEvalConfig:
-    """lm-evaluation-harness runs during training (every `interval` saves; 0 = never)."""
+    """lm-evaluation-harness runs in the background during training, on saved checkpoints
+    (pip install -e '.[hf]')."""
 
-    tasks: tuple = ()  # --downstream-eval-tasks: lm-eval task names, comma-separated on the command line
-    interval: int = 0  # --downstream-eval-interval: evaluate after every this many checkpoint saves
-    include_path: Optional[str] = None  # --downstream-eval-include-path: directory of local task YAMLs
-    batch_size: int = 8  # --downstream-eval-batch-size
-    limit: Optional[int] = None  # --downstream-eval-limit: documents per task (default: all)
-    device: str = "cpu"  # --downstream-eval-device: where the background evaluation runs
+    FLAG_PREFIX = "downstream-eval-"
+
+    tasks: tuple = option((), parse=comma_list, metavar="LIST", help="lm-eval task names, comma-separated")
+    interval: int = option(0, help="evaluate after every this many checkpoint saves (0: never)")
+    include_path: Optional[str] = option(None, help="directory of local lm-eval task YAMLs")
+    batch_size: int = option(8, help="lm-eval batch size")
+    limit: Optional[int] = option(None, help="documents per task (default: all)")
+    device: str = option("cpu", help="device of the background evaluation")
 
     def __post_init__(self):
+        self.tasks = tuple(self.tasks)
         if not isinstance(self.interval, int) or self.interval < 0:
             raise ValueError(f"downstream eval interval={self.interval!r} is invalid: expected an integer >= 0")
         if self.interval and not self.tasks:
@@ -413,15 +386,19 @@ class DownstreamEvalConfig:
 
 @dataclass
 class PretrainConfig:
-    """Everything one training run needs."""
+    """Everything one training run needs; the command line is generated from these fields."""
 
     model: ModelConfig
-    parallel: ParallelConfig
-    data: DataConfig
-    optim: OptimConfig
     train: TrainConfig
-    mixing: MixingConfig
+    data: DataConfig
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mixing: MixingConfig = field(default_factory=MixingConfig)
     downstream_eval: DownstreamEvalConfig = field(default_factory=DownstreamEvalConfig)
+
+    def __post_init__(self):
+        if self.downstream_eval.interval and not self.train.save:
+            raise ValueError("--downstream-eval-interval evaluates saved checkpoints: it needs --save")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

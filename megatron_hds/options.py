@@ -30,6 +30,8 @@ def option(default: Any = _MISSING, *, help: str, flag: Optional[str] = None, al
     negate: a bool field whose flag turns it off (--disable-bias-linear for add_bias_linear=True).
     cli: False for a field no flag sets (derived from the data, e.g. the vocabulary size).
     """
+    if not isinstance(help, str) or not help.strip():
+        raise TypeError("option() needs a help text saying what the setting means")
     metadata = {"help": help, "flag": flag, "aliases": aliases or {}, "choices": choices, "parse": parse,
                 "nargs": nargs, "negate": negate, "metavar": metavar, "cli": cli}
     if default_factory is not _MISSING:

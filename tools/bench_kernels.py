@@ -260,14 +260,16 @@ def bench_norm(args, device: torch.device, bandwidth: float) -> None:
 
 
 def bench_sketch(args, device: torch.device, bandwidth: float) -> None:
-    from megatron_hds.mixing.probes import PROBE_MATRICES, count_sketch_hash, global_flat_index, name_key
+    from megatron_hds.mixing.config import ProbeConfig
+    from megatron_hds.mixing.probes import count_sketch_hash, global_flat_index, name_key
 
     dtype = DTYPES[args.dtype]
     config = model_preset(args.model)
     shape = (config.hidden_size, config.ffn_hidden_size // args.tp)  # dense_4h_to_h, a row-parallel shard
-    grads = [torch.randn(shape, device=device, dtype=dtype) for _ in range(PROBE_MATRICES)]
-    keys = [name_key(0, f"layers.{i}.mlp.dense_4h_to_h.weight") for i in range(PROBE_MATRICES)]
-    m = 4096
+    probed = ProbeConfig().probe_matrices
+    grads = [torch.randn(shape, device=device, dtype=dtype) for _ in range(probed)]
+    keys = [name_key(0, f"layers.{i}.mlp.dense_4h_to_h.weight") for i in range(probed)]
+    m = ProbeConfig().sketch_size
     tables = [count_sketch_hash(global_flat_index(g, 0, 1), k, m) for g, k in zip(grads, keys)]
     table_mib = sum(b.numel() * b.element_size() + s.numel() * s.element_size() for b, s in tables) / 2**20
     nbytes = sum(g.numel() * g.element_size() for g in grads)
@@ -284,7 +286,7 @@ def bench_sketch(args, device: torch.device, bandwidth: float) -> None:
         for g, (bucket, sign) in zip(grads, tables):
             out.index_add_(0, bucket, g.reshape(-1).float() * sign)
 
-    print(f"\nCountSketch of one micro-batch's probe: {PROBE_MATRICES} x {args.model} dense_4h_to_h {shape} at TP="
+    print(f"\nCountSketch of one micro-batch's probe: {probed} x {args.model} dense_4h_to_h {shape} at TP="
           f"{args.tp}, {dtype}, {m} buckets ({nbytes / 2**20:.0f} MiB of gradients, floor = read once: "
           f"{floor_ms:.3f} ms; the torch path's tables hold {table_mib:.0f} MiB)")
     print(HEADER)

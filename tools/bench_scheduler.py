@@ -248,7 +248,7 @@ def prefill_agent(scheduler, count: int, seed: int) -> None:
     if agent is None:
         return
     rng = np.random.default_rng(seed)
-    cfg = agent.config
+    cfg = agent.shape
     for _ in range(count):
         agent.add_transition(rng.standard_normal(cfg.state_dim), rng.standard_normal(cfg.num_domains),
                              float(rng.standard_normal()), rng.standard_normal(cfg.state_dim))
@@ -270,31 +270,17 @@ class Run:
         self.trainer = trainer = Trainer(config, ParallelState.from_config(config.parallel))
         _ACTIVE_TIMERS[0] = None
         trainer.model.train()
-        if trainer.probe is not None:
-            self.timers.wrap(trainer.probe, "alignment_matrix", "probe reduce + Gram")
-            tracker = trainer.norm_tracker
-            plain_snapshot = tracker.snapshot
-            self.timers.wrap(tracker, "snapshot", "norm snapshot (before optimizer)")
-            timed_snapshot = tracker.snapshot
-            plain_measure = tracker.measure
-
-            def measure():  # measure() ends with its own snapshot(): keep that in "weight norms"
-                tracker.snapshot = plain_snapshot
-                try:
-                    return plain_measure()
-                finally:
-                    tracker.snapshot = timed_snapshot
-
-            tracker.measure = measure
-            self.timers.wrap(tracker, "measure", "weight norms")
-            if trainer.quality is not None:
-                self.timers.wrap(trainer, "_batch_quality", "batch quality (MTLD)")
+        collector = trainer.collector
+        if hasattr(collector, "probe"):  # the learning schedulers' signal collector (mixing/collector.py)
+            self.timers.wrap(collector, "before_optimizer_step", "norm snapshot (before optimizer)")
+            self.timers.wrap(collector, "local_share", "signal share (sketch + norm squares)")
+            self.timers.wrap(collector, "finish", "Gram, alignment, norms, batch quality")
         scheduler = trainer.scheduler
         if scheduler is not None:
             self.timers.wrap(scheduler, "observe", "scheduler.observe")
             agent = getattr(scheduler, "agent", None)
             if agent is not None:
-                prefill_agent(scheduler, agent.config.batch_size, args.seed)
+                prefill_agent(scheduler, agent.agent_config.batch_size, args.seed)
                 # The agent runs on the host; an overlapped update runs on a worker thread.
                 overlapped = config.mixing.overlap_update
                 self.timers.wrap(agent, "update", "agent update (worker thread)" if overlapped else "agent update",
@@ -368,9 +354,10 @@ def part_a(args, manifest: str) -> dict:
             "step_minus_static_ms": step_ms - 1e3 * base_step,
             "parts_ms_median": {name: run.part_median_ms(name)
                                 for name in dict.fromkeys(k for p in run.parts for k in p)},
-            "agent": ({"hidden_sizes": list(cfg.agent_hidden_sizes), "batch_size": cfg.agent_batch_size,
-                       "sketch_size": cfg.sketch_size, "norm_matrices": run.trainer.num_matrices,
-                       "state_dim": run.trainer.scheduler.agent.config.state_dim}
+            "agent": ({"hidden_sizes": list(cfg.agent.hidden_sizes), "batch_size": cfg.agent.batch_size,
+                       "action_bound": cfg.agent.action_bound, "sketch_size": cfg.probe.sketch_size,
+                       "norm_matrices": run.trainer.collector.num_matrices,
+                       "state_dim": run.trainer.scheduler.agent.shape.state_dim}
                       if getattr(run.trainer.scheduler, "agent", None) is not None else None),
         }
     return results
@@ -430,14 +417,19 @@ def time_calls(fn, iters: int, warmup: int = 10) -> list:
 
 
 def part_b(args) -> dict:
-    from megatron_hds.mixing.base import Signals
-    from megatron_hds.mixing.hds import HDSConfig, HDSScheduler
-    from megatron_hds.mixing.sac import SACAgent, SACConfig
+    from megatron_hds.mixing.base import StepSignals
+    from megatron_hds.mixing.config import MixingConfig
+    from megatron_hds.mixing.factory import agent_shape, build_scheduler
+    from megatron_hds.mixing.sac import SACAgent
 
     D, L = args.agent_domains, args.agent_matrices
-    state_dim = 3 * D + 2 * L + 1
-    cfg = SACConfig(state_dim=state_dim, num_domains=D)  # reference defaults: hidden (256, 256), batch 32
-    agent = SACAgent(cfg, device=args.agent_device)
+    # What `--mixing hds` runs with no other flag: the command line's defaults are these fields'.
+    mixing = MixingConfig(method="hds", warmup_fraction=0.0)
+    natural = np.full(D, 1.0 / D)
+    shape = agent_shape(mixing, natural, L)
+    state_dim = shape.state_dim
+    cfg = mixing.agent
+    agent = SACAgent(mixing.agent, mixing.sac, shape, device=args.agent_device)
     rng = np.random.default_rng(0)
     fill = 1000
     for _ in range(fill):
@@ -450,14 +442,13 @@ def part_b(args) -> dict:
 
     # The whole scheduler step at this shape, on synthetic signals.
     train_iters = 10 ** 6
-    sched = HDSScheduler(np.full(D, 1.0 / D), L, train_iters, SACConfig(state_dim=state_dim, num_domains=D),
-                         config=HDSConfig(warmup_fraction=0.0))
+    sched = build_scheduler(mixing, natural, L, train_iters, seq_length=1024)
     prefill_agent(sched, fill, 1)
     step = [0]
 
     def observe():
         step[0] += 1
-        sched.observe(Signals(
+        sched.observe(StepSignals(
             iteration=step[0], train_iters=train_iters, weights=sched.weights.copy(),
             domain_loss=3.0 + rng.random(D), domain_tokens=np.full(D, 1024.0), domain_samples=rng.integers(0, 80, D),
             loss=3.5, extra={"weight_norms": 50 + rng.random(L), "weight_change_norms": rng.random(L) * 1e-2,

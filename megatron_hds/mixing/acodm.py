@@ -1,6 +1,6 @@
 """AC-ODM (arXiv 2505.23878), the actor-critic baseline of HDS: a deterministic actor
 trained by DDPG with Gaussian exploration noise and no entropy term, on the same state
-(mixing/rewards.py StateBuilder) and the same loss-driven alignment reward as HDS.
+(mixing/timeline.py StateBuilder) and the same loss-driven alignment reward as HDS.
 
 Parameterisation: as in mixing/sac.py. By default the DDPG action is the vector of D logits
 u; the weights the run uses are w(u) = floor + (1 - D * floor) * softmax(u), a map treated as
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -29,64 +27,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megatron_hds.mixing.hds import AgentScheduler, HDSConfig
-from megatron_hds.mixing.rewards import HolisticReward, RewardConfig
-from megatron_hds.mixing.sac import (
-    ActionMap,
-    ReplayAgent,
-    ReplayBuffer,
-    effective_floor,
-    mlp,
-    validate_agent_config,
-)
+from megatron_hds.mixing.action_map import ActionMap
+from megatron_hds.mixing.agent_base import AgentShape, ReplayAgent, mlp
+from megatron_hds.mixing.config import AgentConfig, DDPGConfig, MixingConfig, RewardConfig
+from megatron_hds.mixing.rewards import HolisticReward
+from megatron_hds.mixing.timeline import AgentTimeline
 
 AGENT_FORMAT = "megatron_hds.ddpg"
-AGENT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class DDPGConfig:
-    """Hyperparameters of the AC-ODM agent; shared ones default to METHOD.md's SAC values."""
-
-    state_dim: int  # length of the state vector (3D + 2L + 1)
-    num_domains: int  # D: the action is D logits, the weights D numbers
-    gamma: float = 0.95  # discount of the continuing task (no terminal states)
-    tau: float = 0.001  # Polyak rate of the actor and critic targets, after every update
-    buffer_size: int = 10_000  # replay buffer capacity (a ring)
-    batch_size: int = 32  # minibatch per update; no update until the buffer holds this many
-    actor_lr: float = 1e-4  # Adam learning rate of the actor
-    critic_lr: float = 1e-4  # Adam learning rate of the critic
-    hidden_sizes: tuple = (256, 256)  # hidden layers of the actor and of the critic
-    noise_std: float = 0.1  # std of the Gaussian exploration noise added to the logits
-    noise_decay: float = 1.0  # the std is multiplied by this after every explored action (1: constant)
-    noise_std_min: float = 0.0  # the decayed std never falls below this
-    weight_floor: Optional[float] = None  # least weight of any domain; default 0.1 / D
-    action_bound: Optional[float] = None  # None: actions are free logits; c: c*tanh(actor), noise clipped (ActionMap)
-    action_center: Optional[tuple] = None  # logits of the zero action (ActionMap); default 0
-    seed: int = 0  # seeds network init, minibatch sampling and exploration noise
-
-    def __post_init__(self):
-        validate_agent_config(self, ("actor_lr", "critic_lr"))
-        for name in ("noise_std", "noise_std_min"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"DDPGConfig.{name}={value!r} is invalid: expected a finite number >= 0")
-        if not (isinstance(self.noise_decay, (int, float)) and 0.0 < self.noise_decay <= 1.0):
-            raise ValueError(f"DDPGConfig.noise_decay={self.noise_decay!r} is invalid: expected 0 < decay <= 1")
-
-    @property
-    def floor(self) -> float:
-        """The weight floor in effect (weight_floor, or 0.1 / D)."""
-        return effective_floor(self.num_domains, self.weight_floor)
+AGENT_VERSION = 2  # 2: the configuration is recorded as agent / ddpg / shape
 
 
 class DeterministicActor(nn.Module):
     """state -> mu(s), the D-long action (squashed into the box when the action is bounded)."""
 
-    def __init__(self, cfg: DDPGConfig):
+    def __init__(self, agent: AgentConfig, shape: AgentShape, action_map: ActionMap):
         super().__init__()
-        self.action_map = ActionMap.of(cfg)
-        self.net = mlp([cfg.state_dim, *cfg.hidden_sizes, cfg.num_domains])
+        self.action_map = action_map
+        self.net = mlp([shape.state_dim, *agent.hidden_sizes, shape.num_domains])
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.action_map.squash(self.net(state))
@@ -95,11 +52,11 @@ class DeterministicActor(nn.Module):
 class DDPGCritic(nn.Module):
     """Q(s, a), reading the action a through the weights it produces (scaled by D)."""
 
-    def __init__(self, cfg: DDPGConfig):
+    def __init__(self, agent: AgentConfig, shape: AgentShape, action_map: ActionMap):
         super().__init__()
-        self.num_domains = cfg.num_domains
-        self.action_map = ActionMap.of(cfg)
-        self.net = mlp([cfg.state_dim + cfg.num_domains, *cfg.hidden_sizes, 1])
+        self.num_domains = shape.num_domains
+        self.action_map = action_map
+        self.net = mlp([shape.state_dim + shape.num_domains, *agent.hidden_sizes, 1])
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         scaled = self.num_domains * self.action_map.torch_weights(action)
@@ -115,33 +72,29 @@ class DDPGAgent(ReplayAgent):
     (minibatches) and torch Generator (noise), so the global RNGs are untouched and
     ``state_dict`` captures everything a resume needs."""
 
-    def __init__(self, config: DDPGConfig, device: str | torch.device = "cpu"):
-        self.config = cfg = config
-        self.device = torch.device(device)
-        self.action_map = ActionMap.of(cfg)
+    def __init__(self, agent: AgentConfig, ddpg: DDPGConfig, shape: AgentShape, device: str | torch.device = "cpu"):
+        super().__init__(agent, shape, device)
+        self.ddpg_config = ddpg
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
-            torch.manual_seed(cfg.seed)
-            self.actor = DeterministicActor(cfg).to(self.device)
-            self.critic = DDPGCritic(cfg).to(self.device)
+            torch.manual_seed(agent.seed)
+            self.actor = DeterministicActor(agent, shape, self.action_map).to(self.device)
+            self.critic = DDPGCritic(agent, shape, self.action_map).to(self.device)
         self.actor_target, self.critic_target = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
         for p in [*self.actor_target.parameters(), *self.critic_target.parameters()]:
             p.requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, foreach=True)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, foreach=True)
-        self.buffer = ReplayBuffer(cfg.buffer_size, cfg.state_dim, cfg.num_domains)
-        self.rng = np.random.Generator(np.random.PCG64(cfg.seed))
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(cfg.seed + 1)
-        self.updates = 0  # gradient steps taken
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=agent.lr, foreach=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=agent.lr, foreach=True)
         self.explored_actions = 0  # act(explore=True) calls, the clock of the noise decay
-        self.rejected_transitions = 0  # transitions refused for NaN/Inf
         self.skipped_steps = {"critic": 0, "actor": 0}  # optimizer steps withheld for a NaN/Inf loss
+
+    def _config_record(self) -> dict:
+        return {**super()._config_record(), "ddpg": dataclasses.asdict(self.ddpg_config)}
 
     # ----- acting ---------------------------------------------------------------------
     @property
     def noise_std(self) -> float:
         """The exploration std the next explored action uses."""
-        cfg = self.config
+        cfg = self.ddpg_config
         return max(cfg.noise_std_min, cfg.noise_std * cfg.noise_decay ** self.explored_actions)
 
     @torch.no_grad()
@@ -160,19 +113,11 @@ class DDPGAgent(ReplayAgent):
             self.explored_actions += 1
         return self._action(a, single)
 
-    @torch.no_grad()
-    def q_value(self, state, actions) -> np.ndarray:
-        """The critic's Q(s, a), per state (float64)."""
-        s, single = self._state_tensor(state)
-        a = self._action_tensor(actions, s.shape[0])
-        out = self.critic(s, a).double().cpu().numpy()
-        return out[0] if single else out
-
     # ----- learning -------------------------------------------------------------------
     def update(self) -> Optional[dict[str, float]]:
         """One critic and one actor step on a minibatch, then the Polyak target updates.
         None while the buffer holds fewer than batch_size transitions; else losses for logging."""
-        cfg = self.config
+        cfg = self.agent_config
         if len(self.buffer) < cfg.batch_size:
             return None
         dev = self.device
@@ -205,7 +150,7 @@ class DDPGAgent(ReplayAgent):
         return {
             "format": AGENT_FORMAT,
             "version": AGENT_VERSION,
-            "config": dataclasses.asdict(self.config),
+            "config": self._config_record(),
             "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
             "actor_target": self.actor_target.state_dict(), "critic_target": self.critic_target.state_dict(),
             "actor_optimizer": self.actor_optimizer.state_dict(),
@@ -236,19 +181,19 @@ class DDPGAgent(ReplayAgent):
         self.skipped_steps = dict(state["skipped_steps"])
 
 
-class ACODMScheduler(AgentScheduler):
-    """The AC-ODM data scheduler on rank 0: HDS's timeline (mixing/hds.py AgentScheduler)
+class ACODMScheduler(AgentTimeline):
+    """The AC-ODM data scheduler on rank 0: the learning schedulers' timeline (mixing/timeline.py)
     with a DDPG agent acting with exploration noise, paid the alignment reward alone."""
 
     name = "acodm"
     log_all_components = False
 
-    def __init__(self, initial_weights, num_matrices: int, train_iters: int, ddpg: DDPGConfig,
-                 warmup_fraction: float = 0.02, update_interval: int = 1, overlap_update: bool = False):
-        super().__init__(initial_weights, num_matrices, train_iters, DDPGAgent(ddpg),
-                         HolisticReward(RewardConfig(components=("align",))),
-                         HDSConfig(warmup_fraction=warmup_fraction, update_interval=update_interval,
-                                   overlap_update=overlap_update))
+    def __init__(self, initial_weights, num_matrices: int, train_iters: int, mixing: MixingConfig,
+                 shape: AgentShape):
+        agent = DDPGAgent(mixing.agent, mixing.ddpg, shape)
+        # Only the alignment component is paid; the sequence length (the MTLD scale) does not matter.
+        reward = HolisticReward(RewardConfig(components=("align",)), mtld_max=float("inf"))
+        super().__init__(initial_weights, num_matrices, train_iters, agent, reward, mixing)
 
     def _act(self, state):
         return self.agent.act(state, explore=True)

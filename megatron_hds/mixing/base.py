@@ -1,4 +1,4 @@
-"""The scheduler interface: a MixtureScheduler sees one Signals record per step and answers
+"""The scheduler interface: a MixtureScheduler sees one StepSignals record per step and answers
 with the domain weights of the next step. Schedulers live on global rank 0 and know
 nothing of torch.distributed; the training loop gathers the signals and broadcasts the
 weights."""
@@ -12,7 +12,7 @@ import numpy as np
 
 
 @dataclass
-class Signals:
+class StepSignals:
     """What the training loop measured in the step just taken (arrays have one entry per domain)."""
 
     iteration: int  # steps completed, this one included
@@ -38,7 +38,7 @@ class MixtureScheduler(Protocol):
     def initial_weights(self) -> np.ndarray:
         """The weights of the first step."""
 
-    def observe(self, signals: Signals) -> np.ndarray:
+    def observe(self, signals: StepSignals) -> np.ndarray:
         """Learn from the step just taken; return the next step's weights."""
 
     def last_reward(self) -> dict | None:

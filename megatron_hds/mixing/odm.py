@@ -48,11 +48,11 @@ import math
 
 import numpy as np
 
-from megatron_hds.mixing.base import Signals, normalized
+from megatron_hds.mixing.base import StepSignals, normalized
+from megatron_hds.mixing.config import ODMConfig
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("paper", "released")
 STATE_FORMAT = "megatron_hds.mixing.odm"
 STATE_VERSION = 1
 
@@ -68,21 +68,17 @@ class ODMScheduler:
 
     name = "odm"
 
-    def __init__(self, num_domains: int, initial_weights=None, variant: str = "paper", smoothing: float = 0.5,
-                 warmup_steps: int = 0, update_interval: int = 1, weight_floor: float = 0.0):
+    def __init__(self, num_domains: int, config: ODMConfig, initial_weights=None, update_interval: int = 1,
+                 weight_floor: float = 0.0):
         if isinstance(num_domains, bool) or not isinstance(num_domains, (int, np.integer)) or num_domains < 1:
             raise ValueError(f"num_domains={num_domains!r} is invalid: expected a positive integer")
         self.num_domains = int(num_domains)
-        if variant not in VARIANTS:
-            raise ValueError(f"ODM variant {variant!r} is unknown: expected one of {', '.join(VARIANTS)}")
-        self.variant = variant
-        if not (isinstance(smoothing, (int, float)) and 0.0 <= smoothing < 1.0):
-            raise ValueError(f"ODM smoothing={smoothing!r} is invalid: expected a value in [0, 1)")
-        self.smoothing = float(smoothing)
-        for what, value, least in (("warmup_steps", warmup_steps, 0), ("update_interval", update_interval, 1)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-                raise ValueError(f"ODM {what}={value!r} is invalid: expected an integer >= {least}")
-        self.warmup_steps = int(warmup_steps)
+        self.variant = config.variant
+        self.smoothing = float(config.smoothing)
+        self.warmup_steps = int(config.warmup_steps)
+        if isinstance(update_interval, bool) or not isinstance(update_interval, (int, np.integer)) \
+                or update_interval < 1:
+            raise ValueError(f"ODM update_interval={update_interval!r} is invalid: expected an integer >= 1")
         self.update_interval = int(update_interval)
         if not (isinstance(weight_floor, (int, float)) and 0.0 <= weight_floor <= 1.0 / self.num_domains):
             raise ValueError(f"ODM weight_floor={weight_floor!r} is invalid: expected a value in "
@@ -104,7 +100,7 @@ class ODMScheduler:
     def initial_weights(self) -> np.ndarray:
         return self._initial.copy()
 
-    def observe(self, signals: Signals) -> np.ndarray:
+    def observe(self, signals: StepSignals) -> np.ndarray:
         self._steps += 1
         t = self._steps
         observed = 0
@@ -184,14 +180,14 @@ class ODMScheduler:
             weights = np.maximum(weights, self.weight_floor)
         return weights / weights.sum()
 
-    def _drawn_with(self, signals: Signals) -> np.ndarray:
+    def _drawn_with(self, signals: StepSignals) -> np.ndarray:
         """The probabilities the step's batch was drawn with: the signal's, else our last answer."""
         try:
             return normalized(signals.weights, self.num_domains, "signals.weights")
         except (TypeError, ValueError):
             return self._weights
 
-    def _update_rewards(self, signals: Signals) -> int:
+    def _update_rewards(self, signals: StepSignals) -> int:
         losses = np.asarray(signals.domain_loss, dtype=np.float64).reshape(-1)
         if losses.size != self.num_domains:
             raise ValueError(f"domain_loss has {losses.size} entries, expected one per domain ({self.num_domains})")

@@ -38,30 +38,16 @@ from megatron_hds.parallel.layers import is_tensor_parallel
 from megatron_hds.parallel.mappings import group_size
 from megatron_hds.parallel.state import ParallelState
 
-# Reference selections (METHOD.md): norms on 9 MLP output projections spread over depth,
-# gradient probes on the MLP output projections of 3 late layers.
-NORM_MATRICES = 9
-PROBE_MATRICES = 3
-DEFAULT_SKETCH_SIZE = 4096
-
 MATRIX_TEMPLATES = {
     "mlp_out": "layers.{}.mlp.dense_4h_to_h.weight",
     "mlp_in": "layers.{}.mlp.dense_h_to_4h.weight",
     "attn_out": "layers.{}.self_attention.dense.weight",
     "attn_qkv": "layers.{}.self_attention.query_key_value.weight",
 }
-_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-
 NamedParams = List[Tuple[str, nn.Parameter]]
 
 
 # ---- selection -----------------------------------------------------------------------------
-def layer_index(name: str) -> Optional[int]:
-    """Global transformer-layer index in a parameter name, or None (embeddings, final norm)."""
-    match = _LAYER_RE.search(name)
-    return int(match.group(1)) if match else None
-
-
 def choose_layers(num_layers: int, count: int, placement: str = "spread") -> List[int]:
     """`count` global layer indices: "spread" evenly over depth (first and last included),
     or "late" (the last `count` layers). count >= num_layers selects every layer."""
@@ -79,30 +65,22 @@ def choose_layers(num_layers: int, count: int, placement: str = "spread") -> Lis
     raise ValueError(f"placement={placement!r} is not one of 'spread', 'late'")
 
 
-def selected_names(num_layers: int, which: str = "mlp_out", count: int = NORM_MATRICES,
-                   placement: str = "spread") -> List[str]:
+def selected_names(num_layers: int, count: int, placement: str = "spread", which: str = "mlp_out") -> List[str]:
     """Global names of the selected matrices, in layer order (the same list on every rank)."""
     if which not in MATRIX_TEMPLATES:
         raise ValueError(f"which={which!r} is not one of {sorted(MATRIX_TEMPLATES)}")
     return [MATRIX_TEMPLATES[which].format(i) for i in choose_layers(num_layers, count, placement)]
 
 
-def select_matrices(model: nn.Module, names_or_pattern: Union[None, str, Sequence[str]] = None,
-                    num_layers: Optional[int] = None, which: str = "mlp_out", count: int = NORM_MATRICES,
-                    placement: str = "spread") -> NamedParams:
+def select_matrices(model: nn.Module, names_or_pattern: Union[str, Sequence[str]]) -> NamedParams:
     """(global name, parameter) pairs of the selected matrices that THIS rank holds.
 
-    names_or_pattern: None selects `which` matrices of `count` layers chosen by `placement`
-    ("spread" over depth: the norm reference; "late": the gradient-probe reference);
-    a list selects those names; a string is a regular expression matched in full against
-    parameter names. A PP stage holds only its own layers, so the result may be empty.
+    names_or_pattern: a list of global names (``selected_names``), or a regular expression
+    matched in full against parameter names. A PP stage holds only its own layers, so the
+    result may be empty.
     """
     params = dict(model.named_parameters())
-    if names_or_pattern is None:
-        if num_layers is None:
-            num_layers = model.config.num_layers
-        wanted = selected_names(num_layers, which, count, placement)
-    elif isinstance(names_or_pattern, str):
+    if isinstance(names_or_pattern, str):
         pattern = re.compile(names_or_pattern)
         wanted = [n for n in params if pattern.fullmatch(n)]
     else:
@@ -189,12 +167,13 @@ class GradientProbe:
     all-reduce also says which domains had a gradient this step (``present``).
     """
 
-    def __init__(self, params: Iterable[Tuple[str, nn.Parameter]], num_domains: int, mode: str = "sketch",
-                 sketch_size: int = DEFAULT_SKETCH_SIZE, seed: int = 0, state: Optional[ParallelState] = None):
+    def __init__(self, params: Iterable[Tuple[str, nn.Parameter]], num_domains: int, mode: str,
+                 sketch_size: Optional[int] = None, seed: int = 0, state: Optional[ParallelState] = None):
         if mode not in ("exact", "sketch"):
             raise ValueError(f"mode={mode!r} is not one of 'exact', 'sketch'")
-        if num_domains < 1 or sketch_size < 1:
-            raise ValueError(f"num_domains={num_domains} and sketch_size={sketch_size} must be positive")
+        if num_domains < 1 or (mode == "sketch" and not (sketch_size or 0) >= 1):
+            raise ValueError(f"num_domains={num_domains} and, in sketch mode, sketch_size={sketch_size} must be "
+                             "positive")
         self.state = state if state is not None else ParallelState.single("cpu")
         self.mode, self.num_domains, self.sketch_size, self.seed = mode, num_domains, sketch_size, seed
         self.named = [(n, p) for n, p in params if _contributes(p, self.state)]

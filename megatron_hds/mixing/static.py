@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from megatron_hds.mixing.base import Signals, normalized
+from megatron_hds.mixing.base import StepSignals, normalized
 
 
 class StaticScheduler:
@@ -17,7 +17,7 @@ class StaticScheduler:
     def initial_weights(self) -> np.ndarray:
         return self._weights.copy()
 
-    def observe(self, signals: Signals) -> np.ndarray:
+    def observe(self, signals: StepSignals) -> np.ndarray:
         return self._weights.copy()
 
     def last_reward(self) -> dict | None:

@@ -30,7 +30,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-DECAY_STYLES = ("constant", "linear", "cosine")
+from megatron_hds.config import LR_DECAY_STYLES as DECAY_STYLES
+from megatron_hds.config import OptimConfig
 
 # Version of the state_dict layout below; bump on incompatible changes.
 SCHEDULER_STATE_VERSION = 1
@@ -38,24 +39,24 @@ SCHEDULER_STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class LRScheduleConfig:
-    """Learning-rate and weight-decay schedule (Megatron's --lr* / --weight-decay flags)."""
+    """One run's learning-rate and weight-decay schedule, resolved from OptimConfig (whose fields
+    are the flags and hold the defaults) and the run's length; see ``from_config``."""
 
-    lr: float
-    """Peak learning rate (--lr), reached at the end of warm-up."""
-    train_iters: int
-    """Total training iterations (--train-iters); the default decay length."""
-    min_lr: float = 0.0
-    """Floor the decay ends at (--min-lr)."""
-    lr_decay_style: str = "linear"
-    """One of constant, linear, cosine (--lr-decay-style)."""
-    lr_decay_iters: int | None = None
-    """Iterations over which lr decays to min_lr (--lr-decay-iters); None means train_iters."""
-    lr_warmup_iters: int | None = None
-    """Linear warm-up length in iterations (--lr-warmup-iters)."""
-    lr_warmup_fraction: float | None = None
-    """Warm-up as a fraction of lr_decay_iters (--lr-warmup-fraction); exclusive with lr_warmup_iters."""
-    weight_decay: float = 0.01
-    """Constant weight decay applied to the decayed parameter group (--weight-decay)."""
+    lr: float  # peak learning rate, reached at the end of warm-up
+    train_iters: int  # the run's length; the default decay length
+    min_lr: float  # the floor the decay ends at
+    lr_decay_style: str  # constant, linear or cosine
+    weight_decay: float  # constant weight decay of the decayed parameter group
+    lr_decay_iters: int | None = None  # None: train_iters
+    lr_warmup_iters: int | None = None  # linear warm-up length in iterations
+    lr_warmup_fraction: float | None = None  # warm-up as a fraction of the decay length (exclusive with the above)
+
+    @classmethod
+    def from_config(cls, optim: OptimConfig, train_iters: int) -> "LRScheduleConfig":
+        """The schedule that --lr, --min-lr, --lr-decay-*, --lr-warmup-* and --weight-decay describe."""
+        return cls(lr=optim.lr, train_iters=train_iters, min_lr=optim.min_lr, lr_decay_style=optim.lr_decay_style,
+                   weight_decay=optim.weight_decay, lr_decay_iters=optim.lr_decay_iters,
+                   lr_warmup_iters=optim.lr_warmup_iters, lr_warmup_fraction=optim.lr_warmup_fraction)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr >= 0):

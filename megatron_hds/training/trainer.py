@@ -25,10 +25,10 @@ from megatron_hds.config import PretrainConfig
 from megatron_hds.data.domains import resolve_domains
 from megatron_hds.data.gpt_dataset import build_domain_datasets
 from megatron_hds.data.mixture import MixtureConfig, MixtureSampler
-from megatron_hds.data.quality import load_quality
 from megatron_hds.evaluation.downstream import maybe_evaluate_after_save
 from megatron_hds.evaluation.held_out import build_held_out_set, evaluate
-from megatron_hds.mixing.base import Signals
+from megatron_hds.mixing.base import StepSignals
+from megatron_hds.mixing.collector import NoSignals, SignalCollector
 from megatron_hds.mixing.factory import LEARNING_METHODS, build_scheduler
 from megatron_hds.model.gpt import GPTModel, finalize_model_grads
 from megatron_hds.optim.lr_schedule import LRScheduleConfig, LRScheduler
@@ -104,18 +104,15 @@ class Trainer:
                                          (optim.adam_beta1, optim.adam_beta2), optim.adam_eps,
                                          precision=optim.precision, distributed=optim.use_distributed_optimizer,
                                          dp_group=state.dp_group)
-        self.lr_scheduler = LRScheduler(self.optimizer, LRScheduleConfig(
-            lr=optim.lr, train_iters=train.train_iters, min_lr=optim.min_lr, lr_decay_style=optim.lr_decay_style,
-            lr_decay_iters=optim.lr_decay_iters, lr_warmup_iters=optim.lr_warmup_iters,
-            lr_warmup_fraction=optim.lr_warmup_fraction, weight_decay=optim.weight_decay))
+        self.lr_scheduler = LRScheduler(self.optimizer, LRScheduleConfig.from_config(optim, train.train_iters))
         bucket_mb = 25.0 if optim.ddp_bucket_size is None else \
             optim.ddp_bucket_size * torch.finfo(_DTYPES[optim.precision]).bits / 8 / 2**20
         self.grad_reducer = GradientAllReducer(self.model.parameters(), state.dp_group, bucket_size_mb=bucket_mb,
                                                overlap=optim.overlap_grad_reduce)
-        self.num_matrices = min(config.mixing.norm_matrices, model_cfg.num_layers)
-        self.probe = self.norm_tracker = self.quality = None
+        self.collector = NoSignals()
         if config.mixing.method in LEARNING_METHODS:
-            self._build_probes()
+            self.collector = SignalCollector(self.model, state, config.mixing.probe, num_domains, train.seed,
+                                           self.train_sets)
         self.sampler = MixtureSampler(MixtureConfig(
             domain_names=tuple(self.domains.names), domain_sizes=tuple(len(d) for d in self.train_sets),
             global_batch_size=train.global_batch_size, micro_batch_size=train.micro_batch_size,
@@ -125,7 +122,8 @@ class Trainer:
         self.scheduler = None
         if state.rank == 0:
             self.scheduler = scheduler or build_scheduler(config.mixing, self.domains.natural_weights,
-                                                          self.num_matrices, train.train_iters, model_cfg.seq_length)
+                                                          self.collector.num_matrices, train.train_iters,
+                                                          model_cfg.seq_length)
         self.weights = _broadcast_weights(
             self.scheduler.initial_weights() if self.scheduler else None, num_domains, state)
         self.iteration = 0
@@ -151,58 +149,6 @@ class Trainer:
             self.metrics.log_config(config.to_dict() | {"domains": self.domains.names,
                                                         "natural_weights": self.domains.natural_weights.tolist()})
 
-    def _build_probes(self) -> None:
-        """The learning schedulers' signals: per-domain gradients on 3 late MLP output
-        projections, norms of MLP output projections spread over depth, and (rank 0) the
-        MTLD sidecars for the quality of the drawn samples."""
-        from megatron_hds.mixing.probes import (
-            PROBE_MATRICES,
-            GradientProbe,
-            WeightNormTracker,
-            select_matrices,
-            selected_names,
-        )
-
-        mixing, num_layers = self.config.mixing, self.config.model.num_layers
-        probed = selected_names(num_layers, count=min(PROBE_MATRICES, num_layers), placement="late")
-        self.probe = GradientProbe(select_matrices(self.model, probed), len(self.domains.names),
-                                   mode=mixing.probe_mode, sketch_size=mixing.sketch_size,
-                                   seed=self.config.train.seed, state=self.state)
-        names = selected_names(num_layers, count=self.num_matrices, placement="spread")
-        self.norm_tracker = WeightNormTracker(select_matrices(self.model, names), self.state, names=names)
-        if self.state.rank == 0:
-            try:
-                self.quality = [load_quality(d.indexed.path_prefix, d.indexed.num_documents)
-                                for d in self.train_sets]
-            except FileNotFoundError as error:
-                raise FileNotFoundError(f"--mixing {mixing.method} needs each dataset's MTLD sidecar: {error}") from None
-
-    def _batch_quality(self, plan) -> float:
-        """Mean MTLD of the step's samples, each weighted by its tokens (all samples are equally long)."""
-        pairs = np.asarray(plan.pairs())
-        values = [self.train_sets[d].samples_quality(pairs[pairs[:, 0] == d, 1], self.quality[d])
-                  for d in np.unique(pairs[:, 0])]
-        return float(np.concatenate(values).mean())
-
-    def _learning_signals(self, plan, result, reduced_shares) -> dict:
-        """Gradient alignment, weight norms and batch quality for the learning schedulers, from
-        the world-reduced shares of train_step: [sketch buffer (sketch mode only) | norm squares]."""
-        from megatron_hds.mixing.probes import alignment_scores
-
-        split = reduced_shares.numel() - 2 * len(self.norm_tracker.names)
-        norm_squares = reduced_shares[split:]
-        if self.probe.mode == "sketch":
-            gram = self.probe.gram_from_reduced(reduced_shares[:split])
-        else:
-            gram = self.probe.alignment_matrix()
-        norms, change = self.norm_tracker.norms_from_squares(norm_squares)
-        extra = {"weight_norms": norms, "weight_change_norms": change}
-        if not result.skipped and np.all(np.isfinite(gram)):
-            extra["alignment"] = alignment_scores(gram, self.probe.present)
-        if self.quality is not None:
-            extra["quality"] = self._batch_quality(plan)
-        return extra
-
     # ---- one step --------------------------------------------------------------------
     def _loss_fn(self, per_token_loss, micro_batch):
         return self.optimizer.scale_loss(masked_mean_loss(per_token_loss, micro_batch))
@@ -224,10 +170,7 @@ class Trainer:
                          for domains, indices in rank_batch]
 
         self.optimizer.zero_grad()
-        if self.probe is not None:
-            from megatron_hds.mixing.probes import micro_batch_domain
-
-            self.probe.begin_step([micro_batch_domain(batch["domains"]) for batch in micro_batches])
+        self.collector.begin_step([batch["domains"] for batch in micro_batches])
         reducer = self.grad_reducer
         forward_backward(self.model, micro_batches, loss_fn=self._loss_fn,
                          before_last_backward=reducer.arm if reducer.overlap else None)
@@ -237,8 +180,7 @@ class Trainer:
         finalize_model_grads(self.model)
         if not sharded and not reducer.overlap:  # the distributed optimizer reduce-scatters in its step
             reducer.allreduce()
-        if self.norm_tracker is not None:
-            self.norm_tracker.snapshot()
+        self.collector.before_optimizer_step()
         result = self.optimizer.step(
             self.config.optim.clip_grad, grad_norm_fn=lambda pairs: global_norm(pairs, state, sharded),
             found_inf_reduce=self._found_inf_reduce)
@@ -253,15 +195,9 @@ class Trainer:
             # absorb them; the signals' first copy to the host would wait for them anyway.
             torch.get_device_module(state.device).synchronize(state.device)
         signals_start = time.perf_counter()
-        shares = []
-        if self.probe is not None and self.probe.mode == "sketch":
-            shares.append(self.probe.local_sketch().reshape(-1))
-        if self.norm_tracker is not None:
-            shares.append(self.norm_tracker.local_squares(world_share=True))
-        reduced, reduced_shares = all_reduce_domain_sums(
-            sums, state, torch.cat([s.to(sums.dtype) for s in shares]) if shares else None)
+        reduced, reduced_share = all_reduce_domain_sums(sums, state, self.collector.local_share())
         domain_loss, domain_tokens = split_means(reduced)
-        extra = self._learning_signals(plan, result, reduced_shares) if self.probe is not None else {}
+        extra = self.collector.finish(reduced_share, plan, step_ok=not result.skipped)
         self._signals_time = time.perf_counter() - signals_start
         self.iteration += 1
         self.consumed_samples += self.config.train.global_batch_size
@@ -274,7 +210,7 @@ class Trainer:
         next_weights = None
         if self.scheduler is not None:
             total = float(np.nansum(domain_loss * domain_tokens) / max(domain_tokens.sum(), 1))
-            next_weights = self.scheduler.observe(Signals(
+            next_weights = self.scheduler.observe(StepSignals(
                 iteration=self.iteration, train_iters=self.config.train.train_iters, weights=plan.weights.copy(),
                 domain_loss=domain_loss, domain_tokens=domain_tokens,
                 domain_samples=np.asarray(plan.domain_sample_counts), loss=total, extra=extra))
@@ -289,7 +225,7 @@ class Trainer:
         last_eval = None
         window = _Window(len(self.domains.names))
         first_step = True
-        with SignalSaveHandler(device=self.state.device) as signals:
+        with SignalSaveHandler(device=self.state.device) as preemption:
             while self.iteration < cfg.train_iters:
                 start = time.perf_counter()
                 plan, result, domain_loss, domain_tokens, extra = self.train_step()
@@ -308,8 +244,8 @@ class Trainer:
                 # The wall clock differs per rank: agreed with the signals in one collective.
                 out_of_time = bool(cfg.exit_duration_in_mins and
                                    time.monotonic() - self._start_time >= 60 * cfg.exit_duration_in_mins)
-                stop = signals.should_save_and_exit(also=out_of_time)
-                reason = ("signal" if signals.signal_received() else "--exit-duration-in-mins" if out_of_time
+                stop = preemption.should_save_and_exit(also=out_of_time)
+                reason = ("signal" if preemption.signal_received() else "--exit-duration-in-mins" if out_of_time
                           else "a signal or the time limit on another rank")
                 if not stop and cfg.exit_interval and self.iteration % cfg.exit_interval == 0:
                     stop, reason = True, "--exit-interval"

@@ -2,7 +2,6 @@
 simplex, a contextual bandit with a known optimum, NaN robustness, exact resume) and the
 scheduler around it (HDS's timeline, the align reward alone, checkpoint identity)."""
 
-import dataclasses
 import io
 import math
 import time
@@ -11,51 +10,54 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_hds.mixing.acodm import ACODMScheduler, DDPGAgent, DDPGConfig
-from megatron_hds.mixing.base import lift_to_floor
-from megatron_hds.mixing.base import MixtureScheduler, Signals
+from megatron_hds.mixing.acodm import ACODMScheduler, DDPGAgent
+from megatron_hds.mixing.action_map import weights_from_logits
+from megatron_hds.mixing.agent_base import AgentShape
+from megatron_hds.mixing.base import MixtureScheduler, StepSignals, lift_to_floor
+from megatron_hds.mixing.config import AgentConfig, DDPGConfig
 from megatron_hds.mixing.hds import HDSScheduler
-from megatron_hds.mixing.sac import SACConfig, weights_from_logits
+from tests.mixing.agents import ddpg_agent, mixing_config
 
 torch.set_num_threads(1)  # tiny ops; extra threads only stall on a shared machine
 
 
-def small_config(**overrides) -> DDPGConfig:
-    base = dict(state_dim=6, num_domains=3, hidden_sizes=(32, 32), batch_size=8, buffer_size=16, seed=7)
+def small_config(**overrides) -> dict:
+    """Settings of a small, fast agent with free logits (tests.mixing.agents.ddpg_agent takes them)."""
+    base = dict(state_dim=6, num_domains=3, hidden_sizes=(32, 32), batch_size=8, buffer_size=16, seed=7,
+                action_bound=None)
     base.update(overrides)
-    return DDPGConfig(**base)
+    return base
 
 
 def fill(agent: DDPGAgent, n: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
-    cfg = agent.config
+    shape = agent.shape
     for _ in range(n):
-        assert agent.add_transition(rng.normal(size=cfg.state_dim), rng.normal(size=cfg.num_domains),
-                                    rng.normal(), rng.normal(size=cfg.state_dim))
+        assert agent.add_transition(rng.normal(size=shape.state_dim), rng.normal(size=shape.num_domains),
+                                    rng.normal(), rng.normal(size=shape.state_dim))
 
 
-def test_config_defaults_and_validation():
-    cfg = DDPGConfig(state_dim=85, num_domains=22)
+def test_defaults_and_validation():
+    agent = DDPGAgent(AgentConfig(), DDPGConfig(), AgentShape(state_dim=85, num_domains=22))
+    cfg, ddpg = agent.agent_config, agent.ddpg_config
     assert (cfg.gamma, cfg.tau, cfg.buffer_size, cfg.batch_size) == (0.95, 0.001, 10_000, 32)
-    assert cfg.actor_lr == cfg.critic_lr == 1e-4 and cfg.hidden_sizes == (256, 256)
-    assert (cfg.noise_std, cfg.noise_decay, cfg.noise_std_min) == (0.1, 1.0, 0.0)
-    assert cfg.floor == pytest.approx(0.1 / 22)
-    assert DDPGConfig(state_dim=4, num_domains=2, hidden_sizes=[8]).hidden_sizes == (8,)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.tau = 0.5
+    assert cfg.lr == 1e-4 and cfg.hidden_sizes == (256, 256)
+    assert (ddpg.noise_std, ddpg.noise_decay, ddpg.noise_std_min) == (0.1, 1.0, 0.0)
+    assert agent.action_map.floor == pytest.approx(0.1 / 22)
+    assert AgentConfig(hidden_sizes=[8]).hidden_sizes == (8,)
     for bad, needle in [(dict(gamma=1.0), "gamma"), (dict(tau=0.0), "tau"), (dict(batch_size=20_000), "batch_size"),
-                        (dict(weight_floor=0.05), "weight_floor"), (dict(hidden_sizes=()), "hidden_sizes"),
-                        (dict(actor_lr=0.0), "actor_lr"), (dict(critic_lr=float("nan")), "critic_lr"),
+                        (dict(weight_floor=0.05), "weight-floor"), (dict(hidden_sizes=()), "hidden_sizes"),
+                        (dict(lr=0.0), "lr"), (dict(lr=float("nan")), "lr"),
                         (dict(num_domains=1), "num_domains"), (dict(noise_std=-0.1), "noise_std"),
                         (dict(noise_decay=0.0), "noise_decay"), (dict(noise_std_min=float("inf")), "noise_std_min"),
                         (dict(state_dim=0), "state_dim")]:
         with pytest.raises(ValueError, match=needle):
-            DDPGConfig(**{"state_dim": 85, "num_domains": 22, **bad})
+            ddpg_agent(**{"state_dim": 85, "num_domains": 22, **bad})
 
 
 def test_targets_move_by_tau():
     tau = 0.25  # large enough that a missing or wrong Polyak step is far above rounding
-    agent = DDPGAgent(small_config(tau=tau))
+    agent = ddpg_agent(**small_config(tau=tau))
     fill(agent, 16)
     for _ in range(3):  # targets and online nets differ before the step we check
         agent.update()
@@ -73,17 +75,17 @@ def test_targets_move_by_tau():
 
 def test_weights_stay_on_the_floored_simplex():
     d = 6
-    agent = DDPGAgent(small_config(num_domains=d, noise_std=5.0))  # wide noise: extreme logits
+    agent = ddpg_agent(**small_config(num_domains=d, noise_std=5.0))  # wide noise: extreme logits
     rng = np.random.default_rng(2)
     states = rng.normal(size=(256, 6)) * 50
     for explore in (True, False):
         u, w = agent.act(states, explore=explore)
         assert u.shape == w.shape == (256, d) and u.dtype == np.float32 and w.dtype == np.float64
         np.testing.assert_allclose(w.sum(-1), 1.0, rtol=0, atol=1e-12)
-        assert np.all(w >= agent.config.floor)
+        assert np.all(w >= agent.action_map.floor)
     single_u, single_w = agent.act(states[0])
     assert single_u.shape == single_w.shape == (d,)
-    floored = DDPGAgent(small_config(num_domains=d, weight_floor=0.15, noise_std=50.0))
+    floored = ddpg_agent(**small_config(num_domains=d, weight_floor=0.15, noise_std=50.0))
     _, w = floored.act(states)
     assert np.all(w >= 0.15) and w.max() <= 1 - (d - 1) * 0.15 + 1e-12
     with pytest.raises(ValueError, match="state_dim=6"):
@@ -102,7 +104,7 @@ def test_lift_to_floor_keeps_the_simplex_and_the_floor():
 
 
 def test_exploration_noise_is_gaussian_with_the_configured_decaying_std():
-    agent = DDPGAgent(small_config(num_domains=4, noise_std=0.3))
+    agent = ddpg_agent(**small_config(num_domains=4, noise_std=0.3))
     states = np.random.default_rng(3).normal(size=(4000, 6))
     mean, _ = agent.act(states, explore=False)
     assert agent.explored_actions == 0  # the deterministic action draws nothing and advances no clock
@@ -112,13 +114,13 @@ def test_exploration_noise_is_gaussian_with_the_configured_decaying_std():
     again, _ = agent.act(states, explore=False)
     assert np.array_equal(again, mean)  # mu(s) is deterministic
 
-    decaying = DDPGAgent(small_config(noise_std=0.4, noise_decay=0.5, noise_std_min=0.06))
+    decaying = ddpg_agent(**small_config(noise_std=0.4, noise_decay=0.5, noise_std_min=0.06))
     stds = []
     for _ in range(5):
         stds.append(decaying.noise_std)
         decaying.act(np.zeros(6))
     assert stds == pytest.approx([0.4, 0.2, 0.1, 0.06, 0.06])
-    silent = DDPGAgent(small_config(noise_std=0.0))
+    silent = ddpg_agent(**small_config(noise_std=0.0))
     s = np.ones(6)
     assert np.array_equal(silent.act(s)[0], silent.act(s, explore=False)[0])
 
@@ -135,15 +137,14 @@ def test_contextual_bandit_reaches_the_known_optimum():
     (a bandit has no future), lr 1e-2 for actor and critic (1e-4 would need ~100x the
     updates), exploration std 0.3, batch 128 (variance; costs little), 32-wide networks."""
     d, k = 3, 2
-    cfg = DDPGConfig(state_dim=k, num_domains=d, gamma=0.0, actor_lr=1e-2, critic_lr=1e-2, noise_std=0.3,
-                     batch_size=128, buffer_size=2000, hidden_sizes=(32, 32), seed=0)
+    agent = ddpg_agent(state_dim=k, num_domains=d, gamma=0.0, lr=1e-2, noise_std=0.3, batch_size=128,
+                       buffer_size=2000, hidden_sizes=(32, 32), seed=0, action_bound=None)
     env = np.random.default_rng(123)
     a = env.normal(size=(d, k)) * 1.5
 
     def reward(w, c):
-        return -10.0 * ((w - weights_from_logits(c @ a.T, cfg.floor)) ** 2).sum(-1)
+        return -10.0 * ((w - weights_from_logits(c @ a.T, agent.action_map.floor)) ** 2).sum(-1)
 
-    agent = DDPGAgent(cfg)
     held_out = env.normal(size=(512, k))
     uniform = reward(np.full(d, 1 / d), held_out).mean()
     assert uniform < -1.5
@@ -163,14 +164,14 @@ def test_contextual_bandit_reaches_the_known_optimum():
     elapsed = time.perf_counter() - start
     _, w = agent.act(held_out, explore=False)
     score = reward(w, held_out).mean()
-    assert agent.updates == updates - (cfg.batch_size // per_step - 1)  # no update until a batch is stored
+    assert agent.updates == updates - (128 // per_step - 1)  # no update until a batch is stored
     assert score >= -0.1, (f"deterministic policy scores {score:.4f} (optimum 0, uniform {uniform:.3f}, "
                            f"untrained {untrained:.3f}) in {elapsed:.1f}s")
     assert np.mean(recent) >= -0.3, f"noisy actions average {np.mean(recent):.4f}"
 
 
 def test_a_nan_loss_never_reaches_the_optimizer():
-    agent = DDPGAgent(small_config())
+    agent = ddpg_agent(**small_config())
     assert agent.update() is None  # nothing to learn from yet
     fill(agent, 16)
     agent.buffer.rewards[:] = np.nan  # what a corrupted buffer would feed the critic
@@ -185,12 +186,12 @@ def test_a_nan_loss_never_reaches_the_optimizer():
 
 def drive(agent: DDPGAgent, env: np.random.Generator, steps: int) -> list:
     """Act, store, update; the state follows the weights so actions matter to the data."""
-    cfg, out = agent.config, []
-    s = env.normal(size=cfg.state_dim)
+    shape, out = agent.shape, []
+    s = env.normal(size=shape.state_dim)
     for _ in range(steps):
         u, w = agent.act(s)
-        s2 = np.concatenate([w, env.normal(size=cfg.state_dim - cfg.num_domains)])
-        agent.add_transition(s, u, float(-w @ np.arange(cfg.num_domains)), s2)
+        s2 = np.concatenate([w, env.normal(size=shape.state_dim - shape.num_domains)])
+        agent.add_transition(s, u, float(-w @ np.arange(shape.num_domains)), s2)
         out.append((u, agent.update()))
         s = s2
     return out
@@ -198,14 +199,14 @@ def drive(agent: DDPGAgent, env: np.random.Generator, steps: int) -> list:
 
 def test_agent_state_dict_round_trip_continues_exactly():
     cfg = small_config(tau=0.05, noise_std=0.5, noise_decay=0.97)
-    reference, resumed = DDPGAgent(cfg), DDPGAgent(cfg)
+    reference, resumed = ddpg_agent(**cfg), ddpg_agent(**cfg)
     env_a, env_b = np.random.default_rng(5), np.random.default_rng(5)
     first = drive(reference, env_a, 20)  # the 16-slot buffer wraps: its position matters
     drive(resumed, env_b, 20)
     blob = io.BytesIO()
     torch.save(resumed.state_dict(), blob)
     blob.seek(0)
-    fresh = DDPGAgent(cfg)  # a new process: same config, its own initial weights and RNGs
+    fresh = ddpg_agent(**cfg)  # a new process: same config, its own initial weights and RNGs
     global_rng = torch.get_rng_state()
     fresh.load_state_dict(torch.load(blob, weights_only=True))
     after_ref, after_resumed = drive(reference, env_a, 12), drive(fresh, env_b, 12)
@@ -222,11 +223,11 @@ def test_agent_state_dict_round_trip_continues_exactly():
 
 
 def test_agent_load_refuses_another_configuration():
-    state = DDPGAgent(small_config()).state_dict()
+    state = ddpg_agent(**small_config()).state_dict()
     with pytest.raises(ValueError, match="gamma: checkpoint 0.95 vs this run 0.9"):
-        DDPGAgent(small_config(gamma=0.9)).load_state_dict(state)
+        ddpg_agent(**small_config(gamma=0.9)).load_state_dict(state)
     with pytest.raises(ValueError, match="format"):
-        DDPGAgent(small_config()).load_state_dict({"actor": {}})
+        ddpg_agent(**small_config()).load_state_dict({"actor": {}})
 
 
 # ----- the scheduler ------------------------------------------------------------------
@@ -234,22 +235,20 @@ D, L = 3, 2
 STATE_DIM = 3 * D + 2 * L + 1
 
 
-def scheduler(**overrides) -> ACODMScheduler:
-    kwargs = dict(initial_weights=[0.6, 0.38, 0.02], num_matrices=L, train_iters=100,
-                  ddpg=DDPGConfig(state_dim=STATE_DIM, num_domains=D, hidden_sizes=(16, 16), batch_size=4,
-                                  buffer_size=32, seed=11),
-                  warmup_fraction=0.1, update_interval=1)
-    kwargs.update(overrides)
-    return ACODMScheduler(**kwargs)
+def scheduler(initial_weights=(0.6, 0.38, 0.02), state_dim=STATE_DIM, **overrides) -> ACODMScheduler:
+    settings = dict(hidden_sizes=(16, 16), batch_size=4, buffer_size=32, seed=11, warmup_fraction=0.1,
+                    update_interval=1, action_bound=None)
+    settings.update(overrides)
+    return ACODMScheduler(list(initial_weights), L, 100, mixing_config(**settings), AgentShape(state_dim, D))
 
 
-def signals(step: int, weights: np.ndarray, alignment=None) -> Signals:
+def signals(step: int, weights: np.ndarray, alignment=None) -> StepSignals:
     """Synthetic measurements of step `step`, a function of the step and the weights used."""
     rng = np.random.default_rng(1000 + step)
     samples = np.floor(weights * 64).astype(np.int64)
     loss = 3.0 - 0.01 * step + rng.normal(size=D) * 0.1
     loss[samples == 0] = np.nan
-    return Signals(iteration=step, train_iters=100, weights=np.asarray(weights, dtype=np.float64),
+    return StepSignals(iteration=step, train_iters=100, weights=np.asarray(weights, dtype=np.float64),
                    domain_loss=loss, domain_tokens=samples * 128, domain_samples=samples,
                    loss=float(np.nanmean(loss)),
                    extra={"alignment": rng.normal(size=D) if alignment is None else alignment,
@@ -268,7 +267,7 @@ def run(sched: ACODMScheduler, first: int, last: int, weights: np.ndarray) -> tu
 def test_scheduler_warms_up_at_the_initial_weights_then_acts_on_the_align_reward():
     sched = scheduler()
     assert isinstance(sched, MixtureScheduler) and sched.name == "acodm"
-    floor = sched.agent.config.floor
+    floor = sched.agent.action_map.floor
     initial = sched.initial_weights()
     # 0.02 is raised to the floor 1/30 and the others scaled down to make room.
     np.testing.assert_allclose(initial, [0.6 * (1 - floor) / 0.98, 0.38 * (1 - floor) / 0.98, floor], rtol=1e-12)
@@ -335,14 +334,14 @@ def test_scheduler_state_dict_round_trip_gives_identical_weights():
 
 
 def test_scheduler_refuses_another_schedulers_state_and_a_mismatch():
-    hds = HDSScheduler([0.5, 0.3, 0.2], num_matrices=L, train_iters=100,
-                       sac=SACConfig(state_dim=STATE_DIM, num_domains=D, hidden_sizes=(8,)))
+    hds = HDSScheduler([0.5, 0.3, 0.2], L, 100, mixing_config(hidden_sizes=(8,), action_bound=None),
+                       AgentShape(STATE_DIM, D), seq_length=128)
     with pytest.raises(ValueError, match="'hds'.*not 'acodm'"):
         scheduler().load_state_dict(hds.state_dict())
     with pytest.raises(ValueError, match="warm-up 10 steps"):
         scheduler(warmup_fraction=0.2).load_state_dict(scheduler().state_dict())
     with pytest.raises(ValueError, match="state_dim 13"):
-        scheduler(ddpg=DDPGConfig(state_dim=13, num_domains=D))
+        scheduler(state_dim=13)
     with pytest.raises(ValueError, match="update_interval"):
         scheduler(update_interval=0)
     with pytest.raises(ValueError, match="initial weights"):

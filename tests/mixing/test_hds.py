@@ -7,16 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_hds.mixing.base import Signals
-from megatron_hds.mixing.hds import HDSConfig, HDSScheduler
-from megatron_hds.mixing.rewards import HolisticReward, RewardConfig, StateBuilder, zscore_clamped
-from megatron_hds.mixing.sac import SACConfig, logits_for_weights, weights_from_logits
+from megatron_hds.mixing.action_map import logits_for_weights, weights_from_logits
+from megatron_hds.mixing.agent_base import AgentShape
+from megatron_hds.mixing.base import StepSignals
+from megatron_hds.mixing.config import RewardConfig
+from megatron_hds.mixing.hds import HDSScheduler
+from megatron_hds.mixing.rewards import HolisticReward
+from megatron_hds.mixing.timeline import StateBuilder, zscore_clamped
+from tests.mixing.agents import mixing_config
 
 D, L = 4, 2
 
 
 def _signals(iteration, loss, samples=(4, 4, 4, 4), weights=(0.25,) * 4, **extra):
-    return Signals(iteration=iteration, train_iters=100, weights=np.asarray(weights), domain_loss=np.asarray(loss),
+    return StepSignals(iteration=iteration, train_iters=100, weights=np.asarray(weights), domain_loss=np.asarray(loss),
                    domain_tokens=np.asarray(samples) * 32.0, domain_samples=np.asarray(samples), loss=float(np.nanmean(loss)),
                    extra=extra)
 
@@ -39,7 +43,7 @@ def test_state_keeps_the_last_loss_of_undrawn_domains():
 
 
 def test_reward_components_by_hand():
-    reward = HolisticReward(RewardConfig(mtld_min=2.0, mtld_max=102.0))
+    reward = HolisticReward(RewardConfig(mtld_min=2.0), mtld_max=102.0)
     weights = np.array([0.4, 0.3, 0.2, 0.1])
     parts = reward.components(_signals(50, [1, 1, 1, 1], weights=weights, alignment=np.array([1.0, -1.0, 0.5, 0.0]),
                                        quality=52.0, weight_norms=np.array([10.0, 20.0])))
@@ -51,7 +55,7 @@ def test_reward_components_by_hand():
     assert np.isnan(parts["align"]) and np.isnan(parts["quality"])
     parts = reward.components(_signals(52, [1, 1, 1, 1], weight_norms=np.array([11.0, 19.5])))
     assert parts["norm"] == 5.0  # no drift: capped
-    total = HolisticReward(RewardConfig(components=("align", "norm"))).total({"align": 0.2, "quality": np.nan, "norm": 3})
+    total = HolisticReward(RewardConfig(components=("align", "norm")), mtld_max=128).total({"align": 0.2, "quality": np.nan, "norm": 3})
     assert total == pytest.approx(0.2 + 10 * 3)
     with pytest.raises(ValueError, match="bogus"):
         RewardConfig(components=("align", "bogus"))
@@ -65,9 +69,9 @@ def test_logits_for_weights_inverts_the_action_map():
 
 def _scheduler(seed=0, overlap=False):
     torch.set_num_threads(1)
-    sac = SACConfig(state_dim=3 * D + 2 * L + 1, num_domains=D, batch_size=4, hidden_sizes=(16, 16), seed=seed)
-    return HDSScheduler([0.4, 0.3, 0.2, 0.1], L, train_iters=100, sac=sac,
-                        config=HDSConfig(warmup_fraction=0.05, overlap_update=overlap))
+    mixing = mixing_config(batch_size=4, hidden_sizes=(16, 16), seed=seed, action_bound=None, warmup_fraction=0.05,
+                           overlap_update=overlap)
+    return HDSScheduler([0.4, 0.3, 0.2, 0.1], L, 100, mixing, AgentShape(3 * D + 2 * L + 1, D), seq_length=102)
 
 
 def _signal_stream(steps, start=1, rng_seed=0):

@@ -7,16 +7,23 @@ import math
 import numpy as np
 import pytest
 
-from megatron_hds.mixing.base import MixtureScheduler, Signals
+from megatron_hds.mixing.config import ODMConfig
+from megatron_hds.mixing.base import MixtureScheduler, StepSignals
 from megatron_hds.mixing.odm import ODMScheduler
 
 NAN = float("nan")
 LN3 = math.log(3.0)
 
 
+def odm(num_domains, **settings) -> ODMScheduler:
+    """An ODMScheduler; ODMConfig's fields (variant, smoothing, warmup_steps) among the settings."""
+    own = {name: settings.pop(name) for name in ("variant", "smoothing", "warmup_steps") if name in settings}
+    return ODMScheduler(num_domains, ODMConfig(**own), **settings)
+
+
 def signals(iteration, weights, losses, samples):
     samples = np.asarray(samples, dtype=np.int64)
-    return Signals(iteration=iteration, train_iters=1000, weights=np.asarray(weights, dtype=np.float64),
+    return StepSignals(iteration=iteration, train_iters=1000, weights=np.asarray(weights, dtype=np.float64),
                    domain_loss=np.asarray(losses, dtype=np.float64), domain_tokens=samples * 128,
                    domain_samples=samples, loss=2.0)
 
@@ -40,13 +47,13 @@ def run_sequence(scheduler, steps):
 
 
 def test_protocol():
-    assert isinstance(ODMScheduler(3), MixtureScheduler)
-    assert ODMScheduler(3).name == "odm"
-    np.testing.assert_array_equal(ODMScheduler(4).initial_weights(), [0.25] * 4)
+    assert isinstance(odm(3), MixtureScheduler)
+    assert odm(3).name == "odm"
+    np.testing.assert_array_equal(odm(4).initial_weights(), [0.25] * 4)
 
 
 def test_paper_form_hand_computed():
-    sched = ODMScheduler(3, initial_weights=W0, variant="paper", smoothing=0.5, warmup_steps=3)
+    sched = odm(3, initial_weights=W0, variant="paper", smoothing=0.5, warmup_steps=3)
     got = run_sequence(sched, WARMUP + ROUNDS)
     for w in got[:3]:
         np.testing.assert_array_equal(w, W0)
@@ -78,7 +85,7 @@ def test_paper_form_hand_computed():
 
 
 def test_released_variant_hand_computed():
-    sched = ODMScheduler(3, initial_weights=W0, variant="released", smoothing=0.5, warmup_steps=3)
+    sched = odm(3, initial_weights=W0, variant="released", smoothing=0.5, warmup_steps=3)
     got = run_sequence(sched, WARMUP + ROUNDS)
     for w in got[:3]:
         np.testing.assert_array_equal(w, W0)
@@ -103,14 +110,14 @@ def test_released_variant_hand_computed():
 
 def test_early_rounds_explore_uniformly():
     # eps_t = 1/K while sqrt(ln K / (K t)) >= 1/K (t <= 3 for K = 3): (1 - K eps_t) = 0.
-    sched = ODMScheduler(3, initial_weights=W0)
+    sched = odm(3, initial_weights=W0)
     got = run_sequence(sched, ROUNDS)
     for w in got:
         np.testing.assert_allclose(w, [1 / 3] * 3, rtol=0, atol=1e-15)
 
 
 def test_warmup_returns_initial_weights_and_learns_nothing():
-    sched = ODMScheduler(3, initial_weights=W0, warmup_steps=5)
+    sched = odm(3, initial_weights=W0, warmup_steps=5)
     got = run_sequence(sched, [([1.0, 5.0, 9.0], [3, 3, 2])] * 5)
     for w in got:
         np.testing.assert_array_equal(w, W0)
@@ -122,7 +129,7 @@ def test_warmup_returns_initial_weights_and_learns_nothing():
 
 
 def test_update_interval():
-    sched = ODMScheduler(3, initial_weights=W0, update_interval=3)
+    sched = odm(3, initial_weights=W0, update_interval=3)
     rng = np.random.default_rng(0)
     steps = [(list(rng.uniform(1.0, 4.0, 3)), [2, 3, 3]) for _ in range(12)]
     got = run_sequence(sched, steps)
@@ -135,13 +142,13 @@ def test_update_interval():
             np.testing.assert_array_equal(got[acted + 2], got[acted])
     assert sched.state_dict()["updates"] == 4
     # Reward estimates learn from every observation, not only acting ones.
-    probe = ODMScheduler(3, initial_weights=W0, update_interval=3)
+    probe = odm(3, initial_weights=W0, update_interval=3)
     probe.observe(signals(1, W0, [2.0, 2.0, 2.0], [1, 1, 1]))
     assert all(r > 0 for r in probe.state_dict()["rewards"])
 
 
 def test_nan_and_inf_losses_are_skipped_and_counted():
-    sched = ODMScheduler(3, warmup_steps=3)
+    sched = odm(3, warmup_steps=3)
     run_sequence(sched, WARMUP)
     w = sched.observe(signals(4, [1 / 3] * 3, [NAN, 2.0, math.inf], [2, 2, 2]))
     assert sched.skipped_signals == 2
@@ -157,14 +164,14 @@ def test_nan_and_inf_losses_are_skipped_and_counted():
     assert sched.last_reward()["skipped_signals"] == 5
     assert all(isinstance(v, float) and math.isfinite(v) for v in sched.last_reward().values())
     # A released-variant reward that would overflow exp() is skipped too.
-    rel = ODMScheduler(3, variant="released")
+    rel = odm(3, variant="released")
     w = rel.observe(signals(1, [1 / 3] * 3, [1e4, 2.0, 2.0], [1, 1, 1]))
     assert rel.skipped_signals == 1 and np.all(np.isfinite(w))
 
 
 def test_weight_floor():
     floor = 0.25
-    sched = ODMScheduler(3, initial_weights=[0.9, 0.05, 0.05], variant="released", weight_floor=floor,
+    sched = odm(3, initial_weights=[0.9, 0.05, 0.05], variant="released", weight_floor=floor,
                          warmup_steps=10)
     np.testing.assert_allclose(sched.initial_weights(), np.array([0.9, 0.25, 0.25]) / 1.4)
     got = run_sequence(sched, [([2.0, 2.0, 2.0], [1, 1, 1])] * 10 + [([12.0, 1.0, 1.0], [1, 1, 1])])
@@ -176,7 +183,7 @@ def test_weight_floor():
     np.testing.assert_allclose(got[-1], [x / sum(floored) for x in floored], rtol=1e-12)
     assert got[-1].sum() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="weight_floor"):
-        ODMScheduler(3, weight_floor=0.4)
+        odm(3, weight_floor=0.4)
 
 
 def test_state_round_trip_continues_exactly():
@@ -189,16 +196,16 @@ def test_state_round_trip_continues_exactly():
         steps.append((list(losses), list(samples)))
     for variant in ("paper", "released"):
         kwargs = dict(initial_weights=W0, variant=variant, warmup_steps=2, update_interval=2, weight_floor=0.05)
-        ref = ODMScheduler(3, **kwargs)
+        ref = odm(3, **kwargs)
         full = run_sequence(ref, steps)
 
-        first = ODMScheduler(3, **kwargs)
+        first = odm(3, **kwargs)
         w = first.initial_weights()
         for it, (losses, samples) in enumerate(steps[:17], start=1):
             w = first.observe(signals(it, w, losses, samples))
         state = json.loads(json.dumps(first.state_dict()))  # survives a text round trip
 
-        resumed = ODMScheduler(3, **kwargs)
+        resumed = odm(3, **kwargs)
         resumed.load_state_dict(state)
         assert resumed.last_reward() == first.last_reward()
         for it, (losses, samples) in enumerate(steps[17:], start=18):
@@ -208,24 +215,24 @@ def test_state_round_trip_continues_exactly():
 
 
 def test_state_from_another_setup_is_refused():
-    state = ODMScheduler(3).state_dict()
+    state = odm(3).state_dict()
     with pytest.raises(ValueError, match="3 domains.*4"):
-        ODMScheduler(4).load_state_dict(state)
+        odm(4).load_state_dict(state)
     with pytest.raises(ValueError, match="variant"):
-        ODMScheduler(3, variant="released").load_state_dict(state)
+        odm(3, variant="released").load_state_dict(state)
     with pytest.raises(ValueError, match="not an ODM state"):
-        ODMScheduler(3).load_state_dict({"name": "static", "weights": [1 / 3] * 3})
+        odm(3).load_state_dict({"name": "static", "weights": [1 / 3] * 3})
 
 
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="variant"):
-        ODMScheduler(3, variant="exp4")
+        odm(3, variant="exp4")
     with pytest.raises(ValueError, match="smoothing"):
-        ODMScheduler(3, smoothing=1.0)
+        odm(3, smoothing=1.0)
     with pytest.raises(ValueError, match="update_interval"):
-        ODMScheduler(3, update_interval=0)
+        odm(3, update_interval=0)
     with pytest.raises(ValueError, match="initial weights"):
-        ODMScheduler(3, initial_weights=[0.5, 0.5])
+        odm(3, initial_weights=[0.5, 0.5])
 
 
 @pytest.mark.parametrize("variant", ["paper", "released"])
@@ -233,7 +240,7 @@ def test_high_loss_domain_gains_weight(variant):
     # Domain 0 starts underweighted and always has the higher loss; batches are drawn
     # from the weights, so undrawn domains report NaN (the importance weights matter).
     rng = np.random.default_rng(0)
-    sched = ODMScheduler(3, initial_weights=[0.1, 0.45, 0.45], variant=variant, warmup_steps=20)
+    sched = odm(3, initial_weights=[0.1, 0.45, 0.45], variant=variant, warmup_steps=20)
     w = sched.initial_weights()
     history = []
     for it in range(1, 401):
@@ -249,7 +256,7 @@ def test_high_loss_domain_gains_weight(variant):
 
 
 def test_unusable_signal_weights_fall_back_to_the_last_answer():
-    sched = ODMScheduler(3, initial_weights=W0, warmup_steps=3)
+    sched = odm(3, initial_weights=W0, warmup_steps=3)
     run_sequence(sched, WARMUP)
     sched.observe(signals(4, [NAN, NAN, NAN], [2.0, 3.0, 1.0], [1, 1, 1]))
     np.testing.assert_allclose(sched.state_dict()["rewards"], [0.5 * 2.0 / 0.5, 0.5 * 3.0 / 0.3, 0.5 * 1.0 / 0.2])

@@ -104,7 +104,7 @@ def test_layer_selection():
     with pytest.raises(ValueError, match="placement"):
         choose_layers(8, 3, "middle")
     model = GPTModel(ModelConfig(**dict(CONFIG, num_layers=4)), ParallelState.single("cpu"), seed=SEED)
-    assert [n for n, _ in select_matrices(model, count=3, placement="late")] == [
+    assert [n for n, _ in select_matrices(model, selected_names(4, count=3, placement="late"))] == [
         f"layers.{i}.mlp.dense_4h_to_h.weight" for i in (1, 2, 3)]
     assert [n for n, _ in select_matrices(model, r"layers\.[02]\.self_attention\.dense\.weight")] == [
         "layers.0.self_attention.dense.weight", "layers.2.self_attention.dense.weight"]
@@ -214,7 +214,7 @@ def test_sketch_with_the_triton_kernel_equals_the_table_path(monkeypatch):
     monkeypatch.setenv(kernels.dispatch.ENV_VAR, "triton")
     fused = GradientProbe(named, DOMAINS, mode="sketch", sketch_size=SKETCH, seed=3)
     assert fused.fused_sketch and not fused._hashes and not table.fused_sketch and len(table._hashes) == 3
-    assert not GradientProbe(select_matrices(model, PROBED), DOMAINS, mode="sketch").fused_sketch  # a 1-D bias
+    assert not GradientProbe(select_matrices(model, PROBED), DOMAINS, mode="sketch", sketch_size=SKETCH).fused_sketch  # a 1-D bias
     for probe in (table, fused):
         probe.begin_step(MICRO_DOMAINS)
     forward_backward(model, _micro_batches(model.config))
@@ -245,7 +245,7 @@ def test_alignment_scores_hand_computed():
 
 def test_weight_norms_and_change_single_process():
     model = GPTModel(ModelConfig(**dict(CONFIG, num_layers=4)), ParallelState.single("cpu"), seed=SEED)
-    named = select_matrices(model, count=3)
+    named = select_matrices(model, selected_names(model.config.num_layers, count=3))
     tracker = WeightNormTracker(named)
     norms, change = tracker.measure()
     want = [torch.linalg.norm(p).item() for _, p in named]

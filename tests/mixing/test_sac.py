@@ -2,7 +2,6 @@
 a contextual bandit with a known optimum, NaN robustness and exact resume."""
 
 import copy
-import dataclasses
 import io
 import math
 import time
@@ -11,48 +10,51 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_hds.mixing.acodm import DDPGAgent
-from megatron_hds.mixing.sac import SACAgent, SACConfig, weights_from_logits
+from megatron_hds.mixing.action_map import weights_from_logits
+from megatron_hds.mixing.agent_base import AgentShape
+from megatron_hds.mixing.config import AgentConfig, SACConfig
+from megatron_hds.mixing.sac import SACAgent
+from tests.mixing.agents import ddpg_agent, sac_agent
 from tests.mixing.test_acodm import small_config as acodm_small_config
 
 torch.set_num_threads(1)  # tiny ops; extra threads only stall on a shared machine
 
 
-def small_config(**overrides) -> SACConfig:
+def small_config(**overrides) -> dict:
+    """Settings of a small, fast agent (tests.mixing.agents.sac_agent takes them)."""
+    # The formula tests were written for free logits and the common SAC log-std bound.
     base = dict(state_dim=6, num_domains=3, hidden_sizes=(32, 32), batch_size=8, buffer_size=16, seed=7,
-                log_std_max=2.0)  # the formula tests were written for the common SAC bound
+                log_std_max=2.0, action_bound=None)
     base.update(overrides)
-    return SACConfig(**base)
+    return base
 
 
 def fill(agent: SACAgent, n: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
-    cfg = agent.config
+    shape = agent.shape
     for _ in range(n):
-        assert agent.add_transition(rng.normal(size=cfg.state_dim), rng.normal(size=cfg.num_domains),
-                                    rng.normal(), rng.normal(size=cfg.state_dim))
+        assert agent.add_transition(rng.normal(size=shape.state_dim), rng.normal(size=shape.num_domains),
+                                    rng.normal(), rng.normal(size=shape.state_dim))
 
 
-def test_config_defaults_are_method_md_and_validated():
-    cfg = SACConfig(state_dim=85, num_domains=22)
-    assert (cfg.gamma, cfg.tau, cfg.buffer_size, cfg.batch_size) == (0.95, 0.001, 10_000, 32)
-    assert cfg.actor_lr == cfg.critic_lr == cfg.alpha_lr == 1e-4
-    assert cfg.entropy_target == -22.0 and cfg.log_alpha_init == 0.0
-    assert cfg.floor == pytest.approx(0.1 / 22)
-    assert cfg.hidden_sizes == (256, 256) and cfg.encoder == "mlp"
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.gamma = 0.5
+def test_defaults_are_the_reference_values_and_validated():
+    agent = SACAgent(AgentConfig(), SACConfig(), AgentShape(state_dim=85, num_domains=22))
+    cfg = agent.agent_config
+    assert (cfg.gamma, cfg.tau, cfg.buffer_size, cfg.batch_size, cfg.lr) == (0.95, 0.001, 10_000, 32, 1e-4)
+    assert agent.entropy_target == -22.0 and agent.sac_config.log_alpha_init == 0.0
+    assert agent.action_map.floor == pytest.approx(0.1 / 22)
+    assert cfg.hidden_sizes == (256, 256) and agent.sac_config.encoder == "mlp"
     for bad, needle in [(dict(gamma=1.0), "gamma"), (dict(tau=0.0), "tau"), (dict(batch_size=20_000), "batch_size"),
-                        (dict(weight_floor=0.05), "weight_floor"), (dict(encoder="cnn"), "encoder"),
+                        (dict(weight_floor=0.05), "weight-floor"), (dict(encoder="cnn"), "encoder"),
                         (dict(hidden_sizes=()), "hidden_sizes"), (dict(log_std_min=3.0), "log_std_min"),
-                        (dict(actor_lr=0.0), "actor_lr"), (dict(num_domains=1), "num_domains"),
-                        (dict(encoder="domain_tokens", state_dim=60), "state_dim")]:
+                        (dict(lr=0.0), "lr"), (dict(num_domains=1), "num_domains"),
+                        (dict(encoder="domain_tokens", state_dim=60), "domain_tokens")]:
         with pytest.raises(ValueError, match=needle):
-            SACConfig(**{"state_dim": 85, "num_domains": 22, **bad})
+            sac_agent(**{"state_dim": 85, "num_domains": 22, **bad})
 
 
 def test_log_prob_matches_hand_computed_gaussian():
-    agent = SACAgent(small_config(num_domains=5))
+    agent = sac_agent(**small_config(num_domains=5))
     rng = np.random.default_rng(1)
     states = rng.normal(size=(16, 6)).astype(np.float32)
     logits = (rng.normal(size=(16, 5)) * 3).astype(np.float32)
@@ -76,14 +78,14 @@ def test_log_prob_matches_hand_computed_gaussian():
     assert mc == pytest.approx(agent.entropy(states[0]), abs=0.15)
     assert agent.log_prob(states[0], mean[0]) > agent.log_prob(states[0], mean[0] + 3 * std[0])
     # Narrower Gaussians have lower entropy (negative below std = 1/sqrt(2 pi e) per dimension).
-    narrow = SACAgent(small_config(num_domains=5, log_std_min=-5.0, log_std_max=-3.0))
-    wide = SACAgent(small_config(num_domains=5, log_std_min=0.0, log_std_max=1.0))
+    narrow = sac_agent(**small_config(num_domains=5, log_std_min=-5.0, log_std_max=-3.0))
+    wide = sac_agent(**small_config(num_domains=5, log_std_min=0.0, log_std_max=1.0))
     assert np.all(narrow.entropy(states) < 0) and np.all(wide.entropy(states) > 0)
 
 
 def test_targets_move_by_tau():
     tau = 0.25  # large enough that a missing or wrong Polyak step is far above rounding
-    agent = SACAgent(small_config(tau=tau))
+    agent = sac_agent(**small_config(tau=tau))
     fill(agent, 16)
     for _ in range(3):  # targets and online nets differ before the step we check
         agent.update()
@@ -101,15 +103,14 @@ def test_losses_follow_the_sac_formulas():
     """Recompute one update's losses from the same minibatch and noise: the Bellman target
     r + gamma (min(Q1', Q2')(s', u') - alpha log pi(u'|s')), the twin MSE, the actor's
     E[alpha log pi - min Q] on the freshly stepped critics, and the temperature loss."""
-    cfg = small_config(gamma=0.9, log_alpha_init=0.3, tau=0.1)
-    agent = SACAgent(cfg)
+    agent = sac_agent(**small_config(gamma=0.9, log_alpha_init=0.3, tau=0.1))
     fill(agent, 16)
     agent.update()  # targets differ from the online critics from here on
     rng = np.random.Generator(np.random.PCG64())
     rng.bit_generator.state = agent.rng.bit_generator.state
     noise = torch.Generator()
     noise.set_state(agent.generator.get_state())
-    idx = rng.integers(0, len(agent.buffer), size=cfg.batch_size)
+    idx = rng.integers(0, len(agent.buffer), size=agent.agent_config.batch_size)
     buf = agent.buffer
     s, u, r, s2 = (torch.from_numpy(x[idx]) for x in (buf.states, buf.actions, buf.rewards, buf.next_states))
     log_alpha = agent.log_alpha.detach().clone()
@@ -131,7 +132,7 @@ def test_losses_follow_the_sac_formulas():
         u_new, logp = sample(actor_before, s)
         q_new = torch.min(agent.q1(s, u_new), agent.q2(s, u_new))  # the critics after their step
         actor = (alpha * logp - q_new).mean()
-        temperature = -(log_alpha * (logp + cfg.entropy_target)).mean()
+        temperature = -(log_alpha * (logp + agent.entropy_target)).mean()
     assert log["critic_loss"] == pytest.approx(float(critic), rel=1e-5)
     assert log["actor_loss"] == pytest.approx(float(actor), rel=1e-5, abs=1e-6)
     assert log["alpha_loss"] == pytest.approx(float(temperature), rel=1e-5)
@@ -140,14 +141,14 @@ def test_losses_follow_the_sac_formulas():
 
 def test_weights_stay_on_the_floored_simplex():
     d = 6
-    agent = SACAgent(small_config(num_domains=d, log_std_min=0.0, log_std_max=2.0))  # wide: extreme samples
+    agent = sac_agent(**small_config(num_domains=d, log_std_min=0.0, log_std_max=2.0))  # wide: extreme samples
     rng = np.random.default_rng(2)
     states = rng.normal(size=(256, 6)) * 50
     for deterministic in (False, True):
         u, w = agent.act(states, deterministic=deterministic)
         assert u.shape == w.shape == (256, d) and u.dtype == np.float32 and w.dtype == np.float64
         np.testing.assert_allclose(w.sum(-1), 1.0, rtol=0, atol=1e-12)
-        assert np.all(w >= agent.config.floor)
+        assert np.all(w >= agent.action_map.floor)
     single_u, single_w = agent.act(states[0])
     assert single_u.shape == single_w.shape == (d,)
     extreme = np.array([[1e30, -1e30, 0, 0, 0, 0], [1e4, 1e4, 1e4, -1e4, 3, 0], [-1e38] * 6, [0.0] * 6,
@@ -173,15 +174,14 @@ def test_contextual_bandit_reaches_the_known_optimum():
     entropy bonus push the logits' std to its bound, where the softmax saturates and the
     reward gradient vanishes), batch 128 (variance; costs little), 32-wide networks."""
     d, k = 3, 2
-    cfg = SACConfig(state_dim=k, num_domains=d, gamma=0.0, actor_lr=1e-2, critic_lr=1e-2, alpha_lr=1e-2,
-                    log_alpha_init=-4.0, batch_size=128, buffer_size=2000, hidden_sizes=(32, 32), seed=0)
+    agent = sac_agent(state_dim=k, num_domains=d, gamma=0.0, lr=1e-2, log_alpha_init=-4.0, batch_size=128,
+                      buffer_size=2000, hidden_sizes=(32, 32), seed=0, action_bound=None)
     env = np.random.default_rng(123)
     a = env.normal(size=(d, k)) * 1.5
 
     def reward(w, c):
-        return -10.0 * ((w - weights_from_logits(c @ a.T, cfg.floor)) ** 2).sum(-1)
+        return -10.0 * ((w - weights_from_logits(c @ a.T, agent.action_map.floor)) ** 2).sum(-1)
 
-    agent = SACAgent(cfg)
     held_out = env.normal(size=(512, k))
     uniform = reward(np.full(d, 1 / d), held_out).mean()
     assert uniform < -1.5
@@ -199,14 +199,14 @@ def test_contextual_bandit_reaches_the_known_optimum():
     elapsed = time.perf_counter() - start
     _, w = agent.act(held_out, deterministic=True)
     score = reward(w, held_out).mean()
-    assert agent.updates == updates - (cfg.batch_size // per_step - 1)  # no update until a batch is stored
+    assert agent.updates == updates - (128 // per_step - 1)  # no update until a batch is stored
     assert score >= -0.1, \
         f"deterministic policy scores {score:.4f} (optimum 0, uniform {uniform:.3f}) in {elapsed:.1f}s"
     assert np.mean(recent) >= -0.2, f"sampled actions average {np.mean(recent):.4f}"
 
 
-@pytest.mark.parametrize("make_agent", [lambda: SACAgent(small_config()),
-                                        lambda: DDPGAgent(acodm_small_config())], ids=["sac", "ddpg"])
+@pytest.mark.parametrize("make_agent", [lambda: sac_agent(**small_config()),
+                                        lambda: ddpg_agent(**acodm_small_config())], ids=["sac", "ddpg"])
 def test_nan_and_inf_transitions_are_refused_and_counted(make_agent):
     """The replay buffer both agents share (ReplayAgent.add_transition) refuses non-finite transitions."""
     agent = make_agent()
@@ -222,7 +222,7 @@ def test_nan_and_inf_transitions_are_refused_and_counted(make_agent):
 
 
 def test_a_nan_loss_never_reaches_the_optimizer():
-    agent = SACAgent(small_config())
+    agent = sac_agent(**small_config())
     assert agent.update() is None  # nothing to learn from yet
     fill(agent, 16)
     agent.buffer.rewards[:] = np.nan  # what a corrupted buffer would feed the critic
@@ -237,12 +237,12 @@ def test_a_nan_loss_never_reaches_the_optimizer():
 
 def drive(agent: SACAgent, env: np.random.Generator, steps: int) -> list:
     """Act, store, update; the state follows the weights so actions matter to the data."""
-    cfg, out = agent.config, []
-    s = env.normal(size=cfg.state_dim)
+    shape, out = agent.shape, []
+    s = env.normal(size=shape.state_dim)
     for _ in range(steps):
         u, w = agent.act(s)
-        s2 = np.concatenate([w, env.normal(size=cfg.state_dim - cfg.num_domains)])
-        agent.add_transition(s, u, float(-w @ np.arange(cfg.num_domains)), s2)
+        s2 = np.concatenate([w, env.normal(size=shape.state_dim - shape.num_domains)])
+        agent.add_transition(s, u, float(-w @ np.arange(shape.num_domains)), s2)
         out.append((u, agent.update()))
         s = s2
     return out
@@ -250,15 +250,15 @@ def drive(agent: SACAgent, env: np.random.Generator, steps: int) -> list:
 
 @pytest.mark.parametrize("encoder", ["mlp", "domain_tokens"])
 def test_state_dict_round_trip_continues_exactly(encoder):
-    cfg = small_config(encoder=encoder, domain_features=1, token_dim=16, token_layers=1, token_heads=2, tau=0.05)
-    reference, resumed = SACAgent(cfg), SACAgent(cfg)
+    cfg = small_config(encoder=encoder, state_dim=9, token_dim=16, token_layers=1, token_heads=2, tau=0.05)
+    reference, resumed = sac_agent(**cfg), sac_agent(**cfg)
     env_a, env_b = np.random.default_rng(5), np.random.default_rng(5)
     first = drive(reference, env_a, 20)  # the 16-slot buffer wraps: its position matters
     drive(resumed, env_b, 20)
     blob = io.BytesIO()
     torch.save(resumed.state_dict(), blob)
     blob.seek(0)
-    fresh = SACAgent(cfg)  # a new process: same config, its own initial weights and RNGs
+    fresh = sac_agent(**cfg)  # a new process: same config, its own initial weights and RNGs
     global_rng = torch.get_rng_state()
     fresh.load_state_dict(torch.load(blob, weights_only=True))
     after_ref, after_resumed = drive(reference, env_a, 12), drive(fresh, env_b, 12)
@@ -275,29 +275,28 @@ def test_state_dict_round_trip_continues_exactly(encoder):
 
 
 def test_load_refuses_another_configuration():
-    state = SACAgent(small_config()).state_dict()
+    state = sac_agent(**small_config()).state_dict()
     with pytest.raises(ValueError, match="gamma: checkpoint 0.95 vs this run 0.9"):
-        SACAgent(small_config(gamma=0.9)).load_state_dict(state)
+        sac_agent(**small_config(gamma=0.9)).load_state_dict(state)
     with pytest.raises(ValueError, match="format"):
-        SACAgent(small_config()).load_state_dict({"actor": {}})
+        sac_agent(**small_config()).load_state_dict({"actor": {}})
 
 
 def test_domain_token_encoder_acts_and_learns_finite():
     d, f, g = 5, 3, 4
-    cfg = SACConfig(state_dim=f * d + g, num_domains=d, encoder="domain_tokens", token_dim=16, token_layers=2,
-                    token_heads=2, batch_size=8, buffer_size=64, seed=3)
-    agent = SACAgent(cfg)
+    agent = sac_agent(state_dim=f * d + g, num_domains=d, encoder="domain_tokens", token_dim=16, token_layers=2,
+                      token_heads=2, batch_size=8, buffer_size=64, seed=3, action_bound=None)
     fill(agent, 16)
     actor_before = [p.detach().clone() for p in agent.actor.parameters()]
     logs = [agent.update() for _ in range(3)]
     assert all(math.isfinite(v) for log in logs for v in log.values())
     assert any(not torch.equal(a, b) for a, b in zip(actor_before, agent.actor.parameters()))
-    u, w = agent.act(np.random.default_rng(0).normal(size=(7, cfg.state_dim)))
-    assert u.shape == (7, d) and np.all(w >= cfg.floor)
+    u, w = agent.act(np.random.default_rng(0).normal(size=(7, f * d + g)))
+    assert u.shape == (7, d) and np.all(w >= agent.action_map.floor)
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-12)
     # Domain i's token is built from state[i], state[d + i], state[2d + i]: changing one
     # domain's features moves every domain's logits (attention mixes tokens).
-    s = np.zeros(cfg.state_dim)
+    s = np.zeros(f * d + g)
     s2 = s.copy()
     s2[[1, d + 1, 2 * d + 1]] = 3.0
     m1, _ = agent.act(s, deterministic=True)

@@ -8,7 +8,12 @@ import torch
 from megatron_hds.optim.lr_schedule import LRScheduleConfig, LRScheduler, lr_at
 
 # lr 1e-3 -> 1e-4, 10 warm-up iterations, decay window ends at 110 (so 100 decay iterations).
-BASE = dict(lr=1e-3, min_lr=1e-4, train_iters=110, lr_warmup_iters=10)
+BASE = dict(lr=1e-3, min_lr=1e-4, train_iters=110, lr_warmup_iters=10, lr_decay_style="linear", weight_decay=0.01)
+
+
+def _schedule(**fields) -> LRScheduleConfig:
+    """A schedule from BASE with some fields changed."""
+    return LRScheduleConfig(**{**BASE, **fields})
 
 
 @pytest.mark.parametrize(
@@ -37,25 +42,26 @@ BASE = dict(lr=1e-3, min_lr=1e-4, train_iters=110, lr_warmup_iters=10)
     ],
 )
 def test_values_at_key_iterations(style, iteration, expected):
-    config = LRScheduleConfig(**BASE, lr_decay_style=style)
+    config = _schedule(lr_decay_style=style)
     assert lr_at(config, iteration) == pytest.approx(expected, rel=1e-12, abs=1e-18)
 
 
 def test_warmup_fraction_and_decay_iters():
     # fraction of lr_decay_iters (not train_iters), as Megatron's --lr-warmup-fraction
-    config = LRScheduleConfig(lr=1.0, train_iters=1000, lr_decay_iters=200, lr_warmup_fraction=0.1)
+    config = _schedule(lr=1.0, min_lr=0.0, train_iters=1000, lr_decay_iters=200, lr_warmup_iters=None,
+                       lr_warmup_fraction=0.1)
     assert config.warmup_iters == 20.0
     assert lr_at(config, 10) == pytest.approx(0.5)
     assert lr_at(config, 20) == pytest.approx(1.0)
     assert lr_at(config, 110) == pytest.approx(0.5)  # linear, r = 90/180
     assert lr_at(config, 201) == 0.0
-    no_warmup = LRScheduleConfig(lr=1.0, train_iters=100)
+    no_warmup = _schedule(lr=1.0, min_lr=0.0, train_iters=100, lr_warmup_iters=None)
     assert lr_at(no_warmup, 0) == 1.0
 
 
 @pytest.mark.parametrize("style", ["linear", "cosine", "constant"])
 def test_monotone(style):
-    config = LRScheduleConfig(**BASE, lr_decay_style=style)
+    config = _schedule(lr_decay_style=style)
     values = [lr_at(config, n) for n in range(200)]
     assert all(b >= a for a, b in zip(values[:10], values[1:11]))
     assert all(b <= a + 1e-18 for a, b in zip(values[10:], values[11:]))
@@ -77,9 +83,8 @@ def test_monotone(style):
     ],
 )
 def test_validation_names_the_bad_value(kwargs, message):
-    args = {**BASE, **kwargs}
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        LRScheduleConfig(**args)
+        _schedule(**kwargs)
 
 
 def _optimizer():
@@ -93,7 +98,7 @@ def _optimizer():
 
 def test_scheduler_sets_lr_and_constant_weight_decay():
     optimizer = _optimizer()
-    scheduler = LRScheduler(optimizer, LRScheduleConfig(**BASE, weight_decay=0.1))
+    scheduler = LRScheduler(optimizer, _schedule(weight_decay=0.1))
     assert [g["lr"] for g in optimizer.param_groups] == [0.0, 0.0]
     for _ in range(5):
         scheduler.step()
@@ -104,7 +109,7 @@ def test_scheduler_sets_lr_and_constant_weight_decay():
 
 
 def test_resume_continues_identically():
-    config = LRScheduleConfig(**BASE, lr_decay_style="cosine")
+    config = _schedule(lr_decay_style="cosine")
     straight = LRScheduler(_optimizer(), config)
     first = LRScheduler(_optimizer(), config)
     for _ in range(37):
@@ -120,10 +125,10 @@ def test_resume_continues_identically():
 
 
 def test_resume_with_a_different_schedule_is_refused_or_overridden():
-    old = LRScheduler(_optimizer(), LRScheduleConfig(**BASE))
+    old = LRScheduler(_optimizer(), _schedule())
     for _ in range(20):
         old.step()
-    changed = LRScheduleConfig(**{**BASE, "lr": 2e-3})
+    changed = _schedule(lr=2e-3)
     with pytest.raises(ValueError, match=r"max_lr: checkpoint 0.001 vs configured 0.002.*override"):
         LRScheduler(_optimizer(), changed).load_state_dict(old.state_dict())
     new = LRScheduler(_optimizer(), changed)

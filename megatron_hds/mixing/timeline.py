@@ -1,0 +1,214 @@
+"""The timeline shared by the learning schedulers (HDS and AC-ODM): the state they observe,
+and when their agent stores a transition, updates and acts.
+
+Timeline of one observe(signals of step t):
+  1. s_{t+1} = state built from the signals; r_t = reward of the action u_t that drew step t's batch.
+  2. The transition (s_t, u_t, r_t, s_{t+1}) goes to the replay buffer (refused and
+     counted if anything in it is NaN/Inf).
+  3. During warm-up (the first warmup_fraction of the run) the weights stay at the
+     initial ones and the agent does not update; afterwards it updates and acts every
+     update_interval steps (between, the last weights stay).
+The action of warm-up steps is the one whose weights are the initial weights,
+so the stored transitions describe what was really done.
+
+With overlap_update the order of step 3 is act, then update, and the update runs on a
+worker thread while the training loop computes the next step; the next observe() (or
+state_dict()) waits for it before touching the agent. The agent thus acts with a policy
+one update older than without overlap, and nothing else changes: the agent's randomness
+is its own and nothing reads or writes it while the update runs, so a run is as
+deterministic, and resumes as exactly, as without overlap.
+
+State: per-domain mean training loss, its change since the previous step, per-domain
+sample count, Frobenius norms of L selected matrices, the norms of their change, and
+training progress t/T. Each group is z-scored across its elements and clamped to [-3, 3];
+a domain that drew no sample this step keeps its last loss.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from megatron_hds.mixing.base import StepSignals, lift_to_floor, normalized
+from megatron_hds.mixing.config import MixingConfig
+
+STATE_VERSION = 2  # 2: agents record their configuration as agent / sac|ddpg / shape
+
+
+def zscore_clamped(values: np.ndarray, clip: float = 3.0) -> np.ndarray:
+    """(x - mean) / std over the group, clamped; a constant group maps to zeros."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return values
+    std = values.std()
+    if not np.isfinite(std) or std < 1e-12:
+        return np.zeros_like(values)
+    return np.clip((values - values.mean()) / std, -clip, clip)
+
+
+class StateBuilder:
+    """Turns consecutive StepSignals into state vectors of length 3D + 2L + 1."""
+
+    def __init__(self, num_domains: int, num_matrices: int):
+        self.num_domains = num_domains
+        self.num_matrices = num_matrices
+        self.last_loss = np.full(num_domains, np.nan)
+
+    @property
+    def state_dim(self) -> int:
+        return 3 * self.num_domains + 2 * self.num_matrices + 1
+
+    def initial_state(self) -> np.ndarray:
+        """The state before any step: nothing measured yet, progress 0."""
+        return np.zeros(self.state_dim)
+
+    def build(self, signals: StepSignals) -> np.ndarray:
+        loss = np.asarray(signals.domain_loss, dtype=np.float64)
+        drawn = np.isfinite(loss)
+        previous = self.last_loss.copy()
+        current = np.where(drawn, loss, previous)
+        # Domains never seen yet take the mean of the seen ones, so they sit at z = 0.
+        known = np.isfinite(current)
+        fill = current[known].mean() if known.any() else 0.0
+        current = np.where(known, current, fill)
+        change = current - np.where(np.isfinite(previous), previous, current)
+        self.last_loss = np.where(drawn, loss, self.last_loss)
+        norms = np.asarray(signals.extra.get("weight_norms", np.zeros(self.num_matrices)), dtype=np.float64)
+        change_norms = np.asarray(signals.extra.get("weight_change_norms", np.zeros(self.num_matrices)),
+                                  dtype=np.float64)
+        parts = [
+            zscore_clamped(current),
+            zscore_clamped(change),
+            zscore_clamped(np.asarray(signals.domain_samples, dtype=np.float64)),
+            zscore_clamped(norms),
+            zscore_clamped(change_norms),
+            np.array([signals.progress]),
+        ]
+        return np.concatenate(parts)
+
+    def state_dict(self) -> dict:
+        return {"last_loss": self.last_loss.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_loss = np.asarray(state["last_loss"], dtype=np.float64)
+
+
+class AgentTimeline:
+    """The timeline shared by the learning schedulers (HDS, AC-ODM): an agent with
+    act / add_transition / update / state_dict, a reward, and the state builder."""
+
+    name = "agent"
+    log_all_components = True  # log every reward component, also ones not paid (ablations)
+
+    def __init__(self, initial_weights, num_matrices: int, train_iters: int, agent, reward, mixing: MixingConfig):
+        self.num_domains = agent.shape.num_domains
+        self.update_interval = mixing.update_interval
+        self.overlap_update = mixing.overlap_update
+        if isinstance(train_iters, bool) or not isinstance(train_iters, (int, np.integer)) or train_iters < 1:
+            raise ValueError(f"train_iters={train_iters!r} is invalid: expected a positive integer")
+        self.train_iters = int(train_iters)
+        self.states = StateBuilder(self.num_domains, num_matrices)
+        if agent.shape.state_dim != self.states.state_dim:
+            raise ValueError(f"{self.name}: agent state_dim {agent.shape.state_dim} does not match the state's "
+                             f"{self.states.state_dim} (3 x {self.num_domains} domains + 2 x {num_matrices} "
+                             f"matrices + 1)")
+        self.agent = agent
+        self.reward = reward
+        weights = normalized(initial_weights, self.num_domains, f"{self.name} initial weights")
+        self._initial = lift_to_floor(weights, agent.action_map.floor)  # the agent's weights never go below the floor
+        self._initial_action = agent.action_map.action_for_weights(self._initial)
+        self.warmup_steps = int(math.ceil(mixing.warmup_fraction * self.train_iters))
+        self.state = self.states.initial_state()
+        self.logits = self._initial_action.copy()  # the action (logits when unbounded)
+        self.weights = self._initial.copy()
+        self.skipped_transitions = 0
+        self._last = None
+        self._pending = None  # the overlapped update still running (a Future), if any
+        # One worker thread for every overlapped update, started on first use: starting a thread per
+        # step cost the step about 0.4 ms of host time. Its thread is not a daemon, so the
+        # interpreter's exit waits for a running update instead of killing it inside torch.
+        self._worker = None
+        self._update_losses = None  # losses of the last finished overlapped update, not yet logged
+
+    def _act(self, state):
+        return self.agent.act(state)
+
+    def _log_fields(self) -> dict:
+        return {}
+
+    def initial_weights(self) -> np.ndarray:
+        return self._initial.copy()
+
+    def wait_for_update(self) -> None:
+        """Let an overlapped update finish (re-raising its error); the agent is then idle."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._update_losses = pending.result()
+
+    def observe(self, signals: StepSignals) -> np.ndarray:
+        self.wait_for_update()
+        losses, self._update_losses = self._update_losses, None
+        next_state = self.states.build(signals)
+        parts = self.reward.components(signals)
+        total = self.reward.total(parts)
+        stored = math.isfinite(total) and self.agent.add_transition(self.state, self.logits, total, next_state)
+        if not stored:
+            self.skipped_transitions += 1
+        self.state = next_state
+        step = signals.iteration
+        acting = step >= self.warmup_steps and (step - self.warmup_steps) % self.update_interval == 0
+        if acting and not self.overlap_update:
+            losses = self.agent.update()
+        if acting:
+            self.logits, self.weights = self._act(next_state)
+        logged = parts if self.log_all_components else {k: parts[k] for k in self.reward.config.components}
+        # Read the agent for the log before an overlapped update starts changing it.
+        self._last = {**logged, "total": total, **self._log_fields(),
+                      "skipped_transitions": float(self.skipped_transitions),
+                      **({k: float(v) for k, v in losses.items()} if losses else {})}
+        if acting and self.overlap_update:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixing-agent-update")
+            self._pending = self._worker.submit(self.agent.update)
+        return np.asarray(self.weights, dtype=np.float64).copy()
+
+    def last_reward(self) -> dict | None:
+        return None if self._last is None else dict(self._last)
+
+    def state_dict(self) -> dict:
+        self.wait_for_update()
+        return {
+            "name": self.name,
+            "version": STATE_VERSION,
+            "warmup_steps": self.warmup_steps,
+            "update_interval": self.update_interval,
+            "agent": self.agent.state_dict(),
+            "states": self.states.state_dict(),
+            "reward": self.reward.state_dict(),
+            "state": self.state.tolist(),
+            "logits": np.asarray(self.logits).tolist(),
+            "weights": np.asarray(self.weights).tolist(),
+            "skipped_transitions": self.skipped_transitions,
+            "update_losses": self._update_losses,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        name, version = (state.get("name"), state.get("version")) if isinstance(state, dict) else (None, None)
+        if name != self.name or version != STATE_VERSION:
+            raise ValueError(f"checkpoint's mixture scheduler is {name!r} (version {version}), "
+                             f"not {self.name!r} version {STATE_VERSION}")
+        schedule = (state["warmup_steps"], state["update_interval"])
+        if schedule != (self.warmup_steps, self.update_interval):
+            raise ValueError(f"{self.name} checkpoint has warm-up {schedule[0]} steps and update interval "
+                             f"{schedule[1]}; this run has {self.warmup_steps} and {self.update_interval}")
+        self.wait_for_update()
+        self.agent.load_state_dict(state["agent"])
+        self.states.load_state_dict(state["states"])
+        self.reward.load_state_dict(state["reward"])
+        self.state = np.asarray(state["state"], dtype=np.float64)
+        self.logits = np.asarray(state["logits"], dtype=np.float64)
+        self.weights = np.asarray(state["weights"], dtype=np.float64)
+        self.skipped_transitions = int(state["skipped_transitions"])
+        self._update_losses = state["update_losses"]
