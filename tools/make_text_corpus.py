@@ -203,7 +203,7 @@ def books(pkgs: dict[str, Package]) -> list[Candidate]:
     """SWORD modules (one book or psalm a source) and the R janeaustenr novels."""
     out = []
     for pkg in pkgs.values():
-        for rdb in walk(pkg, "usr/lib/R/site-library", ("/data/Rdata.rdb",)):
+        for rdb in walk(pkg, "usr/lib/R/site-library", ("Rdata.rdb",)):
             with open(os.path.join(pkg.root, rdb), "rb") as f:
                 novels = fmt.r_character_vectors(f.read(), rdb)
             out += text_candidates(pkg, [(novel[0].strip(), "\n".join(novel)) for novel in novels])
