@@ -3,18 +3,14 @@
 
     python tools/make_text_corpus.py --output data/text_corpus --cache-dir data/debcache [--size-mb 5.5]
 
-writes OUT/train.jsonl.zst, OUT/valid.jsonl.zst, OUT/test.jsonl.zst (one
-{"text": ..., "meta": {"pile_set_name": DOMAIN}} per line, domains shuffled together),
-OUT/source_ids.json (which source went to which split) and, last, OUT/sources.json
-(packages, versions, .deb sha256, per-domain and per-split counts).
-
-The .deb files come from `apt-get download` (cached in --cache-dir; nothing else is
-downloaded) and are unpacked with `dpkg-deb -x`. Each domain's material is cut into
-sources (a book, a man page, a source file, a block of dictionary entries...), cleaned,
-deduplicated across the whole corpus (exact and near-duplicate), capped at --size-mb per
-domain, split into train/valid/test by a hash of the source's identity and only then
-chunked into documents of about 1-8 KB, so no source and no text is in two splits.
-The same .deb files give byte-identical output. See docs/text_corpus.md.
+writes OUT/{train,valid,test}.jsonl.zst ({"text": ..., "meta": {"pile_set_name": DOMAIN}} per
+line, domains shuffled together), OUT/source_ids.json and, last, OUT/sources.json (packages,
+versions, .deb sha256, counts per domain and split). The .deb files come from `apt-get
+download` (cached in --cache-dir). Each domain's sources (a book, a man page, a source file,
+a block of dictionary entries...) are cleaned, deduplicated across the corpus, capped at
+--size-mb per domain, split by a hash of their identity and only then cut into 1-8 KB
+documents: no source and no paragraph is in two splits, and the same .deb files give
+byte-identical output. See docs/text_corpus.md.
 """
 
 from __future__ import annotations
@@ -46,7 +42,6 @@ from megatron_hds.atomic_io import atomic_path  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
 ZSTD_LEVEL = 6  # fixed: the output bytes depend on it
-FORMAT = "megatron_hds-text-corpus"
 START = time.perf_counter()
 
 
@@ -77,7 +72,10 @@ class Package:
 
 
 def _run(cmd: list[str], what: str, cwd: str | None = None) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError as exc:
+        raise CorpusError(f"{what}: {cmd[0]} not found (the corpus needs Debian's apt-get and dpkg-deb)") from exc
     if proc.returncode != 0:
         raise CorpusError(f"{what} failed ({' '.join(cmd)}): {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout
@@ -444,7 +442,7 @@ def chunk_text(text: str, target_bytes: int, min_bytes: int, max_bytes: int) -> 
     """Cut a source into documents at paragraph (else line) boundaries: each document grows
     until it reaches target_bytes and never exceeds max_bytes; a short tail joins the
     previous document when it fits, so only a source's last document may be short."""
-    docs, current, size = [], [], 0
+    docs, current, size, lead = [], [], 0, ""
     # Units of at most max - target bytes: a document below target plus one unit fits.
     for sep, unit in _units(text, max_bytes - target_bytes - 2):
         unit_bytes = len(unit.encode("utf-8"))
@@ -454,6 +452,8 @@ def chunk_text(text: str, target_bytes: int, min_bytes: int, max_bytes: int) -> 
         if current:
             current.append(sep)
             size += len(sep)
+        else:
+            lead = sep or "\n\n"  # how a short tail rejoins the previous document
         current.append(unit)
         size += unit_bytes
         if size >= target_bytes:
@@ -461,8 +461,8 @@ def chunk_text(text: str, target_bytes: int, min_bytes: int, max_bytes: int) -> 
             current, size = [], 0
     tail = "".join(current).strip("\n")
     if tail:
-        if docs and size < min_bytes and len(docs[-1].encode("utf-8")) + 2 + size <= max_bytes:
-            docs[-1] = f"{docs[-1]}\n\n{tail}"
+        if docs and size < min_bytes and len(docs[-1].encode("utf-8")) + len(lead) + size <= max_bytes:
+            docs[-1] = docs[-1] + lead + tail
         else:
             docs.append(tail)
     return [d.strip("\n") for d in docs if d.strip()]
@@ -473,11 +473,8 @@ def chunk_text(text: str, target_bytes: int, min_bytes: int, max_bytes: int) -> 
 
 def fetch_packages(domains: list[Domain], cache_dir: str) -> dict[str, Package]:
     os.makedirs(cache_dir, exist_ok=True)
-    names = sorted({name for domain in domains for name in domain.packages})
-    packages = {}
-    for name in names:
-        packages[name] = fetch_package(name, cache_dir)
-        log(f"package {name} {packages[name].version}")
+    packages = {name: fetch_package(name, cache_dir) for name in sorted({n for d in domains for n in d.packages})}
+    log(f"{len(packages)} packages: " + ", ".join(f"{name} {p.version}" for name, p in packages.items()))
     return packages
 
 
@@ -530,11 +527,9 @@ def describe(sources: list[Source], packages: dict[str, Package], domains: list[
                                "documents": sum(len(s.documents) for s in mine if s.split == split),
                                "bytes": sum(len(d.encode("utf-8")) for s in mine if s.split == split
                                             for d in s.documents)} for split in SPLITS}}
-    settings = {key: getattr(args, key) for key in ("size_mb", "valid_share", "test_share", "min_eval_kb",
-                                                    "seed", "doc_min_bytes", "doc_target_bytes",
-                                                    "doc_max_bytes", "min_source_bytes")}
+    settings = {key: value for key, value in vars(args).items() if key not in ("output", "cache_dir", "domains")}
     return {
-        "format": FORMAT, "version": 1, "settings": {**settings, "zstd_level": ZSTD_LEVEL},
+        "format": "megatron_hds-text-corpus", "version": 1, "settings": {**settings, "zstd_level": ZSTD_LEVEL},
         "packages": {name: {"version": p.version, "deb": os.path.basename(p.deb), "sha256": p.sha256}
                      for name, p in sorted(packages.items())},
         "domains": info, "files": files,
@@ -547,8 +542,7 @@ def write_corpus(out_dir: str, sources: list[Source], packages: dict[str, Packag
     rename them only when all are written, sources.json last: an interrupted run leaves
     no final file (stale ones of an earlier run are removed first)."""
     os.makedirs(out_dir, exist_ok=True)
-    names = [f"{split}.jsonl.zst" for split in SPLITS] + ["source_ids.json", "sources.json"]
-    for name in names:
+    for name in [f"{split}.jsonl.zst" for split in SPLITS] + ["source_ids.json", "sources.json"]:
         if os.path.exists(os.path.join(out_dir, name)):
             os.remove(os.path.join(out_dir, name))
     files = {}
@@ -576,21 +570,13 @@ def write_corpus(out_dir: str, sources: list[Source], packages: dict[str, Packag
 
 def summary_table(manifest: dict) -> str:
     """Per-domain sources, documents and MB of text per split, and the totals."""
-    def row(name, sources, splits):
-        docs = "".join(f"{splits[s]['documents']:>8}" for s in SPLITS)
-        mb = "".join(f"{splits[s]['bytes'] / 1e6:>8.2f}" for s in SPLITS)
-        return f"{name:<13}{sources:>8}{docs}{mb}"
-
-    header = f"{'domain':<13}{'sources':>8}" + "".join(f"{'docs ' + s[:2]:>8}" for s in SPLITS) + \
-        "".join(f"{'MB ' + s[:2]:>8}" for s in SPLITS)
-    rows, totals = [header], {s: collections.Counter() for s in SPLITS}
-    for name, info in manifest["domains"].items():
-        splits = info["splits"]
-        rows.append(row(name, sum(splits[s]["sources"] for s in SPLITS), splits))
-        for s in SPLITS:
-            totals[s].update(splits[s])
-    rows.append(row("total", sum(totals[s]["sources"] for s in SPLITS), totals))
-    return "\n".join(rows)
+    rows = [("domain", "sources", *(f"docs {s[:2]}" for s in SPLITS), *(f"MB {s[:2]}" for s in SPLITS))]
+    for name, info in [*manifest["domains"].items(), ("total", None)]:
+        splits = info["splits"] if info else {s: {k: sum(i["splits"][s][k] for i in manifest["domains"].values())
+                                                  for k in ("sources", "documents", "bytes")} for s in SPLITS}
+        rows.append((name, sum(splits[s]["sources"] for s in SPLITS), *(splits[s]["documents"] for s in SPLITS),
+                     *(f"{splits[s]['bytes'] / 1e6:.2f}" for s in SPLITS)))
+    return "\n".join(f"{row[0]:<13}" + "".join(f"{v:>9}" for v in row[1:]) for row in rows)
 
 
 def parse_args(argv=None):
