@@ -239,7 +239,14 @@ class DataConfig:
     data_path: Optional[tuple] = option(None, nargs="+", parse=str, metavar="[W] PREFIX",
                                         help="Megatron's blend instead of a manifest: [w1] prefix1 [w2] prefix2 ..., "
                                              "one domain per prefix (weights default to the token shares)")
-    split: str = option("969,30,1", help="train,valid,test shares of every domain's documents")
+    split: str = option("969,30,1", help="train,valid,test shares of every domain's documents (not used for a "
+                                         "split that has its own manifest)")
+    valid_data_manifest: Optional[str] = option(None, help="validation datasets preprocessed apart from the training "
+                                                           "ones (same domains and tokenizer); the training manifest's "
+                                                           "documents then all go to training")
+    test_data_manifest: Optional[str] = option(None, help="test datasets preprocessed apart from the training ones")
+    eval_seed: Optional[int] = option(None, help="seed of the validation and test sample order (default: --seed); "
+                                                 "fix it to evaluate runs of different seeds on the same samples")
     data_cache_path: Optional[str] = option(None, help="where the sample indices are cached (default: beside "
                                                        "the data)")
     tokenizer_type: str = option("GPTSentencePieceTokenizer", choices=SUPPORTED_TOKENIZER_TYPES,
@@ -251,6 +258,10 @@ class DataConfig:
             raise ValueError(
                 "give exactly one of --data-manifest and --data-path "
                 f"(got data_manifest={self.data_manifest!r}, data_path={self.data_path!r})")
+        if self.data_path and (self.valid_data_manifest or self.test_data_manifest):
+            raise ValueError("--valid-data-manifest and --test-data-manifest go with --data-manifest, not --data-path")
+        if self.eval_seed is not None and self.eval_seed < 0:
+            raise ValueError(f"eval_seed={self.eval_seed!r} is invalid: expected a non-negative integer")
 
 
 @dataclass

@@ -485,25 +485,42 @@ def build_domain_datasets(
     cache_dir: str | None = None,
     is_builder: bool = True,
     barrier: Callable[[], None] | None = None,
+    held_out_prefixes: dict | None = None,
+    eval_seed: int | None = None,
 ) -> dict[str, list[GPTDataset]]:
     """{split name: [dataset of each domain, in the order of prefixes]} for all three
     splits. Every domain gets an entry in every split, possibly empty (len 0) so lists
     stay aligned with the domains. The builder builds every missing index first, then
-    ONE barrier, then the others load: one synchronisation for all domains."""
+    ONE barrier, then the others load: one synchronisation for all domains.
+
+    held_out_prefixes: {"valid"/"test": [prefix per domain]} for splits preprocessed apart
+    (all their documents are that split's, and the training datasets give that split no
+    documents). eval_seed: the seed of the valid and test sample order (default: seed), so
+    runs of different training seeds can be evaluated on the same samples."""
     if len(prefixes) != len(names):
         raise ValueError(f"{len(prefixes)} dataset prefixes but {len(names)} domain names")
     if not prefixes:
         raise ValueError("no dataset prefixes given")
-    _parse_split(split)  # fail on a bad --split before opening anything
+    held_out_prefixes = held_out_prefixes or {}
+    weights = _parse_split(split)  # fail on a bad --split before opening anything
+    # A split with its own datasets takes no share of the training datasets' documents.
+    own_split = ",".join("0" if name in held_out_prefixes else repr(w) for name, w in zip(SPLIT_NAMES, weights))
     indexed = [IndexedDataset(p) for p in prefixes]
+    separate = {split_name: [IndexedDataset(p) for p in held] for split_name, held in held_out_prefixes.items()}
+    seeds = {"train": seed, "valid": seed if eval_seed is None else eval_seed,
+             "test": seed if eval_seed is None else eval_seed}
 
     def make(builder: bool) -> dict[str, list[GPTDataset]]:
         result: dict[str, list[GPTDataset]] = {s: [] for s in SPLIT_NAMES}
-        for ds, name in zip(indexed, names):
-            ranges = split_document_ranges(ds.num_documents, split)
+        for k, (ds, name) in enumerate(zip(indexed, names)):
+            ranges = split_document_ranges(ds.num_documents, own_split)
             for split_name, document_range in zip(SPLIT_NAMES, ranges):
+                source = ds
+                if split_name in separate:
+                    source = separate[split_name][k]
+                    document_range = (0, source.num_documents)
                 result[split_name].append(
-                    GPTDataset(ds, split_name, document_range, seq_length, seed,
+                    GPTDataset(source, split_name, document_range, seq_length, seeds[split_name],
                                cache_dir=cache_dir, is_builder=builder, name=name)
                 )
         return result

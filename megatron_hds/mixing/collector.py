@@ -2,13 +2,23 @@
 loop: per-domain gradient probes, the weight-norm tracker and the quality sidecars.
 
 The loop calls, on every rank:
-  begin_step(micro-batch domains)  before the forward/backward passes (the probes' hooks attribute
-                                   each backward to its domain);
-  before_optimizer_step()          right before the optimizer step (the norm tracker's W_{t-1});
+  begin_step(plan, dp_rank)        before the forward/backward passes (the probes' hooks attribute
+                                   each backward to its domain and half);
+  before_optimizer_step(optimizer) right before the optimizer step (the norm tracker's W_{t-1},
+                                   the probes' preconditioner for the next step);
   local_share()                    this rank's share of the step's one world all-reduce;
   finish(reduced share, plan, ok)  the scheduler's extra inputs (StepSignals.extra).
 Schedulers that learn nothing from these (static, uniform, ODM) get ``NoSignals``, whose share
 is empty, so the loop has no special cases.
+
+The signals, in StepSignals.extra (arrays have one entry per domain):
+  gradients            DomainGradients: inner products of per-domain MEAN gradients (influence.py)
+  alignment            the reference alignment scores (AC-ODM's reward)
+  influence            z-scored first-order drop of the natural-mixture loss per unit of weight
+  weight_norms, weight_change_norms, update_ratios   ||W_l||, ||W_l - W_l^prev||, their ratio
+  quality              per domain, the mean within-domain z-score of the MTLD of the samples drawn
+                       (NaN where none): how good the drawn samples were for their domain, so a
+                       domain is never ranked by its typical MTLD (that only says what it is)
 """
 
 from __future__ import annotations
@@ -20,15 +30,11 @@ import torch
 
 from megatron_hds.data.quality import load_quality
 from megatron_hds.mixing.config import ProbeConfig
-from megatron_hds.mixing.probes import (
-    GradientProbe,
-    WeightNormTracker,
-    alignment_scores,
-    micro_batch_domain,
-    select_matrices,
-    selected_names,
-)
+from megatron_hds.mixing.influence import DomainGradients, alignment_scores, influence_scores
+from megatron_hds.mixing.probes import GradientProbe, WeightNormTracker, select_matrices, selected_names
 from megatron_hds.parallel.state import ParallelState
+
+QUALITY_REFERENCE_SAMPLES = 1024  # samples per domain behind its quality mean and spread
 
 
 class NoSignals:
@@ -36,10 +42,10 @@ class NoSignals:
 
     num_matrices = 0
 
-    def begin_step(self, micro_batch_domains) -> None:
+    def begin_step(self, plan, dp_rank: int) -> None:
         pass
 
-    def before_optimizer_step(self) -> None:
+    def before_optimizer_step(self, optimizer) -> None:
         pass
 
     def local_share(self) -> Optional[torch.Tensor]:
@@ -49,38 +55,71 @@ class NoSignals:
         return {}
 
 
-class SignalCollector:
-    """Gradient alignment, weight norms and sample quality for HDS and AC-ODM.
+def half_rows(plan) -> np.ndarray:
+    """The probe row of every global micro-batch: 2 d + h for a micro-batch of domain d that is
+    the domain's k-th of the step (h = k mod 2, so the halves hold disjoint samples), -1 for a
+    micro-batch that mixes domains (not probed). The same on every rank: it comes from the plan."""
+    domains = plan.micro_batch_domains
+    rows = np.full(domains.size, -1, dtype=np.int64)
+    seen = np.zeros(plan.weights.size, dtype=np.int64)
+    for k, d in enumerate(domains):
+        if d >= 0:
+            rows[k] = 2 * d + seen[d] % 2
+            seen[d] += 1
+    return rows
 
-    Gradients of ``probe.probe_matrices`` late MLP output projections per domain (sketched or
-    exact), Frobenius norms of ``probe.norm_matrices`` MLP output projections spread over depth
-    and of their change in the step, and (global rank 0, where the scheduler lives) the MTLD of
-    the step's samples from the datasets' quality sidecars.
+
+class SignalCollector:
+    """Gradient influence, weight norms and sample quality for HDS and AC-ODM.
+
+    Gradients of ``probe.probe_matrices`` late MLP output projections per domain and half
+    (sketched or exact; multiplied elementwise by P^(1/2), P = 1 / (sqrt(v) + eps) from Adam's
+    second moments, so inner products are <P g_i, g_j>), Frobenius norms of ``probe.norm_matrices``
+    MLP output projections spread over depth and of their change in the step, and (global rank
+    0, where the scheduler lives) the within-domain quality of the step's samples.
     """
 
-    def __init__(self, model, state: ParallelState, probe: ProbeConfig, num_domains: int, seed: int,
+    def __init__(self, model, state: ParallelState, probe: ProbeConfig, natural_weights, seed: int,
                  train_sets=None):
         num_layers = model.config.num_layers
+        self.natural_weights = np.asarray(natural_weights, dtype=np.float64)
+        num_domains = self.natural_weights.size
         self.num_matrices = min(probe.norm_matrices, num_layers)
+        self.state = state
         probed = selected_names(num_layers, count=min(probe.probe_matrices, num_layers), placement="late")
-        self.probe = GradientProbe(select_matrices(model, probed), num_domains, mode=probe.mode,
+        self.probe = GradientProbe(select_matrices(model, probed), 2 * num_domains, mode=probe.mode,
                                    sketch_size=probe.sketch_size, seed=seed, state=state)
         names = selected_names(num_layers, count=self.num_matrices, placement="spread")
         self.norm_tracker = WeightNormTracker(select_matrices(model, names), state, names=names)
         self.train_sets = train_sets
         self.quality = None
-        if state.rank == 0:
+        if state.rank == 0 and train_sets is not None:
             try:
                 self.quality = [load_quality(d.indexed.path_prefix, d.indexed.num_documents) for d in train_sets]
             except FileNotFoundError as error:
                 raise FileNotFoundError(f"the learning schedulers need each dataset's MTLD sidecar: {error}") from None
+            self.quality_reference = [self._reference(d, q, seed) for d, q in zip(train_sets, self.quality)]
+        self._counts = np.zeros(2 * num_domains)
+        self._local_micro_batches = 1
 
-    def begin_step(self, micro_batch_domains) -> None:
-        """micro_batch_domains: each of this rank's micro-batches' domain tensor, in order."""
-        self.probe.begin_step([micro_batch_domain(domains) for domains in micro_batch_domains])
+    # -- the step ----------------------------------------------------------------------------
+    def begin_step(self, plan, dp_rank: int) -> None:
+        rows = half_rows(plan)
+        self._counts = np.bincount(rows[rows >= 0], minlength=self._counts.size).astype(np.float64)
+        first = plan.micro_batches_for(dp_rank).first
+        self._local_micro_batches = plan.num_micro_batches // plan.data_parallel_size
+        local = rows[first:first + self._local_micro_batches]
+        self.probe.begin_step([None if r < 0 else int(r) for r in local])
 
-    def before_optimizer_step(self) -> None:
+    def before_optimizer_step(self, optimizer) -> None:
+        """W_{t-1} for the norms; the next step's preconditioner from the optimizer's second
+        moments (this step's Adam update is the one the next step's gradients follow)."""
         self.norm_tracker.snapshot()
+        denominators = [optimizer.adam_denominator(p) for _, p in self.probe.named]
+        if any(d is None for d in denominators):  # before the first step, or a sharded optimizer
+            self.probe.set_scales(None)
+        else:
+            self.probe.set_scales([d.rsqrt().to(p.dtype) for d, (_, p) in zip(denominators, self.probe.named)])
 
     def local_share(self) -> torch.Tensor:
         """[sketch buffer (sketch mode only) | norm squares], summed over the world by the loop."""
@@ -91,24 +130,46 @@ class SignalCollector:
         return torch.cat([s.double() for s in shares])
 
     def finish(self, reduced_share: torch.Tensor, plan, step_ok: bool) -> dict:
-        """The scheduler's extra inputs from the world-reduced share: alignment scores (when the
-        step was taken and the Gram is finite), weight norms and their change, batch quality."""
+        """The scheduler's extra inputs from the world-reduced share (module docstring)."""
         split = reduced_share.numel() - 2 * len(self.norm_tracker.names)
+        # The hooks see the gradients of loss / (micro-batches per rank): undo that common factor,
+        # so the Gram is of per-micro-batch gradients (fp16's loss scale stays in: the scores are
+        # invariant to a common factor).
+        scale = float(self._local_micro_batches)
         if self.probe.mode == "sketch":
-            gram = self.probe.gram_from_reduced(reduced_share[:split])
+            gram = self.probe.gram_from_reduced(reduced_share[:split], scale=scale)
         else:
-            gram = self.probe.alignment_matrix()
+            gram = self.probe.alignment_matrix(scale=scale)
         norms, change = self.norm_tracker.norms_from_squares(reduced_share[split:])
-        extra = {"weight_norms": norms, "weight_change_norms": change}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratios = np.where(norms > 0, change / norms, 0.0)
+        extra = {"weight_norms": norms, "weight_change_norms": change, "update_ratios": ratios}
         if step_ok and np.all(np.isfinite(gram)):
-            extra["alignment"] = alignment_scores(gram, self.probe.present)
+            gradients = DomainGradients(gram, self._counts)
+            extra["gradients"] = gradients
+            extra["alignment"] = alignment_scores(gradients.mean_gram, gradients.present)
+            extra["influence"] = influence_scores(gradients, self.natural_weights)
         if self.quality is not None:
-            extra["quality"] = self._batch_quality(plan)
+            extra["quality"] = self._domain_quality(plan)
         return extra
 
-    def _batch_quality(self, plan) -> float:
-        """Mean MTLD of the step's samples, each weighted by its tokens (all samples are equally long)."""
+    # -- quality -------------------------------------------------------------------------------
+    @staticmethod
+    def _reference(dataset, quality: np.ndarray, seed: int) -> tuple:
+        """(mean, std) of the sample-level MTLD of a domain, from a fixed random set of its samples."""
+        if len(dataset) == 0:
+            return 0.0, 1.0
+        rng = np.random.default_rng([seed, len(dataset)])
+        picked = rng.integers(0, len(dataset), size=min(QUALITY_REFERENCE_SAMPLES, len(dataset)))
+        values = dataset.samples_quality(picked, quality)
+        return float(values.mean()), float(max(values.std(), 1e-6))
+
+    def _domain_quality(self, plan) -> np.ndarray:
+        """Per domain, the mean within-domain z-score of the MTLD of the step's samples (NaN: none)."""
         pairs = np.asarray(plan.pairs())
-        values = [self.train_sets[d].samples_quality(pairs[pairs[:, 0] == d, 1], self.quality[d])
-                  for d in np.unique(pairs[:, 0])]
-        return float(np.concatenate(values).mean())
+        out = np.full(len(self.quality), np.nan)
+        for d in np.unique(pairs[:, 0]):
+            values = self.train_sets[d].samples_quality(pairs[pairs[:, 0] == d, 1], self.quality[d])
+            mean, std = self.quality_reference[d]
+            out[d] = float(((values - mean) / std).mean())
+        return out

@@ -165,6 +165,10 @@ class GradientProbe:
         ``reset()`` at the start of the step.
     A column of per-domain hook counts rides along in the same buffer, so the one
     all-reduce also says which domains had a gradient this step (``present``).
+    The accumulators are rows: one per domain here; the signal collector (collector.py) uses
+    two per domain (disjoint halves of its micro-batches) and passes num_domains = 2D.
+    ``set_scales`` gives each parameter an elementwise factor applied to its gradient before
+    accumulation (the collector's Adam preconditioner, P^(1/2)).
     """
 
     def __init__(self, params: Iterable[Tuple[str, nn.Parameter]], num_domains: int, mode: str,
@@ -206,6 +210,7 @@ class GradientProbe:
         self._domain: Optional[int] = None
         self._step_domains: Optional[List[Optional[int]]] = None
         self._calls = [0] * len(self.named)
+        self._scales: Optional[List[torch.Tensor]] = None
         self._handles = [p.register_hook(self._make_hook(slot)) for slot, (_, p) in enumerate(self.named)]
         self.present: Optional[np.ndarray] = None
 
@@ -232,6 +237,13 @@ class GradientProbe:
         self._step_domains = None
         self._domain = self._check(domain)
 
+    def set_scales(self, scales: Optional[Sequence[torch.Tensor]]) -> None:
+        """Multiply each selected parameter's gradient by scales[slot] (its shape) before it is
+        accumulated, from the next backward on; None turns the scaling off."""
+        if scales is not None and len(scales) != len(self.named):
+            raise ValueError(f"{len(scales)} scales for {len(self.named)} probed parameters")
+        self._scales = None if scales is None else list(scales)
+
     def _domain_for(self, slot: int) -> Optional[int]:
         if self._step_domains is None:
             return self._domain
@@ -247,10 +259,13 @@ class GradientProbe:
             d = self._domain_for(slot)
             if d is None:
                 return
-            g = grad.detach().reshape(-1)
+            grad = grad.detach()
+            if self._scales is not None:
+                grad = grad * self._scales[slot]
+            g = grad.reshape(-1)
             row = self.buffer[d]
             if self.fused_sketch:
-                kernels.count_sketch_add(grad.detach(), row[:self.width], self._keys[slot], *self._placements[slot])
+                kernels.count_sketch_add(grad, row[:self.width], self._keys[slot], *self._placements[slot])
             elif self.mode == "sketch":
                 bucket, sign = self._hashes[slot]
                 row[:self.width].index_add_(0, bucket, g.float() * sign)
@@ -279,7 +294,7 @@ class GradientProbe:
         reduced = reduced.reshape(self.num_domains, self.sketch_size + 1).double()
         self.present = (reduced[:, -1] > 0).cpu().numpy()
         sketch = reduced[:, :-1] * scale
-        return (sketch @ sketch.t()).cpu().numpy()
+        return symmetric((sketch @ sketch.t()).cpu().numpy())
 
     def reduce(self, group=None, scale: float = 1.0) -> torch.Tensor:
         """Sketch mode: the [D, m] sketch of the whole per-domain gradient, summed with ONE
@@ -306,7 +321,7 @@ class GradientProbe:
         """
         if self.mode == "sketch":
             sketch = self.reduce(group, scale).double()
-            return (sketch @ sketch.t()).cpu().numpy()
+            return symmetric((sketch @ sketch.t()).cpu().numpy())
         state = self.state
         vectors = self.buffer.clone()
         if group_size(state.dp_group) > 1:
@@ -316,38 +331,13 @@ class GradientProbe:
         if group_size(state.model_parallel_group) > 1:
             dist.all_reduce(gram, group=state.model_parallel_group)
         self.present = (gram[:, -1] > 0).cpu().numpy()
-        return gram[:, :-1].cpu().numpy()
+        return symmetric(gram[:, :-1].cpu().numpy())
 
 
-def alignment_scores(gram: np.ndarray, present: Optional[np.ndarray] = None, eps: float = 1e-6,
-                     clip: float = 3.0) -> np.ndarray:
-    """METHOD.md loss-driven alignment per domain from S = G G^T.
-
-    Over the present domains P: r_i = sum_{j in P, j != i} S_ij / (mean_{k in P} ||g_k|| + eps),
-    z-scored over P (population std; a zero std gives zeros), clamped to [-clip, clip].
-    Absent domains (no gradient this step, or a non-finite row/column in S) score 0; with
-    fewer than two present domains every score is 0. Invariant to a positive common scale
-    of the gradients.
-    """
-    gram = np.asarray(gram, dtype=np.float64)
-    num = gram.shape[0]
-    mask = np.ones(num, dtype=bool) if present is None else np.asarray(present, dtype=bool).copy()
-    finite = np.isfinite(gram)
-    mask &= np.diag(finite)
-    # A non-finite entry between two present domains drops both (a NaN row of an absent one does not).
-    mask &= ~(~finite & mask[None, :]).any(axis=1) & ~(~finite & mask[:, None]).any(axis=0)
-    scores = np.zeros(num)
-    idx = np.flatnonzero(mask)
-    if idx.size < 2:
-        return scores
-    sub = gram[np.ix_(idx, idx)]
-    norms = np.sqrt(np.clip(np.diag(sub), 0.0, None))
-    raw = (sub.sum(axis=1) - np.diag(sub)) / (norms.mean() + eps)
-    std = raw.std()
-    if not np.isfinite(std) or std <= 0:
-        return scores
-    scores[idx] = np.clip((raw - raw.mean()) / std, -clip, clip)
-    return scores
+def symmetric(gram: np.ndarray) -> np.ndarray:
+    """(S + S^T) / 2: a Gram matrix computed in floating point is symmetric only up to rounding,
+    and scores that compare S_ij with S_ji would read that rounding as signal."""
+    return 0.5 * (gram + gram.T)
 
 
 # ---- weight norms --------------------------------------------------------------------------

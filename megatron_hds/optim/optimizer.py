@@ -309,6 +309,25 @@ class TrainingOptimizer(ABC):
         """The optimizer's own copies of the weights (none when it steps the model params)."""
         return ()
 
+    def _stepped(self, param: nn.Parameter) -> torch.Tensor:
+        """The tensor the inner AdamW steps for a model param (the param, or its fp32 master)."""
+        return param
+
+    def adam_denominator(self, param: nn.Parameter) -> torch.Tensor | None:
+        """sqrt(v_hat) + eps for a model param: Adam's per-element step denominator (the param's
+        shape and device), or None before its first step, or where this rank does not hold the
+        param's whole state (the distributed optimizer). The data scheduler's gradient probes use
+        it to measure inner products in the metric Adam steps in."""
+        if self.sharded_over_dp:
+            return None
+        stepped = self._stepped(param)
+        state = self.optimizer.state.get(stepped)
+        if not state or "exp_avg_sq" not in state:
+            return None
+        group = next(g for g in self.optimizer.param_groups if any(p is stepped for p in g["params"]))
+        v_hat = state["exp_avg_sq"] / (1.0 - group["betas"][1] ** float(state["step"]))
+        return (v_hat.sqrt() + group["eps"]).to(param.device).view_as(param)
+
     def reload_model_params(self) -> None:
         """Make the optimizer's copies of the weights (masters) equal the model params again,
         after model weights were loaded without optimizer state. No-op without copies."""
@@ -443,6 +462,12 @@ class MixedPrecisionOptimizer(TrainingOptimizer):
 
     def master_params(self) -> list[torch.Tensor]:
         return [m for g in self._master_groups for m in g]
+
+    def _stepped(self, param: nn.Parameter) -> torch.Tensor:
+        for model, master in zip(self.model_params(), self.master_params()):
+            if model is param:
+                return master
+        raise KeyError("the parameter is not one of this optimizer's")
 
     def _weight_copies(self) -> Iterable[torch.Tensor]:
         return self.master_params()

@@ -87,7 +87,8 @@ class Trainer:
         num_domains = len(self.domains.names)
         datasets = build_domain_datasets(
             self.domains.prefixes, self.domains.names, config.data.split, model_cfg.seq_length, train.seed,
-            cache_dir=config.data.data_cache_path, is_builder=state.rank == 0, barrier=_world_barrier())
+            cache_dir=config.data.data_cache_path, is_builder=state.rank == 0, barrier=_world_barrier(),
+            held_out_prefixes=self.domains.held_out_prefixes, eval_seed=config.data.eval_seed)
         self.train_sets = datasets["train"]
         empty = [n for n, d in zip(self.domains.names, self.train_sets) if len(d) == 0]
         if empty:
@@ -111,8 +112,8 @@ class Trainer:
                                                overlap=optim.overlap_grad_reduce)
         self.collector = NoSignals()
         if config.mixing.method in LEARNING_METHODS:
-            self.collector = SignalCollector(self.model, state, config.mixing.probe, num_domains, train.seed,
-                                           self.train_sets)
+            self.collector = SignalCollector(self.model, state, config.mixing.probe, self.domains.natural_weights,
+                                             train.seed, self.train_sets)
         self.sampler = MixtureSampler(MixtureConfig(
             domain_names=tuple(self.domains.names), domain_sizes=tuple(len(d) for d in self.train_sets),
             global_batch_size=train.global_batch_size, micro_batch_size=train.micro_batch_size,
@@ -170,7 +171,7 @@ class Trainer:
                          for domains, indices in rank_batch]
 
         self.optimizer.zero_grad()
-        self.collector.begin_step([batch["domains"] for batch in micro_batches])
+        self.collector.begin_step(plan, state.dp_rank)
         reducer = self.grad_reducer
         forward_backward(self.model, micro_batches, loss_fn=self._loss_fn,
                          before_last_backward=reducer.arm if reducer.overlap else None)
@@ -180,7 +181,7 @@ class Trainer:
         finalize_model_grads(self.model)
         if not sharded and not reducer.overlap:  # the distributed optimizer reduce-scatters in its step
             reducer.allreduce()
-        self.collector.before_optimizer_step()
+        self.collector.before_optimizer_step(self.optimizer)
         result = self.optimizer.step(
             self.config.optim.clip_grad, grad_norm_fn=lambda pairs: global_norm(pairs, state, sharded),
             found_inf_reduce=self._found_inf_reduce)

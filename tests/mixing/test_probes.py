@@ -17,7 +17,7 @@ from torch import nn
 from megatron_hds.config import ModelConfig
 from megatron_hds import kernels
 from megatron_hds.kernels.reference import splitmix64
-from megatron_hds.mixing.probes import (GradientProbe, WeightNormTracker, alignment_scores, choose_layers,
+from megatron_hds.mixing.probes import (GradientProbe, WeightNormTracker, choose_layers,
                                          count_sketch_hash, global_flat_index, micro_batch_domain, name_key,
                                          select_matrices, selected_names)
 from megatron_hds.model.gpt import GPTModel
@@ -219,28 +219,6 @@ def test_sketch_with_the_triton_kernel_equals_the_table_path(monkeypatch):
         probe.begin_step(MICRO_DOMAINS)
     forward_backward(model, _micro_batches(model.config))
     assert _max_rel(fused.reduce(), table.reduce()) <= 1e-6 and fused.present.tolist() == table.present.tolist()
-
-
-def test_alignment_scores_hand_computed():
-    gram = np.array([[4.0, 2.0, 0.0], [2.0, 9.0, -3.0], [0.0, -3.0, 1.0]])
-    # norms 2, 3, 1 (mean 2); off-diagonal row sums 2, -1, -3 -> r = 1, -0.5, -1.5;
-    # mean -1/3, population std sqrt(114/108).
-    std = math.sqrt(114 / 108)
-    want = np.array([4 / 3, -1 / 6, -7 / 6]) / std
-    np.testing.assert_allclose(alignment_scores(gram), want, rtol=1e-5)
-    np.testing.assert_allclose(alignment_scores(25.0 * gram), want, rtol=1e-5)  # scale-invariant
-    # An absent domain (and one with a non-finite row) scores 0 and does not enter the others.
-    padded = np.zeros((5, 5))
-    padded[:3, :3] = gram
-    padded[4, :] = padded[:, 4] = np.nan
-    got = alignment_scores(padded, present=np.array([True, True, True, False, True]))
-    np.testing.assert_allclose(got, np.r_[want, 0.0, 0.0], rtol=1e-5)
-    assert alignment_scores(gram, present=np.array([True, False, False])).tolist() == [0.0, 0.0, 0.0]
-    # One domain far above eleven identical ones: z = 11/sqrt(12) > 3 is clamped.
-    big = np.eye(12)
-    big[0, 1:] = big[1:, 0] = 1.0
-    scores = alignment_scores(big)
-    assert scores.max() == 3.0 and np.all(scores >= -3.0)
 
 
 def test_weight_norms_and_change_single_process():

@@ -1,0 +1,174 @@
+"""Inter-domain influence from the gradient probes (mixing/influence.py, mixing/collector.py):
+per-domain MEAN gradients (a domain's score does not grow with how often it was drawn), no
+rounding noise read as signal, the self term kept and measured across disjoint halves, Adam's
+preconditioner applied, and the reference alignment scores by hand."""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_hds.config import ModelConfig
+from megatron_hds.mixing.collector import SignalCollector, half_rows
+from megatron_hds.mixing.config import ProbeConfig
+from megatron_hds.mixing.influence import DomainGradients, alignment_scores, influence_scores
+from megatron_hds.model.gpt import GPTModel
+from megatron_hds.optim.optimizer import build_optimizer
+from megatron_hds.parallel.schedules import forward_backward
+from megatron_hds.parallel.state import ParallelState
+
+torch.set_num_threads(1)
+CONFIG = dict(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=96, seq_length=16,
+              make_vocab_size_divisible_by=16)
+NATURAL = np.array([0.5, 0.3, 0.2])
+
+
+@dataclass
+class _Plan:
+    """The parts of data.mixture.BatchPlan the collector reads: one sample per micro-batch."""
+
+    micro_batch_domains: np.ndarray
+    weights: np.ndarray
+    data_parallel_size: int = 1
+
+    @property
+    def num_micro_batches(self) -> int:
+        return self.micro_batch_domains.size
+
+    def micro_batches_for(self, dp_rank):
+        return type("RankBatch", (), {"first": 0})()
+
+
+def _signals(domains, samples, mode="exact", optimizer_steps=0):
+    """The collector's extra signals for one step whose k-th micro-batch is samples[k] of domains[k]."""
+    model = GPTModel(ModelConfig(**CONFIG), ParallelState.single("cpu"), seed=3)
+    collector = SignalCollector(model, ParallelState.single("cpu"), ProbeConfig(mode=mode, sketch_size=4096),
+                                NATURAL, seed=1)
+    optimizer = build_optimizer(model, 1e-3, 0.0, (0.9, 0.999), 1e-8)
+    for _ in range(optimizer_steps):  # give Adam second moments, so the probes precondition
+        model.zero_grad(set_to_none=True)
+        forward_backward(model, [_batch(s) for s in samples])
+        collector.before_optimizer_step(optimizer)
+        optimizer.step(1.0)
+    plan = _Plan(np.asarray(domains), NATURAL)
+    collector.begin_step(plan, 0)
+    model.zero_grad(set_to_none=True)
+    forward_backward(model, [_batch(s) for s in samples])
+    return collector.finish(collector.local_share(), plan, step_ok=True), collector
+
+
+def _batch(tokens):
+    tensor = torch.as_tensor(tokens).reshape(1, -1)
+    return dict(tokens=tensor[:, :-1], labels=tensor[:, 1:])
+
+
+def _samples(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, CONFIG["vocab_size"], (CONFIG["seq_length"] + 1,), generator=g) for _ in range(n)]
+
+
+def test_half_rows_alternate_within_each_domain():
+    plan = _Plan(np.array([0, 1, 2, 0, 0, 1, -1, 0]), NATURAL)
+    assert half_rows(plan).tolist() == [0, 2, 4, 1, 0, 3, -1, 1]
+
+
+def test_duplicating_a_domains_micro_batches_leaves_its_scores_unchanged():
+    """Domain 0 drawn four times (its two samples twice each) instead of twice: its mean gradient,
+    and so every score, is unchanged. Summed gradients made its score grow with its count."""
+    x = _samples(6)
+    once, _ = _signals([0, 1, 2, 0, 1, 2], [x[0], x[1], x[2], x[3], x[4], x[5]])
+    twice, _ = _signals([0, 1, 2, 0, 1, 2, 0, 0], [x[0], x[1], x[2], x[3], x[4], x[5], x[0], x[3]])
+    np.testing.assert_allclose(twice["gradients"].mean_gram, once["gradients"].mean_gram, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(twice["alignment"], once["alignment"], atol=1e-5)
+    np.testing.assert_allclose(twice["influence"], once["influence"], atol=1e-5)
+    assert np.abs(once["alignment"]).max() > 0.1  # the scores are not trivially zero
+
+
+def test_two_present_domains_score_zero_whatever_the_rounding():
+    """r_1 = r_2 in exact arithmetic with two domains; a Gram computed in floating point is not
+    bitwise symmetric, and z-scoring its rounding gave +-1."""
+    for trial in range(50):
+        sketch = torch.randn(2, 4096, dtype=torch.float64, generator=torch.Generator().manual_seed(trial))
+        gram = (sketch @ sketch.t()).numpy()
+        assert alignment_scores(gram).tolist() == [0.0, 0.0]
+        padded = np.zeros((3, 3))
+        padded[:2, :2] = gram
+        assert alignment_scores(padded, present=np.array([True, True, False])).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_alignment_scores_hand_computed():
+    gram = np.array([[4.0, 2.0, 0.0], [2.0, 9.0, -3.0], [0.0, -3.0, 1.0]])
+    # norms 2, 3, 1 (mean 2); off-diagonal row sums 2, -1, -3 -> r = 1, -0.5, -1.5;
+    # mean -1/3, population std sqrt(114/108).
+    std = math.sqrt(114 / 108)
+    want = np.array([4 / 3, -1 / 6, -7 / 6]) / std
+    np.testing.assert_allclose(alignment_scores(gram), want, rtol=1e-5)
+    np.testing.assert_allclose(alignment_scores(25.0 * gram), want, rtol=1e-5)  # scale-invariant
+    # An absent domain (and one with a non-finite row) scores 0 and does not enter the others.
+    padded = np.zeros((5, 5))
+    padded[:3, :3] = gram
+    padded[4, :] = padded[:, 4] = np.nan
+    got = alignment_scores(padded, present=np.array([True, True, True, False, True]))
+    np.testing.assert_allclose(got, np.r_[want, 0.0, 0.0], rtol=1e-5)
+    assert alignment_scores(gram, present=np.array([True, False, False])).tolist() == [0.0, 0.0, 0.0]
+    # One domain far above eleven identical ones: z = 11/sqrt(12) > 3 is clamped.
+    big = np.eye(12)
+    big[0, 1:] = big[1:, 0] = 1.0
+    scores = alignment_scores(big)
+    assert scores.max() == 3.0 and np.all(scores >= -3.0)
+
+
+def _gradients_from_halves(halves, counts):
+    """DomainGradients of explicit half sums [2D, n] with the given micro-batch counts."""
+    halves = np.asarray(halves, dtype=np.float64)
+    return DomainGradients(halves @ halves.T, np.asarray(counts, dtype=np.float64))
+
+
+def test_influence_keeps_the_domains_own_term():
+    """Three mutually orthogonal domains: nothing transfers, so the reference alignment (self term
+    left out) rates them all 0, but a step on a domain still lowers the natural-mixture loss by
+    pi_i ||g_i||^2: the domain with the largest pi_i ||g_i||^2 is the most useful to train on."""
+    g = np.diag([1.0, 3.0, 1.0])  # domain 1's gradient is the largest
+    halves = np.repeat(g, 2, axis=0)  # each half holds one micro-batch with the domain's mean gradient
+    gradients = _gradients_from_halves(halves, [1] * 6)
+    assert alignment_scores(gradients.mean_gram, gradients.present).tolist() == [0.0, 0.0, 0.0]
+    influence = influence_scores(gradients, NATURAL)  # raw 0.5, 0.3 * 9, 0.2
+    assert np.argmax(influence) == 1 and influence[0] > influence[2]
+
+
+def test_the_self_term_is_measured_across_halves_not_inflated_by_noise():
+    """Two halves with independent noise around the same mean: the cross-half product estimates
+    ||mean||^2, while the whole-sum product would add the noise's variance."""
+    rng = np.random.default_rng(0)
+    mean = np.array([1.0, 0.0, 0.0, 0.0])
+    halves = mean + rng.normal(size=(4000, 2, 4))  # unit noise per coordinate
+    estimates = [DomainGradients(h @ h.T, np.array([1.0, 1.0])) for h in halves]
+    cross = np.mean([e.cross_self[0] for e in estimates])
+    whole = np.mean([e.mean_gram[0, 0] for e in estimates])
+    # ||mean||^2 = 1 (the estimate's standard error is about 0.04); the mean of two halves
+    # carries noise of variance 1/2 per coordinate, which adds 4 x 1/2 = 2.
+    assert abs(cross - 1.0) < 0.15 and abs(whole - 3.0) < 0.2
+
+
+def test_a_domain_seen_once_has_no_cross_half_term_and_is_not_scored():
+    halves = [[1, 0], [0, 0], [0, 1], [0, 1], [1, 1], [1, 1]]
+    gradients = _gradients_from_halves(halves, [1, 0, 1, 1, 1, 1])
+    assert gradients.split.tolist() == [False, True, True]
+    assert influence_scores(gradients, NATURAL)[0] == 0.0
+
+
+def test_probes_measure_inner_products_in_adams_metric():
+    """After Adam steps the probes scale gradients by P^(1/2), P = 1 / (sqrt(v_hat) + eps): the
+    Gram holds <P g_i, g_j>, which differs from the raw one, and equals it computed by hand."""
+    x = _samples(4, seed=5)
+    raw, _ = _signals([0, 1, 0, 1], x, optimizer_steps=0)
+    pre, collector = _signals([0, 1, 0, 1], x, optimizer_steps=2)
+    assert collector.probe._scales is not None
+    ratio = pre["gradients"].mean_gram[0, 1] / raw["gradients"].mean_gram[0, 1]
+    assert not math.isclose(ratio, 1.0, rel_tol=1e-3)
+    scales = collector.probe._scales
+    assert all(torch.all(s > 0) for s in scales)
+    with pytest.raises(ValueError, match="scales for"):
+        collector.probe.set_scales(scales[:1])
