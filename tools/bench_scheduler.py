@@ -419,21 +419,22 @@ def time_calls(fn, iters: int, warmup: int = 10) -> list:
 def part_b(args) -> dict:
     from megatron_hds.mixing.base import StepSignals
     from megatron_hds.mixing.config import MixingConfig
-    from megatron_hds.mixing.factory import agent_shape, build_scheduler
-    from megatron_hds.mixing.sac import SACAgent
+    from megatron_hds.mixing.factory import build_scheduler
+    from megatron_hds.mixing.influence import DomainGradients
 
     D, L = args.agent_domains, args.agent_matrices
     # What `--mixing hds` runs with no other flag: the command line's defaults are these fields'.
     mixing = MixingConfig(method="hds", warmup_fraction=0.0)
     natural = np.full(D, 1.0 / D)
-    shape = agent_shape(mixing, natural, L)
-    state_dim = shape.state_dim
-    cfg = mixing.agent
-    agent = SACAgent(mixing.agent, mixing.sac, shape, device=args.agent_device)
+    train_iters = 10 ** 6
+    sched = build_scheduler(mixing, natural, L, train_iters)
+    agent = sched.agent  # the agent HDS runs: the SAC residual around its base mixture
+    state_dim = agent.shape.state_dim
+    cfg = agent.agent_config
     rng = np.random.default_rng(0)
     fill = 1000
     for _ in range(fill):
-        agent.add_transition(rng.standard_normal(state_dim), rng.standard_normal(D), float(rng.standard_normal()),
+        agent.add_transition(rng.standard_normal(state_dim), rng.uniform(-0.4, 0.4, D), float(rng.standard_normal()),
                              rng.standard_normal(state_dim))
     state = rng.standard_normal(state_dim)
     update = time_calls(agent.update, args.agent_iters)
@@ -441,18 +442,18 @@ def part_b(args) -> dict:
     params = sum(p.numel() for net in (agent.actor, agent.q1, agent.q2) for p in net.parameters())
 
     # The whole scheduler step at this shape, on synthetic signals.
-    train_iters = 10 ** 6
-    sched = build_scheduler(mixing, natural, L, train_iters, seq_length=1024)
-    prefill_agent(sched, fill, 1)
     step = [0]
 
     def observe():
         step[0] += 1
+        halves = rng.standard_normal((2 * D, 16))
         sched.observe(StepSignals(
             iteration=step[0], train_iters=train_iters, weights=sched.weights.copy(),
-            domain_loss=3.0 + rng.random(D), domain_tokens=np.full(D, 1024.0), domain_samples=rng.integers(0, 80, D),
+            domain_loss=3.0 + rng.random(D), domain_tokens=np.full(D, 1024.0), domain_samples=rng.integers(1, 80, D),
             loss=3.5, extra={"weight_norms": 50 + rng.random(L), "weight_change_norms": rng.random(L) * 1e-2,
-                             "alignment": rng.standard_normal(D), "quality": 60.0 + rng.random()}))
+                             "update_ratios": rng.random(L) * 1e-4, "alignment": rng.standard_normal(D),
+                             "influence": rng.standard_normal(D), "quality": rng.standard_normal(D),
+                             "gradients": DomainGradients(halves @ halves.T, np.ones(2 * D))}))
 
     observe_times = time_calls(observe, args.agent_iters)
     return {"num_domains": D, "num_matrices": L, "state_dim": state_dim, "hidden_sizes": list(cfg.hidden_sizes),

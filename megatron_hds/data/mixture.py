@@ -232,10 +232,6 @@ class BatchPlan:
         domains (only possible with layout "mixed")."""
         return _micro_batch_domains(self.domains)
 
-    @property
-    def consumed_after(self) -> np.ndarray:
-        return self.consumed_before + self.domain_sample_counts
-
     def domain_token_counts(self, seq_length: int) -> np.ndarray:
         """(D,) int64 tokens of each domain in this step (samples * seq_length)."""
         if not _is_int(seq_length) or seq_length <= 0:
@@ -420,6 +416,25 @@ class MixtureSampler:
         cdf = np.cumsum(w)
         picks = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
         return np.minimum(picks, np.flatnonzero(w > 0)[-1])
+
+    def observation_probabilities(self, step: int, weights: Any) -> np.ndarray:
+        """(D,) the probability that a step drawn with ``weights`` holds at least one sample of each
+        domain: 1 for the domains the "hds" layout gives a probe micro-batch, else 1 - (1 - w)^n
+        over the n independent draws. A bandit that learns only from drawn domains divides by
+        this, not by w: with every domain observed every step, dividing by w would over-credit
+        the domains the mixture draws least."""
+        cfg = self.config
+        w = self.effective_weights(weights)
+        n_mb = cfg.num_micro_batches
+        if cfg.layout == "mixed":
+            return 1.0 - (1.0 - w) ** (n_mb * cfg.micro_batch_size)
+        if cfg.layout == "single_domain":
+            return 1.0 - (1.0 - w) ** n_mb
+        if n_mb >= cfg.num_domains:  # hds: one probe micro-batch per domain
+            return np.ones(cfg.num_domains)
+        probed = np.zeros(cfg.num_domains)
+        probed[(int(step) * n_mb + np.arange(n_mb)) % cfg.num_domains] = 1.0
+        return probed
 
     def plan(self, step: int, weights: Any) -> BatchPlan:
         """The global batch of ``step`` under ``weights`` from the current cursors.

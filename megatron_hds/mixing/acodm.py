@@ -27,11 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megatron_hds.mixing.action_map import ActionMap
-from megatron_hds.mixing.agent_base import AgentShape, ReplayAgent, mlp
-from megatron_hds.mixing.config import AgentConfig, DDPGConfig, MixingConfig, RewardConfig
-from megatron_hds.mixing.rewards import HolisticReward
-from megatron_hds.mixing.timeline import AgentTimeline
+from megatron_hds.mixing.action_map import ActionMap, logits_for_weights
+from megatron_hds.mixing.agent_base import AgentShape, ReplayAgent, behaviour_cloned, mlp
+from megatron_hds.mixing.base import lift_to_floor
+from megatron_hds.mixing.config import AgentConfig, DDPGConfig, MixingConfig, ODMConfig
+from megatron_hds.mixing.odm import ODMScheduler
+from megatron_hds.mixing.rewards import alignment_reward
+from megatron_hds.mixing.timeline import AgentTimeline, StateBuilder
 
 AGENT_FORMAT = "megatron_hds.ddpg"
 AGENT_VERSION = 2  # 2: the configuration is recorded as agent / ddpg / shape
@@ -114,9 +116,11 @@ class DDPGAgent(ReplayAgent):
         return self._action(a, single)
 
     # ----- learning -------------------------------------------------------------------
-    def update(self) -> Optional[dict[str, float]]:
+    def update(self, bc_weight: float = 0.0) -> Optional[dict[str, float]]:
         """One critic and one actor step on a minibatch, then the Polyak target updates.
-        None while the buffer holds fewer than batch_size transitions; else losses for logging."""
+        None while the buffer holds fewer than batch_size transitions; else losses for logging.
+        bc_weight > 0 mixes behaviour cloning of the stored actions into the actor's loss
+        (agent_base.behaviour_cloned): during AC-ODM's warm-up those are ODM's."""
         cfg = self.agent_config
         if len(self.buffer) < cfg.batch_size:
             return None
@@ -131,8 +135,12 @@ class DDPGAgent(ReplayAgent):
         critic_params = list(self.critic.parameters())
         for p in critic_params:  # the actor's loss must not leave gradients on the critic
             p.requires_grad_(False)
-        q_new = self.critic(s, self.actor(s))
-        actor_value = self._step("actor", -q_new.mean(), self.actor_optimizer)
+        action = self.actor(s)
+        q_new = self.critic(s, action)
+        actor_loss = -q_new.mean()
+        if bc_weight > 0:
+            actor_loss = behaviour_cloned(actor_loss, F.mse_loss(action, u), q_new, bc_weight)
+        actor_value = self._step("actor", actor_loss, self.actor_optimizer)
         for p in critic_params:
             p.requires_grad_(True)
 
@@ -183,20 +191,46 @@ class DDPGAgent(ReplayAgent):
 
 class ACODMScheduler(AgentTimeline):
     """The AC-ODM data scheduler on rank 0: the learning schedulers' timeline (mixing/timeline.py)
-    with a DDPG agent acting with exploration noise, paid the alignment reward alone."""
+    with a DDPG agent acting with exploration noise, paid the alignment reward alone.
+
+    Warm-up as in the reference code: ODM's smoothed-mean weighter (exp(loss) averaged with
+    smoothing 0.5, normalised linearly: the released variant) chooses the weights, the actor is
+    cloned to them and the critic trained on the transitions (the timeline's behaviour-cloning
+    term), so the agent takes over from where ODM brought the mixture."""
 
     name = "acodm"
     log_all_components = False
+    WARMUP_ODM = ODMConfig(variant="released", smoothing=0.5, warmup_steps=0)
 
     def __init__(self, initial_weights, num_matrices: int, train_iters: int, mixing: MixingConfig,
                  shape: AgentShape):
         agent = DDPGAgent(mixing.agent, mixing.ddpg, shape)
-        # Only the alignment component is paid; the sequence length (the MTLD scale) does not matter.
-        reward = HolisticReward(RewardConfig(components=("align",)), mtld_max=float("inf"))
-        super().__init__(initial_weights, num_matrices, train_iters, agent, reward, mixing)
+        super().__init__(initial_weights, train_iters, agent, StateBuilder(shape.num_domains, num_matrices), mixing)
+        self.warmup_odm = ODMScheduler(shape.num_domains, self.WARMUP_ODM, initial_weights=self._initial)
+        self._odm_weights = self._initial.copy()
 
-    def _act(self, state):
-        return self.agent.act(state, explore=True)
+    def _reward(self, signals) -> tuple[dict, float]:
+        if signals.iteration <= self.warmup_steps:
+            self._odm_weights = self.warmup_odm.observe(signals)
+        align = alignment_reward(signals)
+        return {"align": align}, align
+
+    def _warmup_action(self, state) -> np.ndarray:
+        """The action nearest ODM's weights inside the action box."""
+        floor = self.agent.action_map.floor
+        action = logits_for_weights(lift_to_floor(self._odm_weights, floor), floor) - self.agent.action_map.center
+        bound = self.agent.action_map.bound
+        return action if bound is None else np.clip(action, -0.999 * bound, 0.999 * bound)
+
+    def _policy_action(self, state) -> np.ndarray:
+        return self.agent.act(state, explore=True)[0]
 
     def _log_fields(self) -> dict:
         return {"noise_std": self.agent.noise_std}
+
+    def _extra_state(self) -> dict:
+        return {"warmup_odm": self.warmup_odm.state_dict(), "odm_weights": self._odm_weights.tolist()}
+
+    def _load_extra_state(self, state: dict) -> None:
+        self.warmup_odm.load_state_dict(state["warmup_odm"])
+        self._odm_weights = np.asarray(state["odm_weights"], dtype=np.float64)

@@ -24,6 +24,7 @@ class AgentShape:
     state_dim: int  # length of the state vector (mixing/timeline.py StateBuilder)
     num_domains: int  # D: the action has D entries, the weights D numbers
     action_center: Optional[tuple] = None  # logits of the zero action (ActionMap); default 0
+    domain_features: int = 3  # per-domain groups at the head of the state (the domain_tokens encoder reads them)
 
     def __post_init__(self):
         for name in ("state_dim", "num_domains"):
@@ -114,6 +115,15 @@ class ReplayBuffer:
             array[:] = 0
             array[:n] = state[name].numpy()
         self.size, self.position = n, int(state["position"])
+
+
+def behaviour_cloned(policy_loss: torch.Tensor, cloning_loss: torch.Tensor, q: torch.Tensor,
+                     weight: float) -> torch.Tensor:
+    """(1 - w) x the policy loss + w x the squared distance of the actor's action from the stored
+    one, the latter scaled by mean |Q| + 1 so the two are comparable: w = 1 clones the behaviour
+    policy alone (the warm-up), and as w fades the agent's own objective takes over."""
+    scale = q.detach().abs().mean() + 1.0
+    return (1.0 - weight) * policy_loss + weight * scale * cloning_loss
 
 
 class ReplayAgent:

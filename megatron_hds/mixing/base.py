@@ -6,7 +6,7 @@ weights."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -23,6 +23,9 @@ class StepSignals:
     domain_samples: np.ndarray  # samples of each domain in the step
     loss: float  # mean per-token loss over the whole global batch
     extra: dict = field(default_factory=dict)  # further signals (gradient alignment, norms, quality)
+    # probability that the step observed each domain (drew a sample of it), given the weights and the
+    # batch layout (MixtureSampler.observation_probabilities); None: the weights themselves
+    observed: Optional[np.ndarray] = None
 
     @property
     def progress(self) -> float:

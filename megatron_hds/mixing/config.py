@@ -21,6 +21,7 @@ ODM_VARIANTS = ("paper", "released")
 REWARD_COMPONENTS = ("align", "quality", "norm")
 PROBE_MODES = ("sketch", "exact")
 ENCODERS = ("mlp", "domain_tokens")
+HDS_AGENTS = ("sac", "none")
 
 
 def _positive_int(owner: str, name: str, value) -> None:
@@ -164,17 +165,20 @@ class DDPGConfig:
 
 @dataclass
 class RewardConfig:
-    """HDS's holistic reward: which components are paid, and their coefficients."""
+    """The learning agents' reward: which components are paid, and their weights. Each component is
+    divided by a running estimate of its own scale before weighting (mixing/rewards.py)."""
 
     FLAG_PREFIX = "hds-"
 
     components: tuple = option(REWARD_COMPONENTS, flag="--hds-reward", parse=comma_list, metavar="LIST",
-                               help="reward components paid to the agent, comma-separated (ablations drop some)")
-    lambda_align: float = option(1.0, help="coefficient of the inter-domain alignment reward")
-    lambda_quality: float = option(10.0, help="coefficient of the data-quality (MTLD) reward")
-    lambda_norm: float = option(10.0, help="coefficient of the weight-norm stability reward")
-    norm_cap: float = option(5.0, help="the weight-norm reward never exceeds this")
-    mtld_min: float = option(2.0, help="MTLD normalisation: (mtld - min) / (seq_length - min), clamped to [0, 1]")
+                               help="reward components paid to HDS's agent, comma-separated; an ablation drops some "
+                                    "(a dropped component also leaves HDS's base mixture)")
+    lambda_align: float = option(1.0, help="weight of the inter-domain influence reward")
+    lambda_quality: float = option(1.0, help="weight of the data-quality (within-domain MTLD) reward")
+    lambda_norm: float = option(1.0, help="weight of the weight-update stability reward")
+    norm_threshold: float = option(3.0, help="an update ratio ||dW||/||W|| this many running standard deviations "
+                                             "above its mean is abnormal, and penalised")
+    scale_decay: float = option(0.99, help="decay of the running second moment that normalises each component")
 
     def __post_init__(self):
         self.components = tuple(self.components)
@@ -182,6 +186,50 @@ class RewardConfig:
         if unknown or not self.components:
             raise ValueError(f"--hds-reward {','.join(self.components)!r} is invalid: choose from "
                              f"{','.join(REWARD_COMPONENTS)}")
+        if not 0.0 <= self.scale_decay < 1.0:
+            raise ValueError(f"RewardConfig.scale_decay={self.scale_decay!r} is invalid: expected a value in [0, 1)")
+
+
+@dataclass
+class HDSConfig:
+    """HDS's base mixture (anchored exponentiated gradient around the natural weights, from the
+    influence, learnability and quality signals) and the agent that acts as a bounded residual
+    around it (mixing/hds.py)."""
+
+    FLAG_PREFIX = "hds-"
+
+    agent: str = option("sac", choices=HDS_AGENTS,
+                        help="sac: a SAC agent adjusts the base mixture within --hds-residual-bound; none: the "
+                             "base mixture alone (the same mixture without SAC)")
+    residual_bound: float = option(0.5, help="the agent moves each domain's log-weight by at most this around the "
+                                             "base mixture")
+    influence_step: float = option(0.3, help="log-weight per unit of (clipped, z-scored) inter-domain influence")
+    learnability_step: float = option(0.5, help="log-weight per unit of (clipped) scaling-law learnability")
+    quality_step: float = option(0.0, help="log-weight per unit of (clipped, z-scored) within-domain sample quality")
+    score_smoothing: float = option(0.9, help="decay of the running averages of the influence and quality scores")
+    mixture_smoothing: float = option(0.2, help="share of the new target the base mixture moves by each step")
+    natural_anchor: float = option(0.1, help="share of the natural weights mixed into the base mixture")
+    ramp_fraction: float = option(0.1, help="share of the run over which the base mixture's steps grow from 0 to "
+                                            "their full size (early gradients and fits say little)")
+    fit_interval: int = option(200, help="steps between the per-domain scaling-law fits")
+    warmup_noise: float = option(0.3, help="during warm-up the residual is drawn with this std (in units of "
+                                           "--hds-residual-bound) so the critic sees actions around the base")
+
+    def __post_init__(self):
+        _choice("HDSConfig", "agent", self.agent, HDS_AGENTS)
+        for name in ("residual_bound",):
+            _positive_float("HDSConfig", name, getattr(self, name))
+        for name in ("influence_step", "learnability_step", "quality_step", "warmup_noise"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"HDSConfig.{name}={value!r} is invalid: expected a finite number >= 0")
+        for name in ("score_smoothing", "natural_anchor", "ramp_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"HDSConfig.{name}={value!r} is invalid: expected a value in [0, 1)")
+        if not 0.0 < self.mixture_smoothing <= 1.0:
+            raise ValueError(f"HDSConfig.mixture_smoothing={self.mixture_smoothing!r} is invalid: expected (0, 1]")
+        _positive_int("HDSConfig", "fit_interval", self.fit_interval)
 
 
 @dataclass
@@ -230,6 +278,7 @@ class MixingConfig:
     sac: SACConfig = field(default_factory=SACConfig)
     ddpg: DDPGConfig = field(default_factory=DDPGConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    hds: HDSConfig = field(default_factory=HDSConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self):

@@ -34,7 +34,7 @@ def agent_shape(mixing: MixingConfig, start: np.ndarray, num_matrices: int) -> A
     return AgentShape(StateBuilder(num_domains, num_matrices).state_dim, num_domains, center)
 
 
-def build_scheduler(mixing: MixingConfig, natural_weights, num_matrices: int, train_iters: int, seq_length: int):
+def build_scheduler(mixing: MixingConfig, natural_weights, num_matrices: int, train_iters: int):
     """The scheduler for MixingConfig.method, starting from the natural (or given) weights."""
     num_domains = len(natural_weights)
     start = starting_weights(mixing, natural_weights)
@@ -47,13 +47,12 @@ def build_scheduler(mixing: MixingConfig, natural_weights, num_matrices: int, tr
 
         return ODMScheduler(num_domains, mixing.odm, initial_weights=start, update_interval=mixing.update_interval,
                             weight_floor=mixing.weight_floor)
-    shape = agent_shape(mixing, start, num_matrices)
     if mixing.method == "acodm":
         from megatron_hds.mixing.acodm import ACODMScheduler
 
-        return ACODMScheduler(start, num_matrices, train_iters, mixing, shape)
+        return ACODMScheduler(start, num_matrices, train_iters, mixing, agent_shape(mixing, start, num_matrices))
     if mixing.method == "hds":
         from megatron_hds.mixing.hds import HDSScheduler
 
-        return HDSScheduler(start, num_matrices, train_iters, mixing, shape, seq_length)
+        return HDSScheduler(start, num_matrices, train_iters, mixing)
     raise ValueError(f"unknown mixing method {mixing.method!r}")

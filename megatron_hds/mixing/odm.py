@@ -12,12 +12,17 @@ smoothing; "observation" = one call to ``observe``, i.e. one training step)
                its first update already uses eps_2001, not eps_1.
     eps_t      min(1/K, sqrt(ln K / (K t))); eps_0 := eps_1 (= 1/K for every K >= 2),
                so the temperature of the first round is defined.
-    reward     paper:    R_i <- a R_i + (1 - a) L_i / p_i
+    reward     paper:    R_i <- a R_i + (1 - a) L_i / o_i
                released: R_i <- a R_i + (1 - a) exp(L_i)
                for every domain i the step drew samples from and whose loss is finite;
-               p_i is the probability domain i was drawn with (``signals.weights``, the
-               weights in force after the sampler's floor; this scheduler's last answer
-               when that vector is unusable). Domains that drew nothing keep R_i.
+               o_i is the probability that the step observed domain i, the importance
+               weight of an estimate that only sees drawn domains (``signals.observed``:
+               1 for every domain under the "hds" layout, whose probe micro-batches draw
+               every domain every step, so the update is then the full-information one
+               without importance weights; 1 - (1 - p_i)^n for n independent draws; the
+               paper's one-arm-per-step p_i when the loop gives none). Dividing by p_i
+               when every domain is observed over-credits rarely drawn domains and pulls
+               the mixture to uniform. Domains that drew nothing keep R_i.
     policy     paper:    pi_t = (1 - K eps_t) softmax(eps_{t-1} R) + eps_t
                released: pi_t = (1 - K eps_t) R / sum(R) + eps_t
                The released code computes ``R_i eps_{t-1} * (1 - K eps_t) /
@@ -181,7 +186,13 @@ class ODMScheduler:
         return weights / weights.sum()
 
     def _drawn_with(self, signals: StepSignals) -> np.ndarray:
-        """The probabilities the step's batch was drawn with: the signal's, else our last answer."""
+        """The probability that the step observed each domain: the sampler's, given the batch
+        layout (with every domain observed every step, 1: full information, no importance
+        weights); else the weights the batch was drawn with; else our last answer."""
+        if signals.observed is not None:
+            observed = np.asarray(signals.observed, dtype=np.float64).reshape(-1)
+            if observed.size == self.num_domains and np.all(np.isfinite(observed)):
+                return observed
         try:
             return normalized(signals.weights, self.num_domains, "signals.weights")
         except (TypeError, ValueError):

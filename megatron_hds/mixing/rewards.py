@@ -1,65 +1,128 @@
-"""What the learning schedulers (HDS, AC-ODM) are paid: the three reward components of HDS
-and their combination (RewardConfig in mixing/config.py says which count, with what weight).
+"""What the learning agents are paid.
 
-Components, each a float, all finite or the step is skipped:
-- align:   sum_i w_i r_i, r_i = the alignment score of domain i (inter-domain influence)
-- quality: token-weighted normalised MTLD of the drawn samples, times progress t/T
-- norm:    min(cap, 1 / (sum_l | ||W_l^t|| - ||W_l^{t-1}|| | + 1e-8))
+HDS's holistic reward has three components, one per perspective, each measured so that
+it is informative and cannot be earned by concentrating the mixture (p = the realised
+sample shares of the step, b = the base mixture the agent acted around):
+- align:   sum_i (p_i - b_i) u_i, u the step's influence z-scores (mixing/influence.py): the
+           first-order gain on the natural-mixture loss of the agent's deviation from the base.
+           Zero when the agent plays the base.
+- quality: sum_i p_i q_i, q_i the mean within-domain z-score of the MTLD of domain i's drawn
+           samples: how good the samples were for their domains. Zero in expectation for any
+           mixture (each domain is measured against itself), so no domain earns it by what it is.
+- norm:    -sum_l max(0, z_l - threshold), z_l the running z-score of layer l's update ratio
+           log(||dW_l|| / ||W_l||): a penalty on abnormally large updates (instability), zero
+           otherwise; never a bonus for not learning.
+Each component is divided by a running estimate of its scale (the root of a decayed mean of its
+squares), so the weights (--hds-lambda-*) compare like with like.
+
+AC-ODM's reward is the reference alignment alone: sum_i p_i r_i, r the alignment z-scores.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from megatron_hds.mixing.base import StepSignals
 from megatron_hds.mixing.config import RewardConfig
 
+WARMUP_OBSERVATIONS = 10  # update ratios seen before the norm component can call one abnormal
 
-class HolisticReward:
-    """The reward of the action whose batch produced these StepSignals."""
 
-    def __init__(self, config: RewardConfig, mtld_max: float):
-        if not mtld_max > config.mtld_min:
-            raise ValueError(f"the MTLD normalisation's maximum {mtld_max} (the sequence length) must exceed "
-                             f"--hds-mtld-min {config.mtld_min}")
-        self.config = config
-        self.mtld_max = float(mtld_max)  # the paper normalises by the sequence length
-        self.previous_norms = None
+def realised_shares(signals: StepSignals) -> np.ndarray:
+    samples = np.asarray(signals.domain_samples, dtype=np.float64)
+    return samples / max(samples.sum(), 1.0)
 
-    def components(self, signals: StepSignals) -> dict:
-        """Every component (also the ones not counted, for logging); NaN where unmeasured."""
-        cfg = self.config
-        out = {}
-        scores = signals.extra.get("alignment")
-        out["align"] = float(np.dot(signals.weights, scores)) if scores is not None else float("nan")
-        quality = signals.extra.get("quality")
-        if quality is None:
-            out["quality"] = float("nan")
-        else:
-            normalised = np.clip((quality - cfg.mtld_min) / (self.mtld_max - cfg.mtld_min), 0.0, 1.0)
-            out["quality"] = float(normalised * signals.progress)
-        norms = signals.extra.get("weight_norms")
-        if norms is None:
-            out["norm"] = float("nan")
-        else:
-            norms = np.asarray(norms, dtype=np.float64)
-            if self.previous_norms is None or self.previous_norms.shape != norms.shape:
-                out["norm"] = 0.0  # nothing to compare with on the first step
-            else:
-                drift = float(np.abs(norms - self.previous_norms).sum())
-                out["norm"] = float(min(cfg.norm_cap, 1.0 / (drift + 1e-8)))
-            self.previous_norms = norms
-        return out
 
-    def total(self, components: dict) -> float:
-        """The combined reward; NaN if a counted component is unmeasured or non-finite."""
-        cfg = self.config
-        coefficient = {"align": cfg.lambda_align, "quality": cfg.lambda_quality, "norm": cfg.lambda_norm}
-        return float(sum(coefficient[name] * components[name] for name in cfg.components))
+class RunningScale:
+    """sqrt of a decayed, bias-corrected mean of squares."""
+
+    def __init__(self, decay: float):
+        self.decay, self.second, self.count = decay, 0.0, 0
+
+    def update(self, value: float) -> float:
+        self.count += 1
+        self.second = self.decay * self.second + (1.0 - self.decay) * value * value
+        return math.sqrt(self.second / (1.0 - self.decay ** self.count))
 
     def state_dict(self) -> dict:
-        return {"previous_norms": None if self.previous_norms is None else self.previous_norms.tolist()}
+        return {"second": self.second, "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
-        norms = state.get("previous_norms")
-        self.previous_norms = None if norms is None else np.asarray(norms, dtype=np.float64)
+        self.second, self.count = float(state["second"]), int(state["count"])
+
+
+class HolisticReward:
+    """HDS's reward of the action that drew a step (module docstring)."""
+
+    def __init__(self, config: RewardConfig, num_matrices: int):
+        self.config = config
+        self.scales = {name: RunningScale(config.scale_decay) for name in ("align", "quality", "norm")}
+        self.ratio_mean = np.zeros(num_matrices)  # running mean and variance of log update ratios
+        self.ratio_var = np.zeros(num_matrices)
+        self.ratio_count = 0
+
+    def components(self, signals: StepSignals, base: np.ndarray) -> dict:
+        """Every component (also the ones not paid, for logging), before normalisation; NaN where
+        unmeasured."""
+        shares = realised_shares(signals)
+        influence = signals.extra.get("influence")
+        out = {"align": float(np.dot(shares - base, influence)) if influence is not None else math.nan}
+        quality = signals.extra.get("quality")
+        out["quality"] = math.nan if quality is None else float(np.dot(shares, np.nan_to_num(quality)))
+        out["norm"] = self._norm_penalty(signals.extra.get("update_ratios"))
+        return out
+
+    def _norm_penalty(self, ratios) -> float:
+        if ratios is None:
+            return math.nan
+        logs = np.log(np.maximum(np.asarray(ratios, dtype=np.float64), 1e-12))
+        penalty = 0.0
+        decay = self.config.scale_decay
+        if self.ratio_count >= WARMUP_OBSERVATIONS:
+            variance = self.ratio_var / (1.0 - decay ** (self.ratio_count - 1))  # bias-corrected
+            z = (logs - self.ratio_mean) / np.sqrt(np.maximum(variance, 1e-12))
+            penalty = -float(np.maximum(0.0, z - self.config.norm_threshold).sum())
+        self.ratio_count += 1
+        if self.ratio_count == 1:
+            self.ratio_mean = logs.copy()
+        else:  # exponentially weighted mean and variance
+            delta = logs - self.ratio_mean
+            self.ratio_mean = self.ratio_mean + (1.0 - decay) * delta
+            self.ratio_var = decay * (self.ratio_var + (1.0 - decay) * delta * delta)
+        return penalty
+
+    def total(self, components: dict) -> float:
+        """Sum of the paid components, each over its running scale, times its weight; NaN if a paid
+        one is unmeasured. Every component's scale follows it, paid or not (ablations compare)."""
+        cfg = self.config
+        weights = {"align": cfg.lambda_align, "quality": cfg.lambda_quality, "norm": cfg.lambda_norm}
+        total = 0.0
+        for name, scale in self.scales.items():
+            value = components[name]
+            if not math.isfinite(value):
+                if name in cfg.components:
+                    return math.nan
+                continue
+            size = scale.update(value)
+            if name in cfg.components:
+                total += weights[name] * (value / size if size > 0 else 0.0)
+        return total
+
+    def state_dict(self) -> dict:
+        return {"scales": {k: v.state_dict() for k, v in self.scales.items()}, "ratio_mean": self.ratio_mean.tolist(),
+                "ratio_var": self.ratio_var.tolist(), "ratio_count": self.ratio_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, scale in self.scales.items():
+            scale.load_state_dict(state["scales"][name])
+        self.ratio_mean = np.asarray(state["ratio_mean"], dtype=np.float64)
+        self.ratio_var = np.asarray(state["ratio_var"], dtype=np.float64)
+        self.ratio_count = int(state["ratio_count"])
+
+
+def alignment_reward(signals: StepSignals) -> float:
+    """AC-ODM's reward: the realised shares times the reference alignment scores (NaN: unmeasured)."""
+    scores = signals.extra.get("alignment")
+    return float(np.dot(realised_shares(signals), scores)) if scores is not None else math.nan

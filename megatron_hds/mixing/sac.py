@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megatron_hds.mixing.action_map import ActionMap
-from megatron_hds.mixing.agent_base import AgentShape, ReplayAgent, mlp
+from megatron_hds.mixing.agent_base import AgentShape, ReplayAgent, behaviour_cloned, mlp
 from megatron_hds.mixing.config import AgentConfig, SACConfig
 
 STATE_FORMAT = "megatron_hds.sac"
@@ -46,10 +46,6 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 # target, critic loss, actor loss) takes logits and goes through the same map.
 
 
-# The per-domain groups at the head of the state (StateBuilder: loss, loss change, samples).
-DOMAIN_FEATURES = 3
-
-
 class _TokenEncoder(nn.Module):
     """Tokens: one global token (the state's tail after the per-domain groups) followed by
     D domain tokens (domain i's features across the groups, plus optional extra per-domain
@@ -57,11 +53,11 @@ class _TokenEncoder(nn.Module):
 
     def __init__(self, sac: SACConfig, shape: AgentShape, extra_per_domain: int):
         super().__init__()
-        d, f = shape.num_domains, DOMAIN_FEATURES
+        d, f = shape.num_domains, shape.domain_features
         if shape.state_dim < f * d:
             raise ValueError(f"--hds-encoder domain_tokens needs a state that starts with {f} x {d} per-domain "
                              f"numbers; the state has {shape.state_dim}")
-        self.num_domains = d
+        self.num_domains, self.domain_features = d, f
         self.global_dim = shape.state_dim - f * d
         self.domain_in = nn.Linear(f + extra_per_domain, sac.token_dim)
         self.domain_embedding = nn.Parameter(torch.randn(d, sac.token_dim) * 0.02)
@@ -73,7 +69,7 @@ class _TokenEncoder(nn.Module):
         self.norm = nn.LayerNorm(sac.token_dim)
 
     def forward(self, state: torch.Tensor, per_domain_extra: Optional[torch.Tensor] = None) -> torch.Tensor:
-        b, d, f = state.shape[0], self.num_domains, DOMAIN_FEATURES
+        b, d, f = state.shape[0], self.num_domains, self.domain_features
         per_domain = state[:, : f * d].reshape(b, f, d).transpose(1, 2)  # [b, D, features]
         if per_domain_extra is not None:
             per_domain = torch.cat([per_domain, per_domain_extra], dim=-1)
@@ -228,9 +224,11 @@ class SACAgent(ReplayAgent):
         return out[0] if single else out
 
     # ----- learning -------------------------------------------------------------------
-    def update(self) -> Optional[dict[str, float]]:
+    def update(self, bc_weight: float = 0.0) -> Optional[dict[str, float]]:
         """One gradient step on a minibatch, then the Polyak target update. None while the
-        buffer holds fewer than batch_size transitions; else losses and alpha for logging."""
+        buffer holds fewer than batch_size transitions; else losses and alpha for logging.
+        bc_weight > 0 mixes behaviour cloning of the stored actions into the actor's loss
+        (agent_base.behaviour_cloned; the mean action is the one cloned)."""
         cfg = self.agent_config
         if len(self.buffer) < cfg.batch_size:
             return None
@@ -252,6 +250,9 @@ class SACAgent(ReplayAgent):
         u_new, logp = self._sample(s)
         q_new = torch.min(self.q1(s, u_new), self.q2(s, u_new))
         actor_loss = (alpha * logp - q_new).mean()
+        if bc_weight > 0:
+            mean_action = self.action_map.squash(self.actor(s)[0])
+            actor_loss = behaviour_cloned(actor_loss, F.mse_loss(mean_action, u), q_new, bc_weight)
         actor_value = self._step("actor", actor_loss, self.actor_optimizer)
         for p in critics:
             p.requires_grad_(True)

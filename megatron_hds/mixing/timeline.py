@@ -2,14 +2,16 @@
 and when their agent stores a transition, updates and acts.
 
 Timeline of one observe(signals of step t):
-  1. s_{t+1} = state built from the signals; r_t = reward of the action u_t that drew step t's batch.
+  1. r_t = reward of the action u_t that drew step t's batch; s_{t+1} = state built from the signals.
   2. The transition (s_t, u_t, r_t, s_{t+1}) goes to the replay buffer (refused and
      counted if anything in it is NaN/Inf).
-  3. During warm-up (the first warmup_fraction of the run) the weights stay at the
-     initial ones and the agent does not update; afterwards it updates and acts every
-     update_interval steps (between, the last weights stay).
-The action of warm-up steps is the one whose weights are the initial weights,
-so the stored transitions describe what was really done.
+  3. During warm-up (the first warmup_fraction of the run) the scheduler's warm-up policy acts
+     (AC-ODM: ODM's weights; HDS: the base mixture with small random residuals) and the agent
+     learns from those transitions with a behaviour-cloning term (it starts its own acting from
+     what was played, and its critic has seen the actions around it); afterwards the agent
+     updates and acts every update_interval steps (between, the last action stays), the
+     behaviour-cloning term fading out over as many steps as the warm-up had.
+The stored action is always the one that was played, so transitions describe what was really done.
 
 With overlap_update the order of step 3 is act, then update, and the update runs on a
 worker thread while the training loop computes the next step; the next observe() (or
@@ -19,14 +21,16 @@ is its own and nothing reads or writes it while the update runs, so a run is as
 deterministic, and resumes as exactly, as without overlap.
 
 State: per-domain mean training loss, its change since the previous step, per-domain
-sample count, Frobenius norms of L selected matrices, the norms of their change, and
-training progress t/T. Each group is z-scored across its elements and clamped to [-3, 3];
-a domain that drew no sample this step keeps its last loss.
+sample count (and, for HDS, more per-domain groups its scheduler adds), Frobenius norms of
+L selected matrices, the norms of their change, and training progress t/T. Each group is
+z-scored across its elements and clamped to [-3, 3]; a domain that drew no sample this step
+keeps its last loss.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -34,7 +38,7 @@ import numpy as np
 from megatron_hds.mixing.base import StepSignals, lift_to_floor, normalized
 from megatron_hds.mixing.config import MixingConfig
 
-STATE_VERSION = 2  # 2: agents record their configuration as agent / sac|ddpg / shape
+STATE_VERSION = 3  # 3: the redesigned HDS (base mixture, residual agent) and AC-ODM warm-up
 
 
 def zscore_clamped(values: np.ndarray, clip: float = 3.0) -> np.ndarray:
@@ -49,22 +53,25 @@ def zscore_clamped(values: np.ndarray, clip: float = 3.0) -> np.ndarray:
 
 
 class StateBuilder:
-    """Turns consecutive StepSignals into state vectors of length 3D + 2L + 1."""
+    """Turns consecutive StepSignals into state vectors: the per-domain groups first (loss, its
+    change, samples, then ``extra_domain_groups`` more), then the L weight norms, the L norms of
+    their change, and progress: (3 + extra) D + 2 L + 1 numbers."""
 
-    def __init__(self, num_domains: int, num_matrices: int):
+    def __init__(self, num_domains: int, num_matrices: int, extra_domain_groups: int = 0):
         self.num_domains = num_domains
         self.num_matrices = num_matrices
+        self.domain_groups = 3 + extra_domain_groups
         self.last_loss = np.full(num_domains, np.nan)
 
     @property
     def state_dim(self) -> int:
-        return 3 * self.num_domains + 2 * self.num_matrices + 1
+        return self.domain_groups * self.num_domains + 2 * self.num_matrices + 1
 
     def initial_state(self) -> np.ndarray:
         """The state before any step: nothing measured yet, progress 0."""
         return np.zeros(self.state_dim)
 
-    def build(self, signals: StepSignals) -> np.ndarray:
+    def build(self, signals: StepSignals, extra_domain_groups=()) -> np.ndarray:
         loss = np.asarray(signals.domain_loss, dtype=np.float64)
         drawn = np.isfinite(loss)
         previous = self.last_loss.copy()
@@ -78,14 +85,11 @@ class StateBuilder:
         norms = np.asarray(signals.extra.get("weight_norms", np.zeros(self.num_matrices)), dtype=np.float64)
         change_norms = np.asarray(signals.extra.get("weight_change_norms", np.zeros(self.num_matrices)),
                                   dtype=np.float64)
-        parts = [
-            zscore_clamped(current),
-            zscore_clamped(change),
-            zscore_clamped(np.asarray(signals.domain_samples, dtype=np.float64)),
-            zscore_clamped(norms),
-            zscore_clamped(change_norms),
-            np.array([signals.progress]),
-        ]
+        if len(extra_domain_groups) != self.domain_groups - 3:
+            raise ValueError(f"{len(extra_domain_groups)} extra per-domain groups, expected {self.domain_groups - 3}")
+        domain_parts = [current, change, np.asarray(signals.domain_samples, dtype=np.float64), *extra_domain_groups]
+        parts = [zscore_clamped(part) for part in domain_parts]
+        parts += [zscore_clamped(norms), zscore_clamped(change_norms), np.array([signals.progress])]
         return np.concatenate(parts)
 
     def state_dict(self) -> dict:
@@ -95,33 +99,37 @@ class StateBuilder:
         self.last_loss = np.asarray(state["last_loss"], dtype=np.float64)
 
 
-class AgentTimeline:
+class AgentTimeline(ABC):
     """The timeline shared by the learning schedulers (HDS, AC-ODM): an agent with
-    act / add_transition / update / state_dict, a reward, and the state builder."""
+    act / add_transition / update(bc_weight) / state_dict, a reward, and the state builder.
+
+    Subclasses say what differs: ``_reward(signals)`` (the components and the total),
+    ``_next_state(signals)``, ``_warmup_action(state)`` (the action played during warm-up),
+    ``_policy_action(state)``, ``_weights(action)`` (the mixture an action means) and
+    ``_extra_state()`` / ``_load_extra_state()`` (their own checkpointed state)."""
 
     name = "agent"
     log_all_components = True  # log every reward component, also ones not paid (ablations)
+    reweigh_every_step = False  # True: the action's weights change between actions (HDS: the base moves)
 
-    def __init__(self, initial_weights, num_matrices: int, train_iters: int, agent, reward, mixing: MixingConfig):
+    def __init__(self, initial_weights, train_iters: int, agent, states: StateBuilder, mixing: MixingConfig):
         self.num_domains = agent.shape.num_domains
         self.update_interval = mixing.update_interval
         self.overlap_update = mixing.overlap_update
         if isinstance(train_iters, bool) or not isinstance(train_iters, (int, np.integer)) or train_iters < 1:
             raise ValueError(f"train_iters={train_iters!r} is invalid: expected a positive integer")
         self.train_iters = int(train_iters)
-        self.states = StateBuilder(self.num_domains, num_matrices)
+        self.states = states
         if agent.shape.state_dim != self.states.state_dim:
             raise ValueError(f"{self.name}: agent state_dim {agent.shape.state_dim} does not match the state's "
-                             f"{self.states.state_dim} (3 x {self.num_domains} domains + 2 x {num_matrices} "
-                             f"matrices + 1)")
+                             f"{self.states.state_dim} ({self.states.domain_groups} x {self.num_domains} domains "
+                             f"+ 2 x {self.states.num_matrices} matrices + 1)")
         self.agent = agent
-        self.reward = reward
         weights = normalized(initial_weights, self.num_domains, f"{self.name} initial weights")
         self._initial = lift_to_floor(weights, agent.action_map.floor)  # the agent's weights never go below the floor
-        self._initial_action = agent.action_map.action_for_weights(self._initial)
         self.warmup_steps = int(math.ceil(mixing.warmup_fraction * self.train_iters))
         self.state = self.states.initial_state()
-        self.logits = self._initial_action.copy()  # the action (logits when unbounded)
+        self.action = self._initial_action()
         self.weights = self._initial.copy()
         self.skipped_transitions = 0
         self._last = None
@@ -132,12 +140,36 @@ class AgentTimeline:
         self._worker = None
         self._update_losses = None  # losses of the last finished overlapped update, not yet logged
 
-    def _act(self, state):
-        return self.agent.act(state)
+    # ---- what subclasses define ------------------------------------------------------------
+    def _initial_action(self) -> np.ndarray:
+        return self.agent.action_map.action_for_weights(self._initial)
+
+    @abstractmethod
+    def _reward(self, signals: StepSignals) -> tuple[dict, float]:
+        """(every component for the log, the total paid) for the step whose batch the last action drew."""
+
+    def _next_state(self, signals: StepSignals) -> np.ndarray:
+        return self.states.build(signals)
+
+    def _warmup_action(self, state: np.ndarray) -> np.ndarray:
+        return self._initial_action()
+
+    def _policy_action(self, state: np.ndarray) -> np.ndarray:
+        return self.agent.act(state)[0]
+
+    def _weights(self, action: np.ndarray) -> np.ndarray:
+        return self.agent.action_map.weights(action)
 
     def _log_fields(self) -> dict:
         return {}
 
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _load_extra_state(self, state: dict) -> None:
+        pass
+
+    # ---- the timeline ------------------------------------------------------------------------
     def initial_weights(self) -> np.ndarray:
         return self._initial.copy()
 
@@ -147,31 +179,39 @@ class AgentTimeline:
             pending, self._pending = self._pending, None
             self._update_losses = pending.result()
 
+    def bc_weight(self, step: int) -> float:
+        """Weight of the behaviour-cloning term: 1 through warm-up, then fading to 0 over as many steps."""
+        if self.warmup_steps == 0:
+            return 0.0
+        return float(np.clip(2.0 - step / self.warmup_steps, 0.0, 1.0))
+
     def observe(self, signals: StepSignals) -> np.ndarray:
         self.wait_for_update()
         losses, self._update_losses = self._update_losses, None
-        next_state = self.states.build(signals)
-        parts = self.reward.components(signals)
-        total = self.reward.total(parts)
-        stored = math.isfinite(total) and self.agent.add_transition(self.state, self.logits, total, next_state)
+        parts, total = self._reward(signals)
+        next_state = self._next_state(signals)
+        stored = math.isfinite(total) and self.agent.add_transition(self.state, self.action, total, next_state)
         if not stored:
             self.skipped_transitions += 1
         self.state = next_state
         step = signals.iteration
-        acting = step >= self.warmup_steps and (step - self.warmup_steps) % self.update_interval == 0
-        if acting and not self.overlap_update:
-            losses = self.agent.update()
+        warm = step < self.warmup_steps
+        acting = warm or (step - self.warmup_steps) % self.update_interval == 0
+        update = (lambda: self.agent.update(bc_weight=self.bc_weight(step))) if acting else None
+        if update is not None and not self.overlap_update:
+            losses = update()
         if acting:
-            self.logits, self.weights = self._act(next_state)
-        logged = parts if self.log_all_components else {k: parts[k] for k in self.reward.config.components}
+            self.action = self._warmup_action(next_state) if warm else self._policy_action(next_state)
+        if acting or self.reweigh_every_step:
+            self.weights = self._weights(self.action)
         # Read the agent for the log before an overlapped update starts changing it.
-        self._last = {**logged, "total": total, **self._log_fields(),
+        self._last = {**parts, "total": total, **self._log_fields(),
                       "skipped_transitions": float(self.skipped_transitions),
                       **({k: float(v) for k, v in losses.items()} if losses else {})}
-        if acting and self.overlap_update:
+        if update is not None and self.overlap_update:
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixing-agent-update")
-            self._pending = self._worker.submit(self.agent.update)
+            self._pending = self._worker.submit(update)
         return np.asarray(self.weights, dtype=np.float64).copy()
 
     def last_reward(self) -> dict | None:
@@ -186,12 +226,12 @@ class AgentTimeline:
             "update_interval": self.update_interval,
             "agent": self.agent.state_dict(),
             "states": self.states.state_dict(),
-            "reward": self.reward.state_dict(),
             "state": self.state.tolist(),
-            "logits": np.asarray(self.logits).tolist(),
+            "action": np.asarray(self.action).tolist(),
             "weights": np.asarray(self.weights).tolist(),
             "skipped_transitions": self.skipped_transitions,
             "update_losses": self._update_losses,
+            "scheduler": self._extra_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -206,9 +246,9 @@ class AgentTimeline:
         self.wait_for_update()
         self.agent.load_state_dict(state["agent"])
         self.states.load_state_dict(state["states"])
-        self.reward.load_state_dict(state["reward"])
         self.state = np.asarray(state["state"], dtype=np.float64)
-        self.logits = np.asarray(state["logits"], dtype=np.float64)
+        self.action = np.asarray(state["action"], dtype=np.float64)
         self.weights = np.asarray(state["weights"], dtype=np.float64)
         self.skipped_transitions = int(state["skipped_transitions"])
         self._update_losses = state["update_losses"]
+        self._load_extra_state(state["scheduler"])

@@ -123,8 +123,7 @@ class Trainer:
         self.scheduler = None
         if state.rank == 0:
             self.scheduler = scheduler or build_scheduler(config.mixing, self.domains.natural_weights,
-                                                          self.collector.num_matrices, train.train_iters,
-                                                          model_cfg.seq_length)
+                                                          self.collector.num_matrices, train.train_iters)
         self.weights = _broadcast_weights(
             self.scheduler.initial_weights() if self.scheduler else None, num_domains, state)
         self.iteration = 0
@@ -214,7 +213,8 @@ class Trainer:
             next_weights = self.scheduler.observe(StepSignals(
                 iteration=self.iteration, train_iters=self.config.train.train_iters, weights=plan.weights.copy(),
                 domain_loss=domain_loss, domain_tokens=domain_tokens,
-                domain_samples=np.asarray(plan.domain_sample_counts), loss=total, extra=extra))
+                domain_samples=np.asarray(plan.domain_sample_counts), loss=total, extra=extra,
+                observed=self.sampler.observation_probabilities(plan.step, plan.weights)))
         self.weights = _broadcast_weights(next_weights, len(self.domains.names), self.state)
         return time.perf_counter() - start
 

@@ -389,3 +389,24 @@ def test_config_properties_and_plan_shape():
     assert p.pairs().shape == (24, 2)
     assert p.domain_sample_counts.shape == (5,) and p.weights.shape == (5,)
     assert ((p.indices >= 0) & (p.indices < np.array(SIZES)[p.domains])).all()
+
+
+def test_observation_probabilities_follow_the_layout():
+    """The probability that a step holds a sample of each domain: 1 for the "hds" layout's probe
+    micro-batches, 1 - (1 - w)^n for n independent draws."""
+    from megatron_hds.data.mixture import MixtureConfig, MixtureSampler
+
+    weights = np.array([0.6, 0.3, 0.1])
+
+    def sampler(layout, gbs=8, mbs=2):
+        return MixtureSampler(MixtureConfig(domain_names=("a", "b", "c"), domain_sizes=(50, 50, 50),
+                                            global_batch_size=gbs, micro_batch_size=mbs, data_parallel_size=1,
+                                            seed=1, layout=layout))
+
+    np.testing.assert_allclose(sampler("hds").observation_probabilities(0, weights), 1.0)
+    np.testing.assert_allclose(sampler("single_domain").observation_probabilities(0, weights), 1 - (1 - weights) ** 4)
+    np.testing.assert_allclose(sampler("mixed").observation_probabilities(0, weights), 1 - (1 - weights) ** 8)
+    # hds with fewer micro-batches (2) than domains (3): the probes rotate over the steps.
+    rotating = sampler("hds", gbs=4)
+    assert rotating.observation_probabilities(0, weights).tolist() == [1.0, 1.0, 0.0]
+    assert rotating.observation_probabilities(1, weights).tolist() == [1.0, 0.0, 1.0]

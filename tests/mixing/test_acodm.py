@@ -14,7 +14,8 @@ from megatron_hds.mixing.acodm import ACODMScheduler, DDPGAgent
 from megatron_hds.mixing.action_map import weights_from_logits
 from megatron_hds.mixing.agent_base import AgentShape
 from megatron_hds.mixing.base import MixtureScheduler, StepSignals, lift_to_floor
-from megatron_hds.mixing.config import AgentConfig, DDPGConfig
+from megatron_hds.mixing.config import AgentConfig, DDPGConfig, ODMConfig
+from megatron_hds.mixing.odm import ODMScheduler
 from megatron_hds.mixing.hds import HDSScheduler
 from tests.mixing.agents import ddpg_agent, mixing_config
 
@@ -264,7 +265,10 @@ def run(sched: ACODMScheduler, first: int, last: int, weights: np.ndarray) -> tu
     return out, weights
 
 
-def test_scheduler_warms_up_at_the_initial_weights_then_acts_on_the_align_reward():
+def test_scheduler_warms_up_on_odm_weights_and_clones_them_then_acts_on_the_align_reward():
+    """The reference warm-up: ODM's smoothed-mean weighter chooses the weights, the actor learns
+    to reproduce them (behaviour cloning) and the critic learns from those transitions; then the
+    agent acts, with exploration noise, paid the alignment reward."""
     sched = scheduler()
     assert isinstance(sched, MixtureScheduler) and sched.name == "acodm"
     floor = sched.agent.action_map.floor
@@ -272,27 +276,27 @@ def test_scheduler_warms_up_at_the_initial_weights_then_acts_on_the_align_reward
     # 0.02 is raised to the floor 1/30 and the others scaled down to make room.
     np.testing.assert_allclose(initial, [0.6 * (1 - floor) / 0.98, 0.38 * (1 - floor) / 0.98, floor], rtol=1e-12)
     assert sched.last_reward() is None and sched.warmup_steps == 10
+    odm = ODMScheduler(D, ODMConfig(variant="released", smoothing=0.5), initial_weights=initial)
     weights = initial
-    for step in range(1, 10):  # steps 2..10 still use the initial weights
+    for step in range(1, 10):
         sig = signals(step, weights)
         weights = sched.observe(sig)
-        assert np.array_equal(weights, initial)
-        assert len(sched.agent.buffer) == step and sched.agent.updates == 0
+        np.testing.assert_allclose(weights, lift_to_floor(odm.observe(sig), floor), rtol=1e-9)  # ODM plays
         log = sched.last_reward()
-        assert log["align"] == pytest.approx(float(np.dot(sig.weights, sig.extra["alignment"])))
+        assert log["align"] == pytest.approx(float(np.dot(sig.domain_samples / sig.domain_samples.sum(),
+                                                          sig.extra["alignment"])))
         assert log["total"] == log["align"] and "quality" not in log and "norm" not in log
-    # The warm-up transitions record the initial weights' logits as the action taken.
-    np.testing.assert_allclose(weights_from_logits(sched.agent.buffer.actions[:9], floor), np.tile(initial, (9, 1)),
-                               atol=1e-6)
+    assert sched.agent.updates > 0  # the warm-up already trains actor and critic
+    # The stored actions are ODM's: cloning them pulls the actor to ODM's mixture.
+    played = weights_from_logits(sched.agent.buffer.actions[1:9], floor)
+    assert not np.allclose(played, initial, atol=1e-3)
     for step in range(10, 30):
         sig = signals(step, weights)
         weights = sched.observe(sig)
         log = sched.last_reward()
         assert weights.shape == (D,) and np.all(weights >= floor) and abs(weights.sum() - 1) < 1e-12
-        assert log["align"] == pytest.approx(float(np.dot(sig.weights, sig.extra["alignment"])))
         assert {"critic_loss", "actor_loss", "q", "noise_std"} <= set(log)
         assert all(math.isfinite(v) for v in log.values())
-    assert sched.agent.updates == 20 and not np.array_equal(weights, initial)
     assert sched.skipped_transitions == 0
 
     # A NaN alignment never reaches the buffer; it is counted and the run goes on.
@@ -301,6 +305,20 @@ def test_scheduler_warms_up_at_the_initial_weights_then_acts_on_the_align_reward
     log = sched.last_reward()
     assert math.isnan(log["align"]) and log["skipped_transitions"] == 1.0 and sched.skipped_transitions == 1
     assert len(sched.agent.buffer) == size and np.all(weights >= floor) and abs(weights.sum() - 1) < 1e-12
+
+
+def test_behaviour_cloning_brings_the_actor_to_the_warm_up_policy():
+    """With a constant reward the critic says nothing; the cloning term alone moves the actor's
+    deterministic action to the one that was played."""
+    agent = ddpg_agent(**small_config(noise_std=0.0, lr=1e-2))
+    target = np.array([1.0, -0.5, 0.2], dtype=np.float32)
+    states = np.random.default_rng(0).normal(size=(16, 6))
+    for s in states:
+        agent.add_transition(s, target, 1.0, s)
+    for _ in range(200):
+        agent.update(bc_weight=1.0)
+    actions, _ = agent.act(states, explore=False)
+    np.testing.assert_allclose(actions, np.tile(target, (16, 1)), atol=0.1)
 
 
 def test_scheduler_update_interval_holds_weights_between_updates():
@@ -330,12 +348,11 @@ def test_scheduler_state_dict_round_trip_gives_identical_weights():
         assert np.array_equal(w_ref, w_res)
         assert log_ref.keys() == log_res.keys()
         assert all(log_ref[k] == log_res[k] or (math.isnan(log_ref[k]) and math.isnan(log_res[k])) for k in log_ref)
-    assert fresh.agent.updates == reference.agent.updates == 40 - 10 + 1  # steps 10..40 update
+    assert fresh.agent.updates == reference.agent.updates == 40 - 4 + 1  # from the 4th transition (a batch) on
 
 
 def test_scheduler_refuses_another_schedulers_state_and_a_mismatch():
-    hds = HDSScheduler([0.5, 0.3, 0.2], L, 100, mixing_config(hidden_sizes=(8,), action_bound=None),
-                       AgentShape(STATE_DIM, D), seq_length=128)
+    hds = HDSScheduler([0.5, 0.3, 0.2], L, 100, mixing_config(hidden_sizes=(8,)))
     with pytest.raises(ValueError, match="'hds'.*not 'acodm'"):
         scheduler().load_state_dict(hds.state_dict())
     with pytest.raises(ValueError, match="warm-up 10 steps"):

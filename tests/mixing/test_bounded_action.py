@@ -135,24 +135,27 @@ def test_a_bounded_sac_policy_stays_near_its_start_when_the_reward_ignores_the_a
     assert np.all(ratio > np.exp(-BOUND)) and np.all(ratio < np.exp(BOUND)), ratio
 
 
-@pytest.mark.parametrize("method", ["hds", "acodm"])
-def test_factory_centres_a_bounded_agent_on_the_initial_weights(method):
+def test_factory_centres_acodms_bounded_agent_on_the_initial_weights_and_hds_on_its_base():
     natural = [0.5, 0.2, 0.2, 0.1]
-    mixing = mixing_config(method=method, action_bound=2.0, weight_floor=0.02, warmup_fraction=0.1)
-    scheduler = build_scheduler(mixing, natural, num_matrices=2, train_iters=50, seq_length=64)
+    mixing = mixing_config(method="acodm", action_bound=2.0, weight_floor=0.02, warmup_fraction=0.1)
+    scheduler = build_scheduler(mixing, natural, num_matrices=2, train_iters=50)
     assert scheduler.agent.action_map.bound == 2.0
-    np.testing.assert_allclose(scheduler.logits, 0.0, atol=1e-12)  # warm-up acts with the zero action
-    np.testing.assert_allclose(scheduler.agent.action_map.weights(scheduler.logits), natural, rtol=1e-12)
-    free = build_scheduler(mixing_config(method=method, action_bound=None), natural, num_matrices=2,
-                           train_iters=50, seq_length=64)
+    np.testing.assert_allclose(scheduler.action, 0.0, atol=1e-12)  # the zero action is the initial weights
+    np.testing.assert_allclose(scheduler.agent.action_map.weights(scheduler.action), natural, rtol=1e-12)
+    free = build_scheduler(mixing_config(method="acodm", action_bound=None), natural, num_matrices=2,
+                           train_iters=50)
     assert free.agent.action_map.bound is None and np.all(free.agent.action_map.center == 0)
+    # HDS's agent is a residual around the base mixture, bounded by --hds-residual-bound.
+    hds = build_scheduler(mixing_config(method="hds", residual_bound=0.7), natural, num_matrices=2, train_iters=50)
+    assert hds.agent.action_map.bound == 0.7 and np.all(hds.agent.action_map.center == 0)
+    np.testing.assert_allclose(hds.initial_weights(), natural, rtol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["hds", "acodm", "odm", "static"])
 def test_mixing_weights_uniform_starts_every_scheduler_at_one_over_d(method):
     natural = [0.5, 0.2, 0.2, 0.1]
     scheduler = build_scheduler(MixingConfig(method=method, weights="uniform"), natural, num_matrices=2,
-                                train_iters=50, seq_length=64)
+                                train_iters=50)
     np.testing.assert_allclose(scheduler.initial_weights(), 0.25, rtol=1e-12)
     if method in ("hds", "acodm"):  # and the bounded action is centred there
         np.testing.assert_allclose(scheduler.agent.action_map.weights(np.zeros(4)), 0.25, rtol=1e-12)

@@ -260,3 +260,25 @@ def test_unusable_signal_weights_fall_back_to_the_last_answer():
     run_sequence(sched, WARMUP)
     sched.observe(signals(4, [NAN, NAN, NAN], [2.0, 3.0, 1.0], [1, 1, 1]))
     np.testing.assert_allclose(sched.state_dict()["rewards"], [0.5 * 2.0 / 0.5, 0.5 * 3.0 / 0.3, 0.5 * 1.0 / 0.2])
+
+
+def test_full_information_is_not_importance_weighted():
+    """Under the "hds" layout every domain is observed every step (observed = 1): the reward
+    estimate is the loss itself, so the highest-loss domain gains weight. Dividing by the drawing
+    probability instead credits the rarely drawn domains most and pulls the mixture away from it."""
+    sched = odm(3, initial_weights=[0.7, 0.2, 0.1])
+    weights = sched.initial_weights()
+    for step in range(1, 200):
+        sig = signals(step, weights, [3.0, 2.0, 1.0], [40, 15, 9])
+        sig.observed = np.ones(3)
+        weights = sched.observe(sig)
+    assert weights[0] > weights[1] > weights[2]
+    np.testing.assert_allclose(sched.state_dict()["rewards"], [3.0, 2.0, 1.0], rtol=1e-9)
+
+
+def test_partial_observation_divides_by_the_probability_of_observing():
+    sched = odm(3, initial_weights=[0.5, 0.3, 0.2], smoothing=0.0)
+    sig = signals(1, [0.5, 0.3, 0.2], [2.0, 2.0, 2.0], [1, 1, 0])
+    sig.observed = np.array([0.75, 0.5, 0.36])
+    sched.observe(sig)
+    np.testing.assert_allclose(sched.state_dict()["rewards"], [2.0 / 0.75, 2.0 / 0.5, 0.0], rtol=1e-12)

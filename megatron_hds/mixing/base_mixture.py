@@ -1,0 +1,90 @@
+"""HDS's base mixture: anchored exponentiated gradient around the natural weights, from the
+three perspectives' signals. HDS's agent acts as a bounded residual around it (hds.py).
+
+Each step, from the signals of the step just taken:
+    U  <- running average of the influence z-scores (mixing/influence.py: first-order drop of the
+          natural-mixture loss per unit of weight, Adam-preconditioned, mean gradients)
+    Q  <- running average of the within-domain quality z-scores of the drawn samples
+    lam = learnability scores from online scaling-law fits (mixing/learnability.py)
+    target = softmax(log pi + r * (eta_u clip(z(U), -2, 2) + eta_l clip(lam, -1, 1) + eta_q clip(z(Q), -2, 2)))
+    b  <- (1 - s) b + s target                       (smoothing in time)
+    base = floor((1 - a) b + a pi)                    (a share of pi always in)
+with r ramping from 0 to 1 over the first ramp_fraction of the run. Anchored, not cumulative:
+the target is always a bounded tilt of pi (at most e^(2 eta_u + eta_l + 2 eta_q) between two
+domains), so estimation noise cannot integrate into a drift towards one domain, the failure of
+cumulative updates (DoReMi's one-hot weights, the free-logit agents here).
+A component switched off (an ablation) has no step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from megatron_hds.mixing.base import StepSignals, lift_to_floor
+from megatron_hds.mixing.config import HDSConfig
+from megatron_hds.mixing.learnability import Learnability
+
+
+def _zscore(values: np.ndarray) -> np.ndarray:
+    std = values.std()
+    return np.zeros_like(values) if not std > 1e-12 else (values - values.mean()) / std
+
+
+class BaseMixture:
+    """The base mixture and the running averages behind it."""
+
+    def __init__(self, natural_weights, config: HDSConfig, train_iters: int, floor: float,
+                 components=("align", "quality", "norm")):
+        self.natural = np.asarray(natural_weights, dtype=np.float64)
+        self.config = config
+        self.floor = floor
+        self.ramp_steps = max(1.0, config.ramp_fraction * train_iters)
+        self.steps = {"align": config.influence_step if "align" in components else 0.0,
+                      "quality": config.quality_step if "quality" in components else 0.0,
+                      "learnability": config.learnability_step}
+        self.influence = np.zeros(self.natural.size)  # U
+        self.quality = np.zeros(self.natural.size)  # Q
+        self.learnability = Learnability(self.natural, fit_interval=config.fit_interval)
+        self.smoothed = self.natural.copy()  # b
+        self.weights = self.output()
+
+    def output(self) -> np.ndarray:
+        anchor = self.config.natural_anchor
+        return lift_to_floor((1.0 - anchor) * self.smoothed + anchor * self.natural, self.floor)
+
+    def update(self, signals: StepSignals) -> np.ndarray:
+        """Take in the step's signals; return the base mixture of the next step."""
+        decay = self.config.score_smoothing
+        influence = signals.extra.get("influence")
+        gradients = signals.extra.get("gradients")
+        if influence is not None and gradients is not None:
+            seen = gradients.split
+            self.influence[seen] = decay * self.influence[seen] + (1.0 - decay) * influence[seen]
+        quality = np.asarray(signals.extra.get("quality", np.full(self.natural.size, np.nan)), dtype=np.float64)
+        seen = np.isfinite(quality)
+        self.quality[seen] = decay * self.quality[seen] + (1.0 - decay) * quality[seen]
+        shares = np.asarray(signals.domain_samples, dtype=np.float64)
+        self.learnability.observe(signals.iteration, signals.domain_loss, shares / max(shares.sum(), 1.0))
+
+        ramp = min(1.0, signals.iteration / self.ramp_steps)
+        tilt = (self.steps["align"] * np.clip(_zscore(self.influence), -2.0, 2.0)
+                + self.steps["learnability"] * np.clip(self.learnability.scores, -1.0, 1.0)
+                + self.steps["quality"] * np.clip(_zscore(self.quality), -2.0, 2.0))
+        logits = np.log(self.natural) + ramp * tilt
+        target = np.exp(logits - logits.max())
+        target /= target.sum()
+        mix = self.config.mixture_smoothing
+        self.smoothed = (1.0 - mix) * self.smoothed + mix * target
+        self.weights = self.output()
+        return self.weights.copy()
+
+    def state_dict(self) -> dict:
+        return {"influence": self.influence.tolist(), "quality": self.quality.tolist(),
+                "smoothed": self.smoothed.tolist(), "learnability": self.learnability.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.influence = np.asarray(state["influence"], dtype=np.float64)
+        self.quality = np.asarray(state["quality"], dtype=np.float64)
+        self.smoothed = np.asarray(state["smoothed"], dtype=np.float64)
+        self.learnability.load_state_dict(state["learnability"])
+        self.weights = self.output()
