@@ -8,6 +8,8 @@
 #
 # Every setting is an environment variable (defaults: SLURM / demo):
 #   DATA_MANIFEST   manifest from tools/preprocess_data.py      (required / demo data, built if missing)
+#   VALID_DATA_MANIFEST, TEST_DATA_MANIFEST  held-out datasets preprocessed apart (optional;
+#                   without them --split takes the held-out documents from DATA_MANIFEST's)
 #   MODEL           preset: tiny pythia-160m pythia-410m pythia-1b   (pythia-1b / unset: see DEMO_MODEL_ARGS)
 #   SEQ_LENGTH      tokens per sample                           (1024 / 128)
 #   GLOBAL_BATCH    samples per step                            (1152 / 16)
@@ -90,8 +92,12 @@ PRECISION_ARGS=()
 [[ "$PRECISION" == fp16 ]] && PRECISION_ARGS=(--fp16)
 read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
 
+DATA_ARGS=(--data-manifest "$DATA_MANIFEST")
+[[ -n "${VALID_DATA_MANIFEST:-}" ]] && DATA_ARGS+=(--valid-data-manifest "$VALID_DATA_MANIFEST")
+[[ -n "${TEST_DATA_MANIFEST:-}" ]] && DATA_ARGS+=(--test-data-manifest "$TEST_DATA_MANIFEST")
+
 TRAIN_ARGS=(
-  --data-manifest "$DATA_MANIFEST"
+  "${DATA_ARGS[@]}"
   "${MODEL_ARGS[@]}"
   --tensor-model-parallel-size "${TP:-1}" --pipeline-model-parallel-size "${PP:-1}"
   --global-batch-size "$GLOBAL_BATCH" --micro-batch-size "$MICRO_BATCH" --train-iters "$TRAIN_ITERS"

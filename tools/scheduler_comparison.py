@@ -1,25 +1,29 @@
-"""Comparing data-mixing methods from their runs' metrics logs: perplexity curves averaged
-over seeds, the steps each method needs to reach a baseline's final perplexity (the
-paper's "N% fewer iterations"), per-domain tables and the scheduler's cost per step.
+"""Comparing data-mixing methods from their runs' metrics logs: validation perplexity curves,
+paired per-seed differences with bootstrap confidence intervals, the steps each method needs
+to reach a baseline's final perplexity, per-domain tables and the scheduler's cost per step.
 
 Pure functions over the records of :func:`megatron_hds.training.metrics.read_metrics`;
 ``tools/compare_schedulers.py`` runs the trainings and writes the report.
 
-Definitions (docs/results.md repeats them):
+Definitions:
 
-* A curve is a run's validation ``mean_ppl`` (the uniform mean over domains of each
-  domain's perplexity) at each evaluated step; a method's curve is the mean over its
+* Metrics of one evaluation, from its per-domain mean losses L_d (``METRICS``):
+  ``natural``: exp(sum_d pi_d L_d), pi the natural (token-share) weights of the training data:
+  the perplexity of the natural mixture, the paper's metric and the primary one;
+  ``geometric``: exp(mean_d L_d), the geometric mean of the per-domain perplexities;
+  ``arithmetic``: mean_d exp(L_d), their arithmetic mean (dominated by the hardest domains).
+* A curve is a run's metric at each evaluated step; a method's curve is the mean over its
   seeds at the steps every seed evaluated.
-* ``steps_to_reach(curve, target)``: the first evaluated step whose perplexity is
-  <= target (equal counts as reached); None when it never gets there. No
-  interpolation between evaluations, so the resolution is the evaluation interval.
-* The best baseline is the method, other than the one under test, with the lowest
-  final perplexity (ties: the first in the given order). Its final perplexity is the target.
-* Saving of method m against baseline b: ``1 - steps_to_reach(m, final(b)) /
-  steps_to_reach(b, final(b))``. For a baseline whose curve only falls, the denominator
-  is its last step, which is the paper's definition ("reaches the final perplexity of
-  AC-ODM with 44% fewer iterations"); for a noisy curve that touched its final value
-  earlier, the earlier step is used, which makes the saving smaller, never larger.
+* ``steps_to_reach(curve, target)``: the first evaluated step whose value is <= target;
+  None when it never gets there. No interpolation: the resolution is the evaluation interval.
+* The best baseline is the method, other than the one under test, with the lowest final
+  value of the seed-mean curve (ties: the first in the given order); its final value is the
+  target. ``step_ratio`` of a method against a baseline: steps_to_reach(method, final(baseline))
+  / steps_to_reach(baseline, final(baseline)) (the paper's "reaches the final perplexity of
+  AC-ODM with 44% fewer iterations" is a ratio of 0.56).
+* Paired differences: for each seed both methods ran, final(method) - final(baseline); they
+  share the seed's model initialisation, data order and evaluation samples. Their mean gets a
+  bootstrap 95% interval (resampling seeds, percentile method, fixed generator).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+METRICS = ("natural", "geometric", "arithmetic")
+
 
 @dataclass(frozen=True)
 class Curve:
-    """Validation perplexity at evaluated steps (ascending, same length)."""
+    """A metric at evaluated steps (ascending, same length)."""
 
     steps: np.ndarray
     values: np.ndarray
@@ -50,21 +56,44 @@ class Curve:
     def final(self) -> float:
         return float(self.values[-1])
 
-    @property
-    def last_step(self) -> int:
-        return int(self.steps[-1])
+
+def natural_weights(records: Mapping[str, list]) -> dict[str, float]:
+    """The run's natural weights by domain, from its config record."""
+    config = records.get("config") or [{}]
+    names, weights = config[0].get("domains"), config[0].get("natural_weights")
+    if not names or not weights:
+        raise ValueError("the run's metrics log has no config record with its domains and natural weights")
+    return dict(zip(names, weights))
+
+
+def metric(domain_loss: Mapping[str, float], natural: Mapping[str, float], name: str = "natural") -> float:
+    """One evaluation's value of a metric (module docstring) over the evaluated domains."""
+    domains = [d for d, v in domain_loss.items() if v is not None and math.isfinite(v)]
+    if not domains:
+        return math.nan
+    losses = np.array([domain_loss[d] for d in domains], dtype=np.float64)
+    if name == "natural":
+        weights = np.array([natural[d] for d in domains], dtype=np.float64)
+        return float(math.exp(float(weights @ losses) / weights.sum()))
+    if name == "geometric":
+        return float(math.exp(losses.mean()))
+    if name == "arithmetic":
+        return float(np.exp(losses).mean())
+    raise ValueError(f"unknown metric {name!r}: choose from {', '.join(METRICS)}")
 
 
 def eval_records(records: Mapping[str, list], split: str = "valid") -> list[dict]:
     return [r for r in records.get("eval", []) if r.get("split") == split]
 
 
-def eval_curve(records: Mapping[str, list], split: str = "valid") -> Curve:
-    """The run's mean-perplexity curve on ``split`` (records from read_metrics)."""
+def eval_curve(records: Mapping[str, list], split: str = "valid", name: str = "natural") -> Curve:
+    """The run's curve of a metric on ``split`` (records from read_metrics)."""
     evals = eval_records(records, split)
     if not evals:
         raise ValueError(f"the run has no {split!r} evaluation records")
-    return Curve(np.array([r["iteration"] for r in evals]), np.array([float(r["mean_ppl"]) for r in evals]))
+    natural = natural_weights(records)
+    return Curve(np.array([r["iteration"] for r in evals]),
+                 np.array([metric(r["domain_loss"], natural, name) for r in evals]))
 
 
 def mean_curve(curves: Sequence[Curve]) -> tuple[Curve, np.ndarray, np.ndarray]:
@@ -79,44 +108,57 @@ def mean_curve(curves: Sequence[Curve]) -> tuple[Curve, np.ndarray, np.ndarray]:
 
 
 def steps_to_reach(curve: Curve, target: float) -> Optional[int]:
-    """First evaluated step with perplexity <= target, or None."""
+    """First evaluated step with a value <= target, or None."""
     reached = np.nonzero(curve.values <= target)[0]
     return int(curve.steps[reached[0]]) if reached.size else None
 
 
-def saving(curve: Curve, baseline: Curve) -> Optional[float]:
-    """Fraction of the baseline's steps that ``curve`` saves reaching the baseline's final
-    perplexity (negative when it needs more); None when it never reaches it."""
+def step_ratio(curve: Curve, baseline: Curve) -> Optional[float]:
+    """Steps ``curve`` needs to reach the baseline's final value over the steps the baseline needs
+    (<= 1: fewer); None when it never reaches it."""
     needed = steps_to_reach(curve, baseline.final)
-    baseline_needed = steps_to_reach(baseline, baseline.final)  # <= its last step, by construction
     if needed is None:
         return None
-    return 1.0 - needed / baseline_needed
+    return needed / steps_to_reach(baseline, baseline.final)  # <= the baseline's last step, by construction
 
 
-def best_baseline(curves: Mapping[str, Curve], under_test: str) -> str:
-    """The method other than ``under_test`` with the lowest final perplexity (first on ties)."""
-    baselines = [m for m in curves if m != under_test]
+def best_baseline(curves: Mapping[str, Curve], under_test: str, candidates: Optional[Sequence[str]] = None) -> str:
+    """The method other than ``under_test`` (among ``candidates``, default all) with the lowest
+    final value (first on ties)."""
+    baselines = [m for m in (candidates or curves) if m != under_test and m in curves]
     if not baselines:
-        raise ValueError(f"no baseline to compare {under_test!r} with: the only method is {under_test!r}")
+        raise ValueError(f"no baseline to compare {under_test!r} with")
     return min(baselines, key=lambda m: (curves[m].final, baselines.index(m)))
 
 
+def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: int = 10_000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (resampling the values); (nan, nan) for none."""
+    values = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if values.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
+
+
 @dataclass(frozen=True)
-class TargetRow:
-    method: str
-    final_ppl: float
-    steps_to_target: Optional[int]
-    saving: Optional[float]
+class Paired:
+    """Per-seed differences final(method) - final(baseline) and their summary."""
+
+    seeds: tuple
+    differences: tuple
+    mean: float
+    interval: tuple  # bootstrap 95%
+    wins: int  # seeds where the method is lower
 
 
-def steps_to_best_baseline(curves: Mapping[str, Curve], under_test: str) -> tuple[str, float, list[TargetRow]]:
-    """(best baseline, its final perplexity, one row per method): the step at which each method
-    first reaches the best baseline's final perplexity, and the saving against that baseline."""
-    best = best_baseline(curves, under_test)
-    target = curves[best].final
-    rows = [TargetRow(m, c.final, steps_to_reach(c, target), saving(c, curves[best])) for m, c in curves.items()]
-    return best, target, rows
+def paired(method_finals: Mapping[int, float], baseline_finals: Mapping[int, float]) -> Paired:
+    seeds = tuple(s for s in method_finals if s in baseline_finals)
+    diffs = tuple(float(method_finals[s] - baseline_finals[s]) for s in seeds)
+    mean = float(np.mean(diffs)) if diffs else math.nan
+    return Paired(seeds, diffs, mean, bootstrap_interval(diffs), sum(d < 0 for d in diffs))
 
 
 def spread(values: Iterable[float]) -> tuple[float, float, float, float]:

@@ -1,6 +1,7 @@
-"""tools/compare_schedulers.py and the metrics behind it (tools/scheduler_comparison.py):
-the step-saving arithmetic on synthetic curves (never reached, ties, noisy baselines), seed
-averaging, and one end-to-end comparison on a tiny demo that resumes instead of redoing runs."""
+"""tools/compare_schedulers.py and the metrics behind it (tools/scheduler_comparison.py): the
+metrics from per-domain losses, the step-ratio arithmetic on synthetic curves (never reached,
+ties, noisy baselines), paired differences with bootstrap intervals, seed averaging, and one
+end-to-end comparison on a tiny demo that resumes instead of redoing runs."""
 
 import json
 import math
@@ -31,43 +32,53 @@ def test_steps_to_reach_first_step_at_or_below_target():
     assert scheduler_comparison.steps_to_reach(c, 14.9) is None
 
 
-def test_saving_matches_the_papers_definition():
-    # The baseline ends at 20 after 100 steps; the method gets there at step 56: 44% fewer.
+def test_step_ratio_matches_the_papers_definition():
+    # The baseline ends at 20 after 100 steps; the method gets there at step 56: 44% fewer, a ratio of 0.56.
     baseline = curve(list(range(4, 101, 4)), np.linspace(60, 20, 25))
     method = curve([8, 56, 100], [40.0, 20.0, 12.0])
-    assert scheduler_comparison.saving(method, baseline) == pytest.approx(0.44)
-    assert scheduler_comparison.saving(baseline, baseline) == 0.0
+    assert scheduler_comparison.step_ratio(method, baseline) == pytest.approx(0.56)
+    assert scheduler_comparison.step_ratio(baseline, baseline) == 1.0
     slower = curve([50, 100], [30.0, 25.0])
-    assert scheduler_comparison.saving(slower, baseline) is None  # never reaches the target
+    assert scheduler_comparison.step_ratio(slower, baseline) is None  # never reaches the target
     late = curve([50, 100, 150], [30.0, 25.0, 20.0])
-    assert scheduler_comparison.saving(late, baseline) == pytest.approx(-0.5)  # needs 50% more steps
+    assert scheduler_comparison.step_ratio(late, baseline) == pytest.approx(1.5)  # needs 50% more steps
 
 
 def test_noisy_baseline_that_touched_its_final_value_early_uses_that_step():
     baseline = curve([10, 20, 30, 40], [40.0, 19.0, 22.0, 20.0])  # reached 20 at step 20 already
     method = curve([10, 20, 30, 40], [30.0, 25.0, 20.0, 18.0])
-    assert scheduler_comparison.saving(method, baseline) == pytest.approx(1 - 30 / 20)
+    assert scheduler_comparison.step_ratio(method, baseline) == pytest.approx(30 / 20)
 
 
 def test_best_baseline_excludes_the_method_under_test_and_breaks_ties_by_order():
     curves = {"static": curve([10], [20.0]), "odm": curve([10], [18.0]), "acodm": curve([10], [18.0]),
-              "hds": curve([10], [10.0])}
-    assert scheduler_comparison.best_baseline(curves, "hds") == "odm"  # odm and acodm tie; odm listed first
-    assert scheduler_comparison.best_baseline(curves, "odm") == "hds"
+              "hds": curve([10], [10.0]), "hds-base": curve([10], [9.0])}
+    assert scheduler_comparison.best_baseline(curves, "hds", ["static", "odm", "acodm"]) == "odm"  # tie: first
+    assert scheduler_comparison.best_baseline(curves, "odm") == "hds-base"  # without candidates: every other
     with pytest.raises(ValueError, match="no baseline"):
         scheduler_comparison.best_baseline({"hds": curves["hds"]}, "hds")
 
 
-def test_steps_to_best_baseline_table():
-    curves = {"static": curve([10, 20, 30], [30.0, 25.0, 22.0]), "acodm": curve([10, 20, 30], [28.0, 21.0, 20.0]),
-              "hds": curve([10, 20, 30], [24.0, 19.0, 17.0]), "uniform": curve([10, 20, 30], [40.0, 35.0, 30.0])}
-    best, target, rows = scheduler_comparison.steps_to_best_baseline(curves, "hds")
-    assert (best, target) == ("acodm", 20.0)
-    by_method = {r.method: r for r in rows}
-    assert by_method["hds"].steps_to_target == 20 and by_method["hds"].saving == pytest.approx(1 - 20 / 30)
-    assert by_method["acodm"].steps_to_target == 30 and by_method["acodm"].saving == 0.0
-    assert by_method["static"].steps_to_target is None and by_method["static"].saving is None
-    assert by_method["uniform"].final_ppl == 30.0
+def test_metrics_from_per_domain_losses():
+    losses, natural = {"a": 1.0, "b": 3.0}, {"a": 0.75, "b": 0.25}
+    assert scheduler_comparison.metric(losses, natural, "natural") == pytest.approx(math.exp(1.5))
+    assert scheduler_comparison.metric(losses, natural, "geometric") == pytest.approx(math.exp(2.0))
+    assert scheduler_comparison.metric(losses, natural, "arithmetic") == pytest.approx((math.e + math.e ** 3) / 2)
+    # A domain not evaluated leaves the natural weights renormalised over the others.
+    assert scheduler_comparison.metric({"a": 1.0, "b": math.nan}, natural) == pytest.approx(math.e)
+    records = {"config": [{"domains": ["a", "b"], "natural_weights": [0.75, 0.25]}],
+               "eval": [{"split": "valid", "iteration": 5, "domain_loss": losses}]}
+    assert scheduler_comparison.eval_curve(records).final == pytest.approx(math.exp(1.5))
+
+
+def test_paired_differences_and_their_bootstrap_interval():
+    result = scheduler_comparison.paired({1: 10.0, 2: 11.0, 3: 12.0, 4: 13.0}, {1: 10.5, 2: 11.2, 3: 12.6, 5: 9.0})
+    assert result.seeds == (1, 2, 3) and result.differences == pytest.approx((-0.5, -0.2, -0.6))
+    assert result.mean == pytest.approx(-1.3 / 3) and result.wins == 3
+    low, high = result.interval
+    assert -0.6 - 1e-12 <= low < result.mean < high <= -0.2 + 1e-12  # within the values' range
+    assert scheduler_comparison.bootstrap_interval([1.0, 1.0]) == (1.0, 1.0)
+    assert all(math.isnan(v) for v in scheduler_comparison.bootstrap_interval([]))
 
 
 def test_mean_curve_over_seeds_uses_common_steps():
@@ -113,7 +124,7 @@ def run_tool(out, *extra, **env_extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "DATA_MANIFEST"}
     env.update(TINY, PYTHON=sys.executable, **env_extra)
     return subprocess.run([sys.executable, TOOL, "--output-dir", str(out), "--methods", "static,hds", "--seeds", "7",
-                           "--train-iters", "8", "--eval-interval", "4", *extra],
+                           "--tuning-seeds", "1", "--train-iters", "8", "--eval-interval", "4", *extra],
                           env=env, capture_output=True, text=True, cwd=out, timeout=600)
 
 
@@ -122,8 +133,9 @@ def test_end_to_end_builds_demo_data_compares_and_resumes(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "data" / "demo_manifest.json").is_file()  # built because none was given
     report = (tmp_path / "scheduler_comparison.md").read_text()
-    for heading in ("Final validation perplexity (mean over domains)", "Steps to reach the best baseline's final",
-                    "hds against each baseline", "per domain", "Domain weights", "Time per step"):
+    for heading in ("Final perplexity, mean over held-out seeds", "Steps to reach the best baseline's final",
+                    "hds minus each method, paired by seed", "per domain", "Domain weights", "Time per step",
+                    "Held-out seeds: 7. Tuning seeds (not counted here): 1. Evaluation seed: 1234"):
         assert heading in report
     assert "| static |" in report and "| hds |" in report
     assert (tmp_path / "plots" / "valid_ppl.png").read_bytes()[:4] == b"\x89PNG"
@@ -142,10 +154,11 @@ def test_end_to_end_builds_demo_data_compares_and_resumes(tmp_path):
         for path_key in ("save", "load"):
             a.pop(path_key, None), b.pop(path_key, None)
         assert a == b, key
-    # The table's numbers are the runs' own final perplexities.
-    final = read_metrics(tmp_path / "runs" / "hds_seed7" / "checkpoints")["eval"]
-    final_ppl = [r for r in final if r["split"] == "valid"][-1]["mean_ppl"]
-    assert f"| hds | {final_ppl:.2f} |" in report
+    assert all(c["data"]["eval_seed"] == 1234 for c in configs.values())  # every run evaluates the same samples
+    # The table's numbers are the runs' own final natural-mixture perplexities.
+    records = read_metrics(tmp_path / "runs" / "hds_seed7" / "checkpoints")
+    final = scheduler_comparison.eval_curve(records).final
+    assert f"| hds | {final:.2f} ± 0.00 |" in report
 
     # Rerunning redoes nothing; a run whose checkpoints vanished is run again.
     again = run_tool(tmp_path)
@@ -206,7 +219,7 @@ def test_parallel_runs_at_the_same_time_each_on_its_own_share(tmp_path, monkeypa
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpus)
     args = tool.parse_args(["--output-dir", str(tmp_path / "out"), "--methods", "static,hds", "--seeds", "1",
                             "--train-iters", "3", "--eval-interval", "1", "--parallel", "2"])
-    assert tool.launch(args, "unused.json") == []  # a sequential launcher would fail both (exit 7)
+    assert tool.launch(args, ("unused.json", None, None)) == []  # a sequential launcher would fail both (exit 7)
     slots = sorted((tmp_path / "out" / "runs" / f"{m}_seed1" / "slot").read_text().strip() for m in ("static", "hds"))
     if gpus is None:
         assert slots == [f"||{max(1, os.cpu_count() // 2)}"] * 2
