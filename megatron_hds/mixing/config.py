@@ -212,14 +212,14 @@ class HDSConfig:
     ramp_fraction: float = option(0.1, help="share of the run over which the base mixture's steps grow from 0 to "
                                             "their full size (early gradients and fits say little)")
     fit_interval: int = option(200, help="steps between the per-domain scaling-law fits")
-    warmup_noise: float = option(0.3, help="during warm-up the residual is drawn with this std (in units of "
-                                           "--hds-residual-bound) so the critic sees actions around the base")
+    exploration: float = option(0.3, help="std of the Gaussian noise added to the residual the agent plays (its "
+                                          "policy's mean; the base during warm-up), in units of --hds-residual-bound")
 
     def __post_init__(self):
         _choice("HDSConfig", "agent", self.agent, HDS_AGENTS)
         for name in ("residual_bound",):
             _positive_float("HDSConfig", name, getattr(self, name))
-        for name in ("influence_step", "learnability_step", "quality_step", "warmup_noise"):
+        for name in ("influence_step", "learnability_step", "quality_step", "exploration"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"HDSConfig.{name}={value!r} is invalid: expected a finite number >= 0")

@@ -7,8 +7,9 @@ influence, model weight norms) are measured every step (collector.py) and act tw
 2. A SAC agent (sac.py) acting as a bounded residual around it: the weights are
    floor(softmax(log base + a)), a in [-c, c]^D (c = --hds-residual-bound), paid the holistic
    reward (rewards.py), whose components are zero-mean for the base itself, so the agent is
-   paid only for deviations that help. Its warm-up plays the base with small random residuals,
-   and the agent is cloned to them (AgentTimeline), so it starts at the base.
+   paid only for deviations that help. It plays its policy's mean with small exploration noise.
+   Its warm-up plays the base with small random residuals, and the agent is cloned to them
+   (AgentTimeline), so it starts at the base.
 """
 
 from __future__ import annotations
@@ -82,12 +83,20 @@ class HDSScheduler(AgentTimeline):
         groups = (self.base.influence, self.base.learnability.scores, self.base.quality, np.log(base / self.natural))
         return self.states.build(signals, groups)
 
+    def _explore(self, action: np.ndarray) -> np.ndarray:
+        """action plus small Gaussian noise (std --hds-exploration x the bound), kept inside the box."""
+        noise = self.rng.normal(size=len(self.natural)) * self.config.exploration * self.bound
+        return np.clip(action + noise, -0.999 * self.bound, 0.999 * self.bound)
+
     def _warmup_action(self, state) -> np.ndarray:
-        noise = self.rng.normal(size=len(self.natural)) * self.config.warmup_noise * self.bound
-        return np.clip(noise, -0.999 * self.bound, 0.999 * self.bound) if self.uses_agent else self._initial_action()
+        return self._explore(self._initial_action()) if self.uses_agent else self._initial_action()
 
     def _policy_action(self, state) -> np.ndarray:
-        return self.agent.act(state)[0] if self.uses_agent else self._initial_action()
+        """The policy's mean with small exploration: SAC's own samples would spread the residual
+        over its whole box while the entropy term is large, and every step trains the model."""
+        if not self.uses_agent:
+            return self._initial_action()
+        return self._explore(self.agent.act(state, deterministic=True)[0])
 
     def _weights(self, action) -> np.ndarray:
         """floor(softmax(log base + action)): the base mixture adjusted by the residual."""

@@ -3,9 +3,9 @@
 HDS's holistic reward has three components, one per perspective, each measured so that
 it is informative and cannot be earned by concentrating the mixture (p = the realised
 sample shares of the step, b = the base mixture the agent acted around):
-- align:   sum_i (p_i - b_i) u_i, u the step's influence z-scores (mixing/influence.py): the
-           first-order gain on the natural-mixture loss of the agent's deviation from the base.
-           Zero when the agent plays the base.
+- align:   sum_i (w_i - b_i) u_i, w the weights the step was drawn with, u the step's influence
+           z-scores (mixing/influence.py): the first-order gain on the natural-mixture loss of
+           the agent's deviation from the base. Zero when the agent plays the base.
 - quality: sum_i p_i q_i, q_i the mean within-domain z-score of the MTLD of domain i's drawn
            samples: how good the samples were for their domains. Zero in expectation for any
            mixture (each domain is measured against itself), so no domain earns it by what it is.
@@ -68,7 +68,8 @@ class HolisticReward:
         unmeasured."""
         shares = realised_shares(signals)
         influence = signals.extra.get("influence")
-        out = {"align": float(np.dot(shares - base, influence)) if influence is not None else math.nan}
+        deviation = np.asarray(signals.weights, dtype=np.float64) - base
+        out = {"align": float(np.dot(deviation, influence)) if influence is not None else math.nan}
         quality = signals.extra.get("quality")
         out["quality"] = math.nan if quality is None else float(np.dot(shares, np.nan_to_num(quality)))
         out["norm"] = self._norm_penalty(signals.extra.get("update_ratios"))

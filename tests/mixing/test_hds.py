@@ -59,9 +59,9 @@ def test_alignment_reward_pays_the_deviation_from_the_base_not_concentration():
     reward = HolisticReward(RewardConfig(), L)
     influence = np.array([1.0, -1.0, 0.5, -0.5])
     base = np.array([0.25, 0.25, 0.25, 0.25])
-    at_base = reward.components(_signals(1, [1.0] * D, samples=(4, 4, 4, 4), influence=influence), base)
+    at_base = reward.components(_signals(1, [1.0] * D, weights=base, influence=influence), base)
     assert at_base["align"] == 0.0  # playing the base earns nothing
-    toward = reward.components(_signals(2, [1.0] * D, samples=(7, 1, 4, 4), influence=influence), base)
+    toward = reward.components(_signals(2, [1.0] * D, weights=(7 / 16, 1 / 16, 0.25, 0.25), influence=influence), base)
     assert toward["align"] == pytest.approx((7 / 16 - 0.25) * 1.0 + (1 / 16 - 0.25) * -1.0)
 
 
@@ -153,7 +153,7 @@ def test_warmup_plays_small_residuals_around_the_base_and_clones_them():
     np.testing.assert_allclose(scheduler.initial_weights(), START, rtol=1e-12)  # the base starts at the start
     weights = _feed(scheduler, 12)
     assert np.allclose(weights.sum(axis=1), 1.0) and (weights >= 0.1 / D - 1e-12).all()
-    # Warm-up residuals stay within a third of the bound; after it the agent acts (inside the bound).
+    # Residuals stay inside the bound (warm-up: noise around the base; then the policy's mean plus noise).
     assert np.max(np.abs(scheduler.agent.buffer.actions[:4])) <= 0.999 * 0.5
     assert set(scheduler.last_reward()) >= {"align", "quality", "norm", "total", "alpha", "residual"}
     assert len(scheduler.agent.buffer) == 12 and scheduler.agent.updates > 0
