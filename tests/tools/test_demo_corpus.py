@@ -329,6 +329,42 @@ def test_cli(tmp_path):
         assert proc.returncode == 2 and not (tmp_path / "x.jsonl.zst").exists(), proc.stderr
 
 
+# ---- examples/build_demo_data.sh ------------------------------------------------------------
+
+BUILD = os.path.join(REPO_ROOT, "examples", "build_demo_data.sh")
+
+
+def _build(out):
+    env = dict(_without_pythonpath(), PYTHON=sys.executable, DEMO_SIZE_MB="0.3", VOCAB_SIZE="600",
+               TOKENIZER_DOCS="200", WORKERS="1")
+    return subprocess.run(["bash", BUILD, str(out)], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_build_script_makes_three_splits_with_one_tokenizer(tmp_path):
+    out = tmp_path / "demo"
+    proc = _build(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifests = proc.stdout.strip().splitlines()[-3:]
+    assert manifests == [str(out / "data" / s / "demo_manifest.json") for s in SPLITS]
+    loaded = [json.load(open(m)) for m in manifests]
+    assert all(len(m["domains"]) == len(DEMO_DOMAINS) for m in loaded)
+    assert len({json.dumps(m["tokenizer"], sort_keys=True) for m in loaded}) == 1  # one tokenizer
+    assert "PYTHONPATH" not in open(BUILD).read()  # the package is installed
+
+    # Every step's output exists: a rerun does nothing and prints the same paths.
+    stamp = {p: os.stat(p).st_mtime_ns for p in manifests + [str(out / "demo_sp.model"), str(out / "corpus.json")]}
+    again = _build(out)
+    assert again.returncode == 0 and again.stdout == proc.stdout and again.stderr == ""
+    assert stamp == {p: os.stat(p).st_mtime_ns for p in stamp}
+
+
+def test_build_script_refuses_the_old_single_file_layout(tmp_path):
+    (tmp_path / "demo.jsonl.zst").write_bytes(b"")
+    proc = _build(tmp_path)
+    assert proc.returncode == 1 and "old single-file layout" in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["demo.jsonl.zst"]
+
+
 def test_session_fixtures_hold_the_three_splits(demo_corpus, demo_manifest, demo_valid_manifest, demo_test_manifest):
     """conftest's demo data: demo_corpus is the train split, and the three manifests share
     one tokenizer and name every domain in the same order."""
