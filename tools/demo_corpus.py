@@ -121,7 +121,7 @@ MIN_DOC_BYTES = 128  # never emit a trimmed stub shorter than this
 ZSTD_LEVEL = 3  # fixed: the output bytes depend on it
 GZIP_LEVEL = 6
 CORPUS_INFO = "corpus.json"  # written last: its presence means a complete corpus
-_EXTENSIONS = (".jsonl.zst", ".jsonl.gz", ".jsonl")
+FILE_EXTENSIONS = (".jsonl.zst", ".jsonl.gz", ".jsonl")
 _WRITE_CHUNK = 1 << 20
 
 assert set(_CUT) | set(_GENERATED) == set(DEMO_DOMAINS) and tuple(DEMO_SHARES) == DEMO_DOMAINS
@@ -270,8 +270,8 @@ def write_demo_split(output: str, split: str = "train", size_mb: float = 32.0, s
     atomically; return ``{domain: {"documents": n, "bytes": b}}``.  For tools that
     want a single file (benchmarks); training data comes from ``write_demo_corpus``."""
     output = os.fspath(output)
-    if not output.endswith(_EXTENSIONS):
-        raise ValueError(f"output must end with one of {_EXTENSIONS}, got {output!r}")
+    if not output.endswith(FILE_EXTENSIONS):
+        raise ValueError(f"output must end with one of {FILE_EXTENSIONS}, got {output!r}")
     _check_size(size_mb)
     _check_split(split)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -300,7 +300,7 @@ def write_demo_corpus(output_dir: str, size_mb: float = 32.0, seed: int = 1234) 
     an interrupted run leaves no complete-looking corpus.
     """
     output_dir = os.fspath(output_dir)
-    if output_dir.endswith(_EXTENSIONS):
+    if output_dir.endswith(FILE_EXTENSIONS):
         raise ValueError(f"write_demo_corpus writes a directory (train/valid/test.jsonl.zst), got the file "
                          f"name {output_dir!r}; write_demo_split writes one split to one file")
     _check_size(size_mb)

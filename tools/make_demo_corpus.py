@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from demo_corpus import _EXTENSIONS, DEMO_DOMAINS, MB, SPLITS, write_demo_corpus
+from demo_corpus import FILE_EXTENSIONS, DEMO_DOMAINS, MB, SPLITS, write_demo_corpus
 
 
 def summary_table(info: dict) -> str:
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not args.size_mb > 0:
         ap.error(f"--size-mb must be > 0, got {args.size_mb}")
-    if args.output_dir.endswith(_EXTENSIONS):
+    if args.output_dir.endswith(FILE_EXTENSIONS):
         ap.error(f"--output-dir takes a directory (the corpus is three files), got {args.output_dir!r}")
 
     t0 = time.perf_counter()
