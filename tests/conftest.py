@@ -1,5 +1,6 @@
-"""Shared fixtures: the demo corpus and a SentencePiece model trained on it, made once
-per test session (no network: everything the tests read, the project makes)."""
+"""Shared fixtures: the demo corpus (train/valid/test splits), a SentencePiece model trained
+on its train split and the splits' datasets, made once per test session (no network:
+everything the tests read, the project makes)."""
 
 import os
 import subprocess
@@ -50,39 +51,65 @@ def run_tool(name: str, *args: str, check: bool = True, cwd: str | None = None) 
 
 
 @pytest.fixture(scope="session")
-def demo_corpus(tmp_path_factory) -> str:
+def demo_corpus_dir(tmp_path_factory) -> str:
+    """The demo corpus: train/valid/test.jsonl.zst (DEMO_TEST_SIZE_MB of text in all) and corpus.json."""
     from demo_corpus import write_demo_corpus
 
-    path = str(tmp_path_factory.mktemp("demo") / "demo.jsonl.zst")
+    path = str(tmp_path_factory.mktemp("demo"))
     write_demo_corpus(path, size_mb=DEMO_TEST_SIZE_MB, seed=1234)
     return path
 
 
 @pytest.fixture(scope="session")
+def demo_corpus(demo_corpus_dir) -> str:
+    """The demo corpus's TRAIN split (a .jsonl.zst file)."""
+    return os.path.join(demo_corpus_dir, "train.jsonl.zst")
+
+
+@pytest.fixture(scope="session")
 def demo_documents(demo_corpus) -> list[tuple[str, str]]:
+    """(domain, text) of the train split's documents."""
     from demo_corpus import read_demo_corpus
 
     return list(read_demo_corpus(demo_corpus))
 
 
 @pytest.fixture(scope="session")
-def sp_model(demo_corpus, demo_documents, tmp_path_factory) -> str:
+def sp_model(demo_documents, tmp_path_factory) -> str:
+    """A SentencePiece model trained on the train split only, as examples/build_demo_data.sh does."""
     from megatron_hds.data.tokenizer import train_sentencepiece
 
     prefix = str(tmp_path_factory.mktemp("tokenizer") / "demo_sp")
     return train_sentencepiece((text for _, text in demo_documents), prefix, DEMO_TEST_VOCAB, num_threads=2)
 
 
-@pytest.fixture(scope="session")
-def demo_manifest(demo_corpus, sp_model, tmp_path_factory) -> str:
-    """Per-domain datasets of the demo corpus (tools/preprocess_data.py), for training tests."""
+def _preprocess_split(corpus_dir: str, split: str, sp_model: str, out_dir) -> str:
+    """Per-domain datasets of one split (tools/preprocess_data.py); returns its manifest."""
     import preprocess_data
 
-    prefix = str(tmp_path_factory.mktemp("demo_data") / "demo")
+    prefix = str(out_dir / "demo")
     preprocess_data.preprocess(preprocess_data.parse_args(
-        ["--input", demo_corpus, "--output-prefix", prefix, "--domain-key", "meta.pile_set_name",
-         "--tokenizer-model", sp_model, "--append-eod"]))
+        ["--input", os.path.join(corpus_dir, f"{split}.jsonl.zst"), "--output-prefix", prefix,
+         "--domain-key", "meta.pile_set_name", "--tokenizer-model", sp_model, "--append-eod"]))
     return prefix + "_manifest.json"
+
+
+@pytest.fixture(scope="session")
+def demo_manifest(demo_corpus_dir, sp_model, tmp_path_factory) -> str:
+    """The train split's per-domain datasets and manifest, for training tests."""
+    return _preprocess_split(demo_corpus_dir, "train", sp_model, tmp_path_factory.mktemp("demo_data_train"))
+
+
+@pytest.fixture(scope="session")
+def demo_valid_manifest(demo_corpus_dir, sp_model, tmp_path_factory) -> str:
+    """The valid split, preprocessed with the same tokenizer as demo_manifest."""
+    return _preprocess_split(demo_corpus_dir, "valid", sp_model, tmp_path_factory.mktemp("demo_data_valid"))
+
+
+@pytest.fixture(scope="session")
+def demo_test_manifest(demo_corpus_dir, sp_model, tmp_path_factory) -> str:
+    """The test split, preprocessed with the same tokenizer as demo_manifest."""
+    return _preprocess_split(demo_corpus_dir, "test", sp_model, tmp_path_factory.mktemp("demo_data_test"))
 
 
 @pytest.fixture(scope="session")
