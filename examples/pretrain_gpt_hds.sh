@@ -73,7 +73,12 @@ else
   MODE=demo
   OUTPUT_DIR="${OUTPUT_DIR:-$PWD/demo_output}"
   if [[ -z "${DATA_MANIFEST:-}" ]]; then
-    DATA_MANIFEST=$(bash "$REPO_DIR/examples/build_demo_data.sh" "$OUTPUT_DIR" | tail -n 1)
+    # build_demo_data.sh prints the train, valid and test manifests last: train on the train split,
+    # evaluate on the held-out splits built apart from it.
+    mapfile -t DEMO_MANIFESTS < <(bash "$REPO_DIR/examples/build_demo_data.sh" "$OUTPUT_DIR" | tail -n 3)
+    DATA_MANIFEST="${DEMO_MANIFESTS[0]}"
+    VALID_DATA_MANIFEST="${VALID_DATA_MANIFEST:-${DEMO_MANIFESTS[1]}}"
+    TEST_DATA_MANIFEST="${TEST_DATA_MANIFEST:-${DEMO_MANIFESTS[2]}}"
   fi
   if [[ -n "${MODEL:-}" ]]; then
     MODEL_ARGS=(--model "$MODEL" --seq-length "${SEQ_LENGTH:-128}")

@@ -36,7 +36,7 @@ def demo_run(tmp_path_factory):
 
 def test_plain_bash_builds_demo_data_trains_and_reports(demo_run):
     out, _, proc = demo_run
-    manifest = json.load(open(out / "data" / "demo_manifest.json"))
+    manifest = json.load(open(out / "data" / "train" / "demo_manifest.json"))
     assert len(manifest["domains"]) == 7 and manifest["tokenizer"]["vocab_size"] == 400
     records = read_metrics(out / "checkpoints" / "metrics.jsonl")
     assert [r["iteration"] for r in records["train"]] == [3, 6, 9, 12]
@@ -64,7 +64,8 @@ def test_sbatch_runs_two_ranks_and_writes_checkpoint_and_metrics(slurm, demo_run
     demo_out, _, _ = demo_run
     out = tmp_path / "slurm_run"
     log = tmp_path / "job.log"
-    env = _env(DATA_MANIFEST=str(demo_out / "data" / "demo_manifest.json"), OUTPUT_DIR=str(out), NPROC_PER_NODE="2",
+    env = _env(DATA_MANIFEST=str(demo_out / "data" / "train" / "demo_manifest.json"), OUTPUT_DIR=str(out),
+               NPROC_PER_NODE="2",
                MODEL="tiny", PRECISION="fp32", SPLIT="90,5,5", SAVE_INTERVAL="6", MASTER_PORT="29611",
                **SMALL_RUN)
     proc = subprocess.run(["sbatch", "--wait", "--time=10", f"--output={log}", SCRIPT], env=env,

@@ -34,8 +34,8 @@ How to run (from the repository root, no installation needed)
     PYTHONPATH=/path/to/megatron-core python tools/bench_preprocess.py   # Megatron's builder
     python tools/bench_preprocess.py --input my.jsonl --tokenizer-model tok.model --workers 1 4 8
 
-    The demo corpus (write_demo_corpus, seed 1234) and the SentencePiece model trained on
-    it (--vocab-size, default 8000) are cached in --work-dir, so reruns skip that setup.
+    The demo corpus's train split (write_demo_split, seed 1234) and the SentencePiece model
+    trained on it (--vocab-size, default 8000) are cached in --work-dir, so reruns skip that setup.
 
 How to read the numbers
     Compare "tok/s/worker" of ``ours`` and ``megatron`` at the same worker count and input
@@ -301,7 +301,7 @@ def _plain_copy(path: str, work_dir: str) -> str:
 
 def prepare_inputs(args) -> list[tuple[str, str]]:
     """[(label, path)]: the plain .jsonl first (read by both tools), then any other format."""
-    from demo_corpus import write_demo_corpus
+    from demo_corpus import write_demo_split
 
     if args.input:
         plain = _plain_copy(args.input, args.work_dir)
@@ -315,7 +315,7 @@ def prepare_inputs(args) -> list[tuple[str, str]]:
         path = stem + ext
         if not os.path.exists(path):
             print(f"writing demo corpus {path} ...", flush=True)
-            write_demo_corpus(path, size_mb=args.size_mb, seed=DEMO_SEED)
+            write_demo_split(path, "train", size_mb=args.size_mb, seed=DEMO_SEED)
         inputs.append((ext, path))
     return inputs
 

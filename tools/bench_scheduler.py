@@ -206,14 +206,14 @@ def ensure_demo_manifest(cache_dir: str, size_mb: float, vocab: int) -> str:
         print(f"reusing the demo data in {cache_dir}")
         return manifest
     print(f"building the demo corpus, tokenizer and datasets in {cache_dir} (once) ...", flush=True)
-    from demo_corpus import read_demo_corpus, write_demo_corpus
+    from demo_corpus import read_demo_corpus, write_demo_split
     from megatron_hds.data.tokenizer import train_sentencepiece
     import preprocess_data
 
     os.makedirs(os.path.join(cache_dir, "data"), exist_ok=True)
     corpus = os.path.join(cache_dir, "demo.jsonl.zst")
     if not os.path.isfile(corpus):
-        write_demo_corpus(corpus, size_mb=size_mb, seed=1234)
+        write_demo_split(corpus, "train", size_mb=size_mb, seed=1234)
     sp_prefix = os.path.join(cache_dir, "demo_sp")
     sp_model = sp_prefix + ".model"
     if not os.path.isfile(sp_model):

@@ -131,7 +131,7 @@ def run_tool(out, *extra, **env_extra):
 def test_end_to_end_builds_demo_data_compares_and_resumes(tmp_path):
     proc = run_tool(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert (tmp_path / "data" / "demo_manifest.json").is_file()  # built because none was given
+    assert (tmp_path / "data" / "train" / "demo_manifest.json").is_file()  # built because none was given
     report = (tmp_path / "scheduler_comparison.md").read_text()
     for heading in ("Final perplexity, mean over held-out seeds", "Steps to reach the best baseline's final",
                     "hds minus each method, paired by seed", "per domain", "Domain weights", "Time per step",
