@@ -172,3 +172,40 @@ def test_probes_measure_inner_products_in_adams_metric():
     assert all(torch.all(s > 0) for s in scales)
     with pytest.raises(ValueError, match="scales for"):
         collector.probe.set_scales(scales[:1])
+
+
+class _Dataset:
+    """Stands in for a GPTDataset: sample i's quality is values[i]."""
+
+    def __init__(self, values):
+        self.values = np.asarray(values, dtype=np.float64)
+
+    def __len__(self):
+        return self.values.size
+
+    def samples_quality(self, indices, quality):
+        return self.values[np.asarray(indices)]
+
+
+def test_sample_quality_is_measured_within_each_domain():
+    """Domain 0's text is far more diverse than domain 1's: drawn at their typical quality, both
+    score about 0 (a domain is never paid for what it is); better samples of a domain score > 0."""
+    rng = np.random.default_rng(0)
+    high, low = 400 + rng.normal(size=2000) * 20, 30 + rng.normal(size=2000) * 5
+    collector = SignalCollector.__new__(SignalCollector)
+    collector.train_sets = [_Dataset(high), _Dataset(low)]
+    collector.quality = [None, None]
+    collector.quality_reference = [SignalCollector._reference(d, None, seed=1) for d in collector.train_sets]
+
+    class Plan:
+        def __init__(self, pairs):
+            self._pairs = np.asarray(pairs)
+
+        def pairs(self):
+            return self._pairs
+
+    typical = collector._domain_quality(Plan([[0, i] for i in range(0, 2000, 50)] + [[1, i] for i in range(7, 2000, 50)]))
+    assert np.all(np.abs(typical) < 0.5)
+    best = [[0, int(i)] for i in np.argsort(high)[-5:]] + [[1, int(i)] for i in np.argsort(low)[:5]]
+    scores = collector._domain_quality(Plan(best))
+    assert scores[0] > 1.5 and scores[1] < -1.5  # domain 0's best samples, domain 1's worst
