@@ -76,7 +76,6 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--extra-args", default="", help="more pretrain flags for every method (quoted string)")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (1: shared machine)")
-    ap.add_argument("--agent-device", default="cpu", help="device of the part-B agent (cpu, cuda)")
     ap.add_argument("--agent-domains", type=int, default=22)
     ap.add_argument("--agent-matrices", type=int, default=9)
     ap.add_argument("--agent-iters", type=int, default=200, help="timed update()/act() calls in part B")
@@ -457,7 +456,7 @@ def part_b(args) -> dict:
 
     observe_times = time_calls(observe, args.agent_iters)
     return {"num_domains": D, "num_matrices": L, "state_dim": state_dim, "hidden_sizes": list(cfg.hidden_sizes),
-            "batch_size": cfg.batch_size, "buffer_filled": fill, "device": args.agent_device,
+            "batch_size": cfg.batch_size, "buffer_filled": fill, "device": str(agent.device),
             "network_parameters": params, "iters": args.agent_iters,
             "update_ms_median": median_ms(update), "update_ms_p10": quantile_ms(update, 0.1),
             "update_ms_p90": quantile_ms(update, 0.9),

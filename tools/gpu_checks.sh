@@ -4,14 +4,14 @@
 #
 #   OUT=/path/for/logs bash tools/gpu_checks.sh          # default OUT: ./gpu_checks_out
 #
-# No install step: the repo runs from PYTHONPATH with the machine's torch and triton. Each
+# The package is installed editable (no dependencies, no build isolation: the machine's torch and
+# triton are used), because its kernels/ folder installs as megatron_hds.kernels. Each
 # check has its own time limit and writes OUT/<check>.log; OUT/summary.txt gets the versions,
 # each check's exit status and the tail of its log. Eight files at most (7 logs and the summary), so they all fit a
 # device call's return. The tests' and bench_scheduler's demo corpus needs `zstandard`, and
 # the tokenizer `sentencepiece`: where one is missing (the script checks every runtime
-# dependency first and exits 4 naming it), carry its wheel (.whl, see
-# /work/.library/device/README.md) and set WHEELS=.whl; the script installs what is there
-# into /tmp/site first.
+# dependency first and exits 4 naming it), carry its wheel (.whl) and set WHEELS=.whl; the
+# script installs what is there into /tmp/site first.
 set -uo pipefail
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$REPO_DIR/gpu_checks_out}"
@@ -22,7 +22,7 @@ if [[ -n "${WHEELS:-}" && -d "$WHEELS" ]]; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 SUMMARY="$OUT/summary.txt"
 {
   date -u
@@ -63,6 +63,10 @@ if ! "$PYTHON" -c "$CUDA_CHECK"; then
   echo "no CUDA device visible: nothing to check" | tee -a "$SUMMARY"
   exit 3
 fi
+"$PYTHON" -m pip install -q --no-deps --no-build-isolation -e "$REPO_DIR" >> "$SUMMARY" 2>&1 || {
+  echo "could not install the package (pip install --no-deps --no-build-isolation -e .)" | tee -a "$SUMMARY"
+  exit 5
+}
 
 # Issue 3/5/6 gpu-marked tests (Triton vs torch training losses, kernels on CUDA, NCCL paths).
 check pytest_gpu 90 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests
@@ -83,7 +87,7 @@ check bench_kernels_sketch 25 "$PYTHON" tools/bench_kernels.py --kernels sketch 
 # 1B trainers (static, hds, hds-overlap) share the GPU's memory.
 check bench_scheduler 110 "$PYTHON" tools/bench_scheduler.py --cache-dir /tmp/bench_scheduler_data \
     --num-layers 16 --hidden-size 2048 --num-attention-heads 8 --seq-length 1024 --global-batch-size 32 \
-    --micro-batch-size 8 --steps 12 --warmup-steps 2 --threads 8 --agent-device cuda --methods hds hds-overlap \
+    --micro-batch-size 8 --steps 12 --warmup-steps 2 --threads 8 --methods hds hds-overlap \
     --extra-args="--bf16" --json /tmp/bench_scheduler.json
 # The JSON goes into the log rather than OUT: an eighth file there would not come back.
 cat /tmp/bench_scheduler.json >> "$OUT/bench_scheduler.log" 2>/dev/null
