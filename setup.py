@@ -2,7 +2,7 @@
 
 torch is required but not pinned from above: GPU clusters need their own CUDA build.
 NVIDIA apex is never a dependency (the registry's `apex` is an unrelated package);
-see the README for its from-source install.
+see docs/training.md for its from-source install.
 """
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
@@ -44,7 +44,7 @@ setup(
     ext_modules=[Extension("megatron_hds.data._mtld", ["megatron_hds/data/_mtld.c"], extra_compile_args=["-O3"])],
     cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[
-        "torch>=2.6",  # the oldest release the suite passes on (README, "Tested versions")
+        "torch>=2.6",  # the oldest release the suite passes on (docs/versions.md)
         "numpy>=1.24",
         "sentencepiece>=0.1.99",
         "zstandard>=0.21",

@@ -21,7 +21,7 @@ fi
 OUTPUT_DIR="$1"
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
+
 SPLITS=(train valid test)
 TOKENIZER_PREFIX="$OUTPUT_DIR/text_sp"
 

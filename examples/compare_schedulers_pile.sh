@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The paper's comparison at GPU scale (../shared/design/METHOD.md, "Setup the paper used"):
+# The paper's comparison at GPU scale (docs/method.md, "The paper's setting"):
 # HDS against the Pile weights (static), uniform, ODM and AC-ODM on The Pile's 22 domains,
 # one SLURM job per (method, seed), then the same report as the CPU demo comparison
-# (comparison.md with the tables, plots/*.png).
+# (scheduler_comparison.md with the tables, plots/*.png).
 #
 #   DATA_MANIFEST=/data/pile/pile_manifest.json MODEL=pythia-1b bash examples/compare_schedulers_pile.sh
 #

@@ -44,8 +44,9 @@ if [[ -n "${SLURM_SUBMIT_DIR:-}" ]]; then
 else
   REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fi
+# megatron_hds is imported from its installation (pip install -e . or pip install .), never from
+# REPO_DIR: a checkout on PYTHONPATH would shadow a non-editable install and lacks megatron_hds.kernels.
 PYTHON="${PYTHON:-python3}"
-export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
 
 gpus_on_node() {
   if [[ -n "${SLURM_GPUS_ON_NODE:-}" ]]; then echo "$SLURM_GPUS_ON_NODE"; return; fi
@@ -64,7 +65,7 @@ if [[ -n "${SLURM_JOB_ID:-}" ]]; then
     echo "set DATA_MANIFEST to the manifest written by tools/preprocess_data.py" >&2
     exit 2
   fi
-  # The paper's Pythia-1B setting (../shared/design/METHOD.md).
+  # The paper's Pythia-1B setting (docs/method.md, "The paper's setting").
   MODEL_ARGS=(--model "${MODEL:-pythia-1b}" --seq-length "${SEQ_LENGTH:-1024}")
   GLOBAL_BATCH="${GLOBAL_BATCH:-1152}"; MICRO_BATCH="${MICRO_BATCH:-4}"; TRAIN_ITERS="${TRAIN_ITERS:-41667}"
   LR="${LR:-2.5e-4}"; MIN_LR="${MIN_LR:-2.5e-5}"; PRECISION="${PRECISION:-bf16}"

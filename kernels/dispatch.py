@@ -34,7 +34,7 @@ def _version(text: str) -> Tuple[int, int]:
 
 def _interpreter_problem() -> str:
     """Why Triton's CPU interpreter cannot run these kernels correctly here ('' when it can).
-    Found by running tests/kernels under each Triton release (README, "Tested versions")."""
+    Found by running tests/kernels under each Triton release (docs/versions.md)."""
     import numpy
     from importlib.metadata import version
 

@@ -32,12 +32,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-
 from megatron_hds import kernels
-from megatron_hds.kernels import dispatch
 from megatron_hds.config import MODEL_PRESETS, ModelConfig, model_preset
+from megatron_hds.kernels import dispatch
+from megatron_hds.precision import DTYPES
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 KERNELS = ("ce", "norm", "sketch")
 
 

@@ -9,12 +9,11 @@ In a single process the same run also times a plain single-file PyTorch GPT of i
 shape (nn.Linear/nn.Embedding, F.cross_entropy, no parallel plumbing), loaded with the
 same weights, and prints both figures: the overhead of our parallel layers at TP=PP=1.
 
-MFU = achieved model FLOPs / (ranks x peak). Model FLOPs per token follow the PaLM
-convention: 6 x (matmul parameters incl. the output head) + 12 x layers x hidden x seq
-(attention scores and values, causal masking not discounted). Peaks are dense tensor
-throughput from vendor datasheets (PEAK_TFLOPS); a CPU has no datasheet figure here,
-so its "peak" is the measured throughput of a large fp32 matmul on this machine
-(whatever the run's dtype), stated in the output, or --peak-tflops.
+MFU = achieved model FLOPs / (ranks x peak), with the trainer's formula and peak table
+(megatron_hds/training/flops.py): MFU counts matmul FLOPs only; embedding lookups,
+position tables, norms and biases are left out. A CPU has no datasheet figure, so its
+"peak" is the measured throughput of a large fp32 matmul on this machine (whatever the
+run's dtype), stated in the output; --peak-tflops overrides either.
 
 Memory: the activations one micro-batch's forward keeps for backward (what activation
 recompute, --recompute-granularity, trades for time), on any device; on a GPU also the
@@ -40,22 +39,8 @@ from megatron_hds.config import (MODEL_PRESETS, RECOMPUTE_GRANULARITIES, RECOMPU
 from megatron_hds.model.gpt import GPTModel
 from megatron_hds.parallel.schedules import forward_backward
 from megatron_hds.parallel.state import ParallelState, init_distributed
-
-# Dense (no sparsity) datasheet peaks in TFLOP/s, by substring of the device name.
-PEAK_TFLOPS = {
-    "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
-    "H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},  # SXM; PCIe parts are lower (756 bf16)
-    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5},
-    "L40S": {"bf16": 362.0, "fp16": 362.0, "fp32": 91.6},
-}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def model_flops_per_token(config: ModelConfig, tp: int) -> float:
-    h, f, L = config.hidden_size, config.ffn_hidden_size, config.num_layers
-    fc1 = 2 * f if config.swiglu else f
-    matmul_params = L * (4 * h * h + h * fc1 + f * h) + config.padded_vocab_size(tp) * h
-    return 6.0 * matmul_params + 12.0 * L * h * config.seq_length
+from megatron_hds.precision import DTYPES
+from megatron_hds.training.flops import device_name, mfu, model_flops_per_token, peak_flops
 
 
 def measured_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -70,16 +55,17 @@ def measured_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 20
 
 
 def device_peak(device: torch.device, dtype_name: str, override: float | None) -> tuple[float, str]:
+    """(peak TFLOP/s of one rank, where the figure comes from)."""
     if override:
         return override, "given by --peak-tflops"
     if device.type == "cpu":
         # fp32 whatever the run's dtype: CPUs without bf16 matmul units emulate it far below the fp32 rate.
         return measured_matmul_tflops(device, torch.float32), "measured 2048^3 fp32 matmul on this CPU"
-    name = torch.get_device_module(device.type).get_device_name(device)
-    for key, peaks in PEAK_TFLOPS.items():
-        if key in name:
-            return peaks[dtype_name], f"datasheet dense {dtype_name} peak of {key} ({name})"
-    raise SystemExit(f"no peak for device {name!r}; known: {', '.join(PEAK_TFLOPS)}; pass --peak-tflops")
+    name = device_name(device)
+    peak = peak_flops(name, dtype_name)
+    if peak is None:
+        raise SystemExit(f"no peak for device {name!r} in megatron_hds/training/flops.py: pass --peak-tflops")
+    return peak / 1e12, f"datasheet dense {dtype_name} peak of {name}"
 
 
 class PlainGPT(nn.Module):
@@ -212,7 +198,7 @@ def timed(step, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", choices=sorted(MODEL_PRESETS), help="model size preset")
     parser.add_argument("--seq-length", type=int, default=None, help="override the preset's sequence length")
@@ -234,8 +220,45 @@ def main(argv=None) -> None:
                         help="activation recompute of our model (the plain GPT keeps everything)")
     parser.add_argument("--recompute-method", choices=list(RECOMPUTE_METHODS), default=None)
     parser.add_argument("--recompute-num-layers", type=int, default=None)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def plain_step_of(model: GPTModel, config: ModelConfig, args, tokens, labels, device, dtype):
+    """The plain GPT's training step, after checking that it reproduces our model's loss."""
+    plain = PlainGPT(config, device, dtype)
+    plain.load_state_dict(model.state_dict())
+    if args.torch_compile:
+        plain.compile()
+    with torch.no_grad():  # same weights, same math: the two losses must agree
+        ours_loss = model(tokens=tokens, labels=labels).mean().item()
+        plain_loss = plain(tokens, labels).item()
+    if abs(ours_loss - plain_loss) > 1e-3 * abs(plain_loss):
+        raise SystemExit(f"plain GPT does not reproduce our loss ({plain_loss} vs {ours_loss}): not comparable")
+
+    def plain_step():
+        plain.zero_grad(set_to_none=True)
+        for _ in range(args.num_micro_batches):
+            (plain(tokens, labels) / args.num_micro_batches).backward()
+    return plain_step
+
+
+def memory_line(model: GPTModel, our_step, micro_batch: dict, device: torch.device, pp: int) -> str:
+    """Activations one micro-batch keeps for backward and, on an accelerator, one step's peak memory.
+    Activations need the whole model in this process's forward (a pipeline stage's input comes
+    from another rank), so not with PP > 1."""
+    memory = [f"activations kept for backward {activation_bytes(model, micro_batch) / 2**20:,.1f} MiB per "
+              "micro-batch" if pp == 1 else "activations per micro-batch: not measured with PP > 1"]
+    if device.type != "cpu":
+        accelerator = torch.get_device_module(device.type)
+        accelerator.reset_peak_memory_stats(device)
+        our_step()
+        synchronize(device)
+        memory.append(f"peak allocated in one step {accelerator.max_memory_allocated(device) / 2**30:,.2f} GiB")
+    return "megatron_hds memory (rank 0): " + "; ".join(memory)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     if "WORLD_SIZE" in os.environ:
         init_distributed()
     state = ParallelState.build(args.tp, args.pp, sequence_parallel=args.sequence_parallel)
@@ -245,7 +268,6 @@ def main(argv=None) -> None:
                           recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers,
                           **overrides)
     torch.manual_seed(0)
-
     model = GPTModel(config, state, seed=0, dtype=dtype)
     world = state.layout.world_size
     tokens, labels = torch.randint(0, config.vocab_size, (2, args.micro_batch_size, config.seq_length),
@@ -256,75 +278,46 @@ def main(argv=None) -> None:
         model.zero_grad(set_to_none=True)
         forward_backward(model, micro)
 
-    plain = None
+    plain_step = None
     if world == 1 and not args.no_plain:
-        plain = PlainGPT(config, device, dtype)
-        plain.load_state_dict(model.state_dict())
-        if args.torch_compile:
-            plain.compile()
-
-        def plain_step():
-            plain.zero_grad(set_to_none=True)
-            for _ in range(args.num_micro_batches):
-                (plain(tokens, labels) / args.num_micro_batches).backward()
-
-        with torch.no_grad():  # same weights, same math: the two losses must agree
-            ours_loss = model(tokens=tokens, labels=labels).mean().item()
-            plain_loss = plain(tokens, labels).item()
-        if abs(ours_loss - plain_loss) > 1e-3 * abs(plain_loss):
-            raise SystemExit(f"plain GPT does not reproduce our loss ({plain_loss} vs {ours_loss}): not comparable")
-
+        plain_step = plain_step_of(model, config, args, tokens, labels, device, dtype)
+    steps = {"megatron_hds GPTModel": our_step, "plain PyTorch GPT": plain_step}
+    steps = {name: step for name, step in steps.items() if step is not None}
     for _ in range(args.warmup):
-        our_step()
-        if plain is not None:
-            plain_step()
+        for step in steps.values():
+            step()
     # Steps of the two models alternate, so load from other processes hits both alike.
-    ours_times, plain_times = [], []
+    times = {name: [] for name in steps}
     for _ in range(args.steps):
-        ours_times.append(timed(our_step, device))
-        if plain is not None:
-            plain_times.append(timed(plain_step, device))
-
-    # Memory, after the timing so it cannot disturb it. Activations per micro-batch need the
-    # whole model in this process's forward (a pipeline stage's input comes from another rank).
-    kept = activation_bytes(model, micro[0]) if args.pp == 1 else None
-    peak_memory = None
-    if device.type != "cpu":
-        accelerator = torch.get_device_module(device.type)
-        accelerator.reset_peak_memory_stats(device)
-        our_step()
-        synchronize(device)
-        peak_memory = accelerator.max_memory_allocated(device)
+        for name, step in steps.items():
+            times[name].append(timed(step, device))
+    memory = memory_line(model, our_step, micro[0], device, args.pp)  # after the timing: it cannot disturb it
 
     tokens_per_step = args.micro_batch_size * config.seq_length * args.num_micro_batches * state.dp_size
-    flops_per_step = model_flops_per_token(config, args.tp) * tokens_per_step
+    flops_per_token = model_flops_per_token(config, args.tp)
     peak, peak_source = device_peak(device, args.dtype, args.peak_tflops)
-    if state.rank != 0:
-        return
-
-    def report(name: str, times: list[float]) -> float:
-        step = statistics.median(times)
-        tps = tokens_per_step / step
-        mfu = flops_per_step / step / (world * peak * 1e12)
-        print(f"{name:<26} step {step * 1e3:9.2f} ms   {tps:12,.0f} tokens/s   MFU {100 * mfu:6.2f}%")
-        return tps
-
-    print(f"model {args.model}: {config.num_parameters(args.tp) / 1e6:.2f}M params, layers {config.num_layers}, "
-          f"hidden {config.hidden_size}, seq {config.seq_length}; layout TP={args.tp} PP={args.pp} "
-          f"DP={state.dp_size}{' +SP' if state.sequence_parallel else ''}"
-          f"{'; torch.compile' if args.torch_compile else ''}{_recompute_text(config)}; micro-batch {args.micro_batch_size} x {args.num_micro_batches}; {args.dtype} on "
-          f"{device}; {torch.get_num_threads()} threads")
-    print(f"peak {peak:.3f} TFLOP/s per rank ({peak_source}); {flops_per_step / 1e9:.3f} GFLOP per step; "
-          f"median of {len(ours_times)} steps")
-    ours = report("megatron_hds GPTModel", ours_times)
-    memory = [f"activations kept for backward {kept / 2**20:,.1f} MiB per micro-batch" if kept is not None
-              else "activations per micro-batch: not measured with PP > 1"]
-    if peak_memory is not None:
-        memory.append(f"peak allocated in one step {peak_memory / 2**30:,.2f} GiB")
-    print("megatron_hds memory (rank 0): " + "; ".join(memory))
-    if plain is not None:
-        base = report("plain PyTorch GPT", plain_times)
-        print(f"megatron_hds / plain throughput: {ours / base:.3f}")
+    if state.rank == 0:
+        print(f"model {args.model}: {config.num_parameters(args.tp) / 1e6:.2f}M params, layers {config.num_layers}, "
+              f"hidden {config.hidden_size}, seq {config.seq_length}; layout TP={args.tp} PP={args.pp} "
+              f"DP={state.dp_size}{' +SP' if state.sequence_parallel else ''}"
+              f"{'; torch.compile' if args.torch_compile else ''}{_recompute_text(config)}; "
+              f"micro-batch {args.micro_batch_size} x {args.num_micro_batches}; {args.dtype} on "
+              f"{device}; {torch.get_num_threads()} threads")
+        print(f"peak {peak:.3f} TFLOP/s per rank ({peak_source}); "
+              f"{flops_per_token * tokens_per_step / 1e9:.3f} GFLOP per step; "
+              f"median of {args.steps} steps")
+        throughput = {}
+        for name, step_times in times.items():
+            step = statistics.median(step_times)
+            throughput[name] = tokens_per_step / step
+            utilisation = mfu(throughput[name], flops_per_token, peak * 1e12, world)
+            print(f"{name:<26} step {step * 1e3:9.2f} ms   {throughput[name]:12,.0f} tokens/s   "
+                  f"MFU {100 * utilisation:6.2f}%")
+            if name == "megatron_hds GPTModel":
+                print(memory)
+        if len(throughput) == 2:
+            ours, plain = throughput.values()
+            print(f"megatron_hds / plain throughput: {ours / plain:.3f}")
     if dist.is_initialized():
         dist.destroy_process_group()
 

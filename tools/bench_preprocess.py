@@ -389,6 +389,27 @@ def parse_args(argv=None):
     return args
 
 
+def print_table(rows: list) -> None:
+    """One line per (tool, input, workers) row, with the ratio to Megatron's row of the same workers."""
+    header = (
+        f"{'tool':<18} {'input':<11} {'workers':>7} {'seconds':>8} {'CPU s':>7} {'documents':>9} {'tokens':>11} "
+        f"{'docs/s':>9} {'tokens/s':>11} {'tok/s/worker':>12} {'tok/CPU-s':>10} {'ours/megatron':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        t = row["elapsed_s"]
+        mega = next(r for r in rows if r["tool"] == "megatron" and r["workers"] == row["workers"])
+        ratio = "" if row["tool"] == "megatron" else f"{(row['tokens'] / t) / (mega['tokens'] / mega['elapsed_s']):.2f}"
+        if ratio and row["input"] != mega["input"]:
+            ratio += " *"
+        print(
+            f"{row['tool']:<18} {row['input']:<11} {row['workers']:>7} {t:>8.2f} {row['cpu_s']:>7.2f} "
+            f"{row['documents']:>9,} {row['tokens']:>11,} {row['documents'] / t:>9,.0f} {row['tokens'] / t:>11,.0f} "
+            f"{row['tokens'] / t / row['workers']:>12,.0f} {row['tokens'] / row['cpu_s']:>10,.0f} {ratio:>13}"
+        )
+
+
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.work_dir, exist_ok=True)
@@ -453,23 +474,7 @@ def main(argv=None):
         print(f"input {label}: {path} ({os.path.getsize(path) / 1e6:.1f} MB on disk)")
     print(f"best of {args.repeats} run(s) per row (wall clock); machine may be shared, so expect a few % noise")
     print()
-    header = (
-        f"{'tool':<18} {'input':<11} {'workers':>7} {'seconds':>8} {'CPU s':>7} {'documents':>9} {'tokens':>11} "
-        f"{'docs/s':>9} {'tokens/s':>11} {'tok/s/worker':>12} {'tok/CPU-s':>10} {'ours/megatron':>13}"
-    )
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        t = row["elapsed_s"]
-        mega = next(r for r in rows if r["tool"] == "megatron" and r["workers"] == row["workers"])
-        ratio = "" if row["tool"] == "megatron" else f"{(row['tokens'] / t) / (mega['tokens'] / mega['elapsed_s']):.2f}"
-        if ratio and row["input"] != mega["input"]:
-            ratio += " *"
-        print(
-            f"{row['tool']:<18} {row['input']:<11} {row['workers']:>7} {t:>8.2f} {row['cpu_s']:>7.2f} "
-            f"{row['documents']:>9,} {row['tokens']:>11,} {row['documents'] / t:>9,.0f} {row['tokens'] / t:>11,.0f} "
-            f"{row['tokens'] / t / row['workers']:>12,.0f} {row['tokens'] / row['cpu_s']:>10,.0f} {ratio:>13}"
-        )
+    print_table(rows)
     print()
     print("ours/megatron: tokens/s of the row over megatron's at the same worker count (= per-worker ratio);")
     print("  * = different input file format than megatron's row (Megatron-LM cannot read .zst).")

@@ -4,8 +4,9 @@
 #
 #   OUT=/path/for/logs bash tools/gpu_checks.sh          # default OUT: ./gpu_checks_out
 #
-# The package is installed editable (no dependencies, no build isolation: the machine's torch and
-# triton are used), because its kernels/ folder installs as megatron_hds.kernels. Each
+# The package is installed without its dependencies into a scratch directory (the machine's
+# torch and triton are used as they are): the checkout itself cannot be imported, because its
+# kernels/ folder becomes megatron_hds.kernels only when installed. Each
 # check has its own time limit and writes OUT/<check>.log; OUT/summary.txt gets the versions,
 # each check's exit status and the tail of its log. Eight files at most (7 logs and the summary), so they all fit a
 # device call's return. The tests' and bench_scheduler's demo corpus needs `zstandard`, and
@@ -63,13 +64,20 @@ if ! "$PYTHON" -c "$CUDA_CHECK"; then
   echo "no CUDA device visible: nothing to check" | tee -a "$SUMMARY"
   exit 3
 fi
-"$PYTHON" -m pip install -q --no-deps --no-build-isolation -e "$REPO_DIR" >> "$SUMMARY" 2>&1 || {
-  echo "could not install the package (pip install --no-deps --no-build-isolation -e .)" | tee -a "$SUMMARY"
+SITE=/tmp/megatron_hds_site
+rm -rf "$SITE"
+if ! "$PYTHON" -m pip install -q --no-deps --no-build-isolation --no-index --target "$SITE" "$REPO_DIR" \
+    >> "$SUMMARY" 2>&1; then
+  echo "pip could not install $REPO_DIR into $SITE (see above)" | tee -a "$SUMMARY"
   exit 5
-}
+fi
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
 # Issue 3/5/6 gpu-marked tests (Triton vs torch training losses, kernels on CUDA, NCCL paths).
-check pytest_gpu 90 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests
+# From another directory, with the tests' folder appended to sys.path, so that the installed
+# package, not the checkout, is the one imported.
+check pytest_gpu 90 bash -c 'cd /tmp && "$0" -m pytest -q -m gpu -p no:cacheprovider --import-mode=append \
+    --rootdir "$1" -c "$1/setup.cfg" "$1/tests"' "$PYTHON" "$REPO_DIR"
 # Issue 3: step time and MFU at the Pythia shapes in bf16 (goal: >= 45% MFU at 1B); at 1B also
 # with --torch-compile (the warm-up steps pay the compilation).
 check bench_model_410m 50 "$PYTHON" tools/bench_model.py --model pythia-410m --dtype bf16 --micro-batch-size 8 \

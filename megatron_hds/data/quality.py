@@ -7,7 +7,7 @@ threshold (0.72) a full factor is counted and the segment restarts; the leftover
 segment adds the partial factor (1 - TTR) / (1 - threshold). MTLD is the sequence
 length divided by the factor count, computed forwards and backwards and averaged.
 
-Edge cases (our definitions, documented in the README): an empty sequence has MTLD 0;
+Edge cases (our definitions, documented in docs/formats.md): an empty sequence has MTLD 0;
 a direction whose factor count is 0 (every token distinct, so TTR never left 1) scores
 the sequence length, the most diverse value possible, which is also the scheduler's
 normalisation maximum.

@@ -27,7 +27,7 @@ smoothing; "observation" = one call to ``observe``, i.e. one training step)
                released: pi_t = (1 - K eps_t) R / sum(R) + eps_t
                The released code computes ``R_i eps_{t-1} * (1 - K eps_t) /
                sum_j(R_j eps_{t-1}) + eps_t``: eps_{t-1} cancels, which is the "smooth
-               exp(L) without importance weights and normalise linearly" of METHOD.md,
+               exp(L) without importance weights and normalise linearly" of docs/method.md,
                still mixed with eps_t exploration. Domains never drawn have R_i = 0 and
                get eps_t alone, as there; with sum(R) = 0 the exploitation part is uniform.
     floor      w = max(pi, floor) / sum(max(pi, floor)), the sampler's rule.

@@ -35,10 +35,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from megatron_hds.optim.optimizer import (OPTIMIZER_STATE_VERSION, DynamicLossScaler, GradPairs, LossScalerConfig,
+                                          TrainingOptimizer, _model_grad, adamw_impl_kwargs, local_grad_norm,
+                                          unscale_and_check_)
 from megatron_hds.parallel.mappings import all_gather_single, group_rank, group_size, reduce_scatter_single
-from megatron_hds.optim.optimizer import (OPTIMIZER_STATE_VERSION, PRECISIONS, DynamicLossScaler, GradPairs,
-                                             LossScalerConfig, TrainingOptimizer, _model_grad, adamw_impl_kwargs,
-                                             local_grad_norm, unscale_and_check_)
+from megatron_hds.precision import PRECISIONS
 
 _MOMENTS = ("exp_avg", "exp_avg_sq")
 

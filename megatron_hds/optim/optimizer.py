@@ -28,9 +28,6 @@ from torch import nn
 
 from megatron_hds import kernels
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-_DTYPE_PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
 # Version of the optimizer state_dict layout written below.
 OPTIMIZER_STATE_VERSION = 1
 
@@ -539,65 +536,3 @@ class MixedPrecisionOptimizer(TrainingOptimizer):
             if state.get("loss_scaler") is None:
                 raise ValueError("fp16 optimizer state has no loss_scaler entry")
             self.scaler.load_state_dict(state["loss_scaler"])
-
-
-def _infer_precision(params: Sequence[torch.Tensor]) -> str:
-    dtypes = {p.dtype for p in params}
-    if len(dtypes) != 1 or next(iter(dtypes)) not in _DTYPE_PRECISION:
-        raise ValueError(
-            f"model params have dtypes {sorted(str(d) for d in dtypes)}; expected all float32, "
-            "all bfloat16 or all float16"
-        )
-    return _DTYPE_PRECISION[next(iter(dtypes))]
-
-
-def build_optimizer(
-    model_or_named_params: nn.Module | Iterable[tuple[str, nn.Parameter]],
-    lr: float,
-    weight_decay: float = 0.01,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    *,
-    precision: str | None = None,
-    loss_scaler: LossScalerConfig | None = None,
-    fused: bool | None = None,
-    distributed: bool = False,
-    dp_group=None,
-) -> TrainingOptimizer:
-    """AdamW with decay / no-decay groups; fp32 master weights for bf16/fp16 params.
-
-    ``precision`` (fp32, bf16, fp16) must match the params' dtype; None infers it.
-    ``loss_scaler`` configures fp16's dynamic scaler (Megatron defaults when None).
-    ``fused`` None picks fused AdamW on CUDA params when available, foreach otherwise.
-    ``distributed`` shards the state over ``dp_group`` (--use-distributed-optimizer; see
-    megatron_hds.optim.distributed_optimizer); its step replaces the gradient all-reduce.
-    Betas default to torch's (0.9, 0.999), as Megatron's --adam-beta1/2.
-    """
-    if not (math.isfinite(lr) and lr >= 0):
-        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps!r}")
-    groups = weight_decay_groups(model_or_named_params, weight_decay)
-    params = [p for g in groups for p in g["params"]]
-    found = _infer_precision(params)
-    if precision is None:
-        precision = found
-    elif precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
-    elif precision != found:
-        raise ValueError(f"precision {precision!r} requested but the model params are {found}; cast the model first")
-    betas = (float(betas[0]), float(betas[1]))
-    if distributed:
-        from megatron_hds.optim.distributed_optimizer import DistributedOptimizer
-
-        return DistributedOptimizer(groups, lr, betas, eps, precision, dp_group,
-                                    loss_scaler=loss_scaler, fused=fused)
-    if precision == "fp32":
-        if loss_scaler is not None:
-            raise ValueError("loss scaling is for fp16 only; fp32 trains without a loss scaler")
-        return FP32Optimizer(groups, lr, betas, eps, fused=fused)
-    return MixedPrecisionOptimizer(groups, lr, betas, eps, precision, loss_scaler=loss_scaler, fused=fused)

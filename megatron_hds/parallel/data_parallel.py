@@ -7,6 +7,7 @@ the same model replica also holds (TP-replicated tensors off TP rank 0, and the 
 stage's copy of tied embeddings), then all-reduces over the TP x PP group; DP ranks
 hold identical gradients after averaging, so they are not summed again, unless each
 holds a different slice of them (the distributed optimizer: ``sharded_over_dp``).
+Clipping by that norm is the optimizer's (optim/optimizer.py, ``clip_grads_by_norm_``).
 """
 from __future__ import annotations
 
@@ -134,14 +135,3 @@ def global_norm(pairs: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]], state:
 def global_grad_norm(params: Iterable[torch.nn.Parameter], state: ParallelState) -> float:
     """L2 norm of the full model's gradient (.grad), each distinct parameter counted once."""
     return global_norm(((p, p.grad) for p in params), state)
-
-
-def clip_grad_norm_(params: Iterable[torch.nn.Parameter], max_norm: float, state: ParallelState) -> float:
-    """Scale gradients so the global norm is at most max_norm; returns the norm before clipping."""
-    params = [p for p in params if p.grad is not None]
-    norm = global_grad_norm(params, state)
-    if max_norm > 0 and norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
-        for p in params:
-            p.grad.mul_(scale)
-    return norm

@@ -13,7 +13,7 @@ data_parallel then averages over DP, giving the mean over the global batch.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -61,42 +61,6 @@ def run_1f1b(num_stages: int, stage: int, num_microbatches: int, forward_step, b
         grad_y = comm.recv_backward()
         grad_x = backward_step(j, inputs.popleft(), outputs.popleft(), grad_y)
         comm.send_backward(grad_x)
-
-
-class _NoComm:
-    """Communication stub: receives nothing, sends nowhere."""
-
-    def recv_forward(self):
-        return None
-
-    def recv_backward(self):
-        return None
-
-    def send_forward(self, y):
-        pass
-
-    def send_backward(self, g):
-        pass
-
-    def send_forward_recv_backward(self, y):
-        return None
-
-    def send_backward_recv_forward(self, g):
-        return None
-
-
-def one_f_one_b_order(num_stages: int, stage: int, num_microbatches: int) -> List[Tuple[str, int]]:
-    """The ('F'|'B', micro-batch) sequence that run_1f1b executes on `stage`."""
-    order: List[Tuple[str, int]] = []
-
-    def forward_step(i, x):
-        order.append(("F", i))
-
-    def backward_step(i, x, y, g):
-        order.append(("B", i))
-
-    run_1f1b(num_stages, stage, num_microbatches, forward_step, backward_step, _NoComm())
-    return order
 
 
 def forward_backward(model, micro_batches: List[MicroBatch], *, loss_fn: LossFn = masked_mean_loss,

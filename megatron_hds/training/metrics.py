@@ -1,5 +1,5 @@
-"""Training metrics: the metrics.jsonl log (FORMATS.md "Metrics log"), the console line,
-TensorBoard and W&B scalars, and the throughput arithmetic (model FLOPs, MFU).
+"""Training metrics: the metrics.jsonl log (docs/formats.md, "Metrics log"), the console line,
+and TensorBoard and W&B scalars. MFU comes from training/flops.py.
 
 Only global rank 0 writes; ``MetricsLogger(rank=r)`` with ``r != 0`` is a no-op, so the
 training loop calls it unconditionally. TensorBoard and W&B are optional: each is probed
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, TextIO
 
+from megatron_hds.training import flops
+
 logger = logging.getLogger(__name__)
 
 METRICS_FILENAME = "metrics.jsonl"
@@ -33,71 +35,6 @@ EVAL_SPLITS = ("valid", "test")
 # Non-finite floats are written as these strings and turned back into floats by read_metrics.
 _NONFINITE_TO_STR = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 _STR_TO_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-# ---------------------------------------------------------------------------
-# Throughput arithmetic
-
-# Dense (no sparsity) bf16/fp16 tensor-core peaks per device, FLOP/s, from the vendors'
-# data sheets. Matched against torch's device name, most specific entry first.
-PEAK_FLOPS_BF16: tuple[tuple[str, float], ...] = (
-    ("GH200", 989e12),
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),  # SXM
-    ("H800", 989e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("L40S", 362e12),
-    ("A10G", 70e12),
-)
-
-
-def peak_flops_per_device(device_name: str | None, precision: str = "bf16") -> float | None:
-    """Peak FLOP/s of one device for bf16/fp16 training, or None when unknown (CPU, fp32,
-    unlisted GPU), which turns MFU reporting off rather than reporting a guess."""
-    if not device_name or precision not in ("bf16", "fp16"):
-        return None
-    for key, peak in PEAK_FLOPS_BF16:
-        if key.lower() in device_name.lower():
-            return peak
-    return None
-
-
-def device_name(device: Any) -> str | None:
-    """Marketing name of a CUDA device (e.g. 'NVIDIA H100 80GB HBM3'); None for any other device.
-
-    ``device`` is the training device (a torch.device or string); torch.cuda is only
-    touched when that device is a CUDA device.
-    """
-    import torch
-
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    return torch.cuda.get_device_name(device)
-
-
-def gpt_flops_per_token(num_params: int, num_layers: int, hidden_size: int, seq_length: int) -> float:
-    """Training FLOPs per token of a GPT, the PaLM / Megatron estimate ``6N + 12*L*h*s``.
-
-    ``6N``: forward (2 FLOPs per multiply-add) plus backward (twice the forward) through
-    every weight matrix; N should count the parameters used in matmuls, i.e. all
-    parameters except position-embedding tables, with a tied input/output embedding
-    counted once (as the output layer). ``12*L*h*s``: the attention score and value
-    matmuls (QK^T and AV), forward plus backward, not discounted for the causal mask.
-    Activation recomputation is not counted (this is model FLOPs, not hardware FLOPs).
-    """
-    for name, value in (("num_params", num_params), ("num_layers", num_layers),
-                        ("hidden_size", hidden_size), ("seq_length", seq_length)):
-        if value <= 0:
-            raise ValueError(f"{name} must be > 0, got {value!r}")
-    return 6.0 * num_params + 12.0 * num_layers * hidden_size * seq_length
-
-
-def mfu(tokens_per_sec: float, flops_per_token: float, peak_flops: float, num_devices: int) -> float:
-    """Model FLOPs utilisation: achieved model FLOP/s over the peak of all devices."""
-    return tokens_per_sec * flops_per_token / (peak_flops * num_devices)
-
 
 # ---------------------------------------------------------------------------
 # Records
@@ -270,9 +207,9 @@ class MetricsConfig:
     wandb_save_dir: str | None = None
     """Local directory for W&B files (default: log_dir)."""
     flops_per_token: float | None = None
-    """Model training FLOPs per token (gpt_flops_per_token) for MFU."""
+    """Model training FLOPs per token (flops.model_flops_per_token) for MFU."""
     peak_flops_per_device: float | None = None
-    """Peak FLOP/s of one device (peak_flops_per_device); None reports no MFU."""
+    """Peak FLOP/s of one device (flops.peak_flops); None reports no MFU."""
     num_devices: int = 1
     """Devices the throughput is spread over (world size), for MFU."""
     console_domains: int = 4
@@ -548,7 +485,7 @@ class MetricsLogger:
         c = self.config
         if c.flops_per_token is None or c.peak_flops_per_device is None:
             return None
-        return mfu(tokens_per_sec, c.flops_per_token, c.peak_flops_per_device, c.num_devices)
+        return flops.mfu(tokens_per_sec, c.flops_per_token, c.peak_flops_per_device, c.num_devices)
 
     def train_line(self, record: Mapping[str, Any]) -> str:
         """The console line of a train record."""

@@ -31,25 +31,19 @@ from megatron_hds.mixing.base import StepSignals
 from megatron_hds.mixing.collector import NoSignals, SignalCollector
 from megatron_hds.mixing.factory import LEARNING_METHODS, build_scheduler
 from megatron_hds.model.gpt import GPTModel, finalize_model_grads
+from megatron_hds.optim import build_optimizer
 from megatron_hds.optim.lr_schedule import LRScheduleConfig, LRScheduler
-from megatron_hds.optim.optimizer import build_optimizer
 from megatron_hds.parallel.data_parallel import GradientAllReducer, global_norm
 from megatron_hds.parallel.random import seed_default_generator
 from megatron_hds.parallel.schedules import forward_backward, masked_mean_loss
 from megatron_hds.parallel.state import ParallelState
-from megatron_hds.training.metrics import (
-    MetricsConfig,
-    MetricsLogger,
-    device_name,
-    gpt_flops_per_token,
-    peak_flops_per_device,
-)
+from megatron_hds.precision import torch_dtype
+from megatron_hds.training.flops import device_name, model_flops_per_token, peak_flops
+from megatron_hds.training.metrics import MetricsConfig, MetricsLogger
 from megatron_hds.training.preemption import SignalSaveHandler
 from megatron_hds.training.step import all_reduce_domain_sums, load_micro_batch, split_means
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _world_barrier():
@@ -100,14 +94,14 @@ class Trainer:
             for split in ("valid", "test")
         }
 
-        self.model = GPTModel(model_cfg, state, seed=train.seed, dtype=_DTYPES[optim.precision])
+        self.model = GPTModel(model_cfg, state, seed=train.seed, dtype=torch_dtype(optim.precision))
         self.optimizer = build_optimizer(self.model, optim.lr, optim.weight_decay,
                                          (optim.adam_beta1, optim.adam_beta2), optim.adam_eps,
                                          precision=optim.precision, distributed=optim.use_distributed_optimizer,
                                          dp_group=state.dp_group)
         self.lr_scheduler = LRScheduler(self.optimizer, LRScheduleConfig.from_config(optim, train.train_iters))
         bucket_mb = 25.0 if optim.ddp_bucket_size is None else \
-            optim.ddp_bucket_size * torch.finfo(_DTYPES[optim.precision]).bits / 8 / 2**20
+            optim.ddp_bucket_size * torch.finfo(torch_dtype(optim.precision)).bits / 8 / 2**20
         self.grad_reducer = GradientAllReducer(self.model.parameters(), state.dp_group, bucket_size_mb=bucket_mb,
                                                overlap=optim.overlap_grad_reduce)
         self.collector = NoSignals()
@@ -141,9 +135,8 @@ class Trainer:
         self.metrics = MetricsLogger(MetricsConfig(
             log_dir=log_dir, train_iters=train.train_iters, tensorboard_dir=train.tensorboard_dir,
             wandb_project=train.wandb_project, wandb_exp_name=train.wandb_exp_name,
-            flops_per_token=gpt_flops_per_token(model_cfg.num_parameters(state.tp_size), model_cfg.num_layers,
-                                                model_cfg.hidden_size, model_cfg.seq_length),
-            peak_flops_per_device=peak_flops_per_device(device_name(state.device), optim.precision),
+            flops_per_token=model_flops_per_token(model_cfg, state.tp_size),
+            peak_flops_per_device=peak_flops(device_name(state.device), optim.precision),
             num_devices=state.layout.world_size), rank=state.rank, start_iteration=self.iteration)
         if self.iteration == 0:
             self.metrics.log_config(config.to_dict() | {"domains": self.domains.names,

@@ -122,7 +122,7 @@ def constant_reward_run(agent, steps: int, rng: np.random.Generator) -> np.ndarr
 
 
 def test_a_bounded_sac_policy_stays_near_its_start_when_the_reward_ignores_the_action():
-    """The collapse seen in docs/results.md in miniature: with an action-independent reward,
+    """The collapse seen in docs/experiments/ (the free-logit runs) in miniature: with an action-independent reward,
     the tanh Jacobian in the entropy keeps the bounded policy's weights near the start. The box
     alone allows each weight a factor e^(+-2c) from its start; the test asks for e^(+-c), which
     the policy misses without the tanh correction (checked by removing it)."""

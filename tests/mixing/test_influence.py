@@ -15,7 +15,7 @@ from megatron_hds.mixing.collector import SignalCollector, half_rows
 from megatron_hds.mixing.config import ProbeConfig
 from megatron_hds.mixing.influence import DomainGradients, alignment_scores, influence_scores
 from megatron_hds.model.gpt import GPTModel
-from megatron_hds.optim.optimizer import build_optimizer
+from megatron_hds.optim import build_optimizer
 from megatron_hds.parallel.schedules import forward_backward
 from megatron_hds.parallel.state import ParallelState
 

@@ -21,7 +21,9 @@ from megatron_hds.parallel.data_parallel import GradientAllReducer, global_norm
 from megatron_hds.parallel.schedules import forward_backward
 from megatron_hds.parallel.state import ParallelState
 from megatron_hds.optim.distributed_optimizer import DistributedOptimizer
-from megatron_hds.optim.optimizer import FP32Optimizer, build_optimizer
+from megatron_hds.optim import build_optimizer
+from megatron_hds.optim.optimizer import FP32Optimizer
+from megatron_hds.precision import torch_dtype
 from tests.distributed import run_distributed
 
 CONFIG = dict(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=96, seq_length=16,
@@ -156,7 +158,7 @@ def _fake_grads(model, seed: int, dtype: torch.dtype, poison: bool = False):
 
 
 def _mixed_precision_worker(precision: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = torch_dtype(precision)
     state = ParallelState.build(1, 1)
     models = [GPTModel(ModelConfig(**CONFIG), state, seed=5, dtype=dtype) for _ in range(2)]
     plain = build_optimizer(models[0], lr=1e-2, weight_decay=0.1)

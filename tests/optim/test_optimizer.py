@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from megatron_hds.optim import build_optimizer
 from megatron_hds.optim.optimizer import (
     CLIP_EPS,
     DynamicLossScaler,
@@ -15,7 +16,6 @@ from megatron_hds.optim.optimizer import (
     LossScalerConfig,
     MixedPrecisionOptimizer,
     adamw_impl_kwargs,
-    build_optimizer,
     clip_grads_by_norm_,
     local_grad_norm,
 )

@@ -2,7 +2,37 @@
 import pytest
 import torch
 
-from megatron_hds.parallel.schedules import masked_mean_loss, one_f_one_b_order
+from megatron_hds.parallel.schedules import masked_mean_loss, run_1f1b
+
+
+class _NoComm:
+    """Communication stub: receives nothing, sends nowhere."""
+
+    def recv_forward(self):
+        return None
+
+    def recv_backward(self):
+        return None
+
+    def send_forward(self, y):
+        pass
+
+    def send_backward(self, g):
+        pass
+
+    def send_forward_recv_backward(self, y):
+        return None
+
+    def send_backward_recv_forward(self, g):
+        return None
+
+
+def one_f_one_b_order(num_stages: int, stage: int, num_microbatches: int):
+    """The ('F'|'B', micro-batch) sequence that run_1f1b executes on `stage`."""
+    order = []
+    run_1f1b(num_stages, stage, num_microbatches, lambda i, x: order.append(("F", i)),
+             lambda i, x, y, g: order.append(("B", i)), _NoComm())
+    return order
 
 
 def _parse(text):

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 sentencepiece = pytest.importorskip("sentencepiece")
 
 from megatron_hds.data.tokenizer import build_tokenizer, train_sentencepiece  # noqa: E402
-from megatron_hds.checkpoint import hf_model  # noqa: E402
+from megatron_hds.checkpoint import hf_tokenizer  # noqa: E402
 
 VOCAB = 600
 TEXTS = ("Hello  world\n\tindented 12345", " leading space", "trailing  ", "  two leading", "a\n\nb\t\tc",
@@ -47,7 +47,7 @@ def sp_model_file(request, sample, tmp_path_factory):
 
 @pytest.mark.parametrize("tokenizer_type", ["GPTSentencePieceTokenizer", "Llama2Tokenizer"])
 def test_export_encodes_as_sentencepiece(sp_model_file, tokenizer_type, sample, tmp_path):
-    hf_model.save_hf_tokenizer(sp_model_file, tokenizer_type, str(tmp_path))
+    hf_tokenizer.save_hf_tokenizer(sp_model_file, tokenizer_type, str(tmp_path))
     hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
     ours = build_tokenizer(tokenizer_type, sp_model_file)
     for text in TEXTS:
@@ -74,9 +74,9 @@ def test_a_tokenizer_that_encodes_differently_is_refused(sp_model_file, tmp_path
     def without_prefix(backend, proto):
         backend.normalizer = normalizers.Replace(" ", "\u2581")
 
-    monkeypatch.setattr(hf_model, "_set_sentencepiece_pipeline", without_prefix)
+    monkeypatch.setattr(hf_tokenizer, "_set_sentencepiece_pipeline", without_prefix)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ValueError, match=r"encodes 'Hello  world\\n\\tindented 12345' as .*: not exported"):
-        hf_model.save_hf_tokenizer(sp_model_file, "GPTSentencePieceTokenizer", str(out))
+        hf_tokenizer.save_hf_tokenizer(sp_model_file, "GPTSentencePieceTokenizer", str(out))
     assert os.listdir(out) == []

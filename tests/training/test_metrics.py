@@ -1,4 +1,5 @@
-"""Metrics: metrics.jsonl records and resume, console line, rank-0 only, TensorBoard/W&B, FLOPs."""
+"""Metrics: metrics.jsonl records and resume, console line (with MFU), rank-0 only, TensorBoard/W&B.
+The FLOPs formula and peak table are tests/training/test_flops.py's."""
 
 import io
 import json
@@ -15,8 +16,6 @@ from megatron_hds.training.metrics import (
     MetricsConfig,
     MetricsLogger,
     eval_summary,
-    gpt_flops_per_token,
-    peak_flops_per_device,
     read_metrics,
 )
 
@@ -291,21 +290,6 @@ def test_real_tensorboard_writes_event_files(tmp_path):
     with MetricsLogger(_config(tmp_path, tensorboard_dir=str(tmp_path / "tb")), stream=io.StringIO()) as logger:
         _train(logger, 1)
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
-
-
-def test_flops_and_peak_table():
-    # Pythia-1B-like: N = 1.0e9, L = 16, h = 2048, s = 2048
-    assert gpt_flops_per_token(1_000_000_000, 16, 2048, 2048) == 6e9 + 12 * 16 * 2048 * 2048
-    assert peak_flops_per_device("NVIDIA H100 80GB HBM3") == 989e12
-    assert peak_flops_per_device("NVIDIA H100 PCIe") == 756e12
-    assert peak_flops_per_device("NVIDIA H200") == 989e12
-    assert peak_flops_per_device("NVIDIA A100-SXM4-80GB") == 312e12
-    assert peak_flops_per_device("NVIDIA A100-SXM4-80GB", precision="fp32") is None
-    assert peak_flops_per_device(None) is None
-    assert metrics.device_name(torch.device("cpu")) is None
-    assert metrics.mfu(1000.0, 1e9, 1e12, 2) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="num_layers must be > 0, got 0"):
-        gpt_flops_per_token(10, 0, 1, 1)
 
 
 def test_tensors_and_numpy_values_are_encoded():

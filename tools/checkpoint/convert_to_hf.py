@@ -11,7 +11,8 @@ import logging
 import sys
 
 
-from megatron_hds.checkpoint.hf_model import DTYPES, export_checkpoint  # noqa: E402
+from megatron_hds.checkpoint.hf_model import export_checkpoint  # noqa: E402
+from megatron_hds.precision import DTYPES  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
