@@ -206,7 +206,8 @@ class HDSConfig:
     influence_step: float = option(0.3, help="log-weight per unit of (clipped, z-scored) inter-domain influence")
     learnability_step: float = option(0.5, help="log-weight per unit of (clipped) scaling-law learnability")
     quality_step: float = option(0.0, help="log-weight per unit of (clipped, z-scored) within-domain sample quality")
-    score_smoothing: float = option(0.9, help="decay of the running averages of the influence and quality scores")
+    score_smoothing: float = option(0.995, help="decay of the running averages of the influence and quality scores "
+                                                "(one step's scores are mostly sampling noise)")
     mixture_smoothing: float = option(0.2, help="share of the new target the base mixture moves by each step")
     natural_anchor: float = option(0.1, help="share of the natural weights mixed into the base mixture")
     ramp_fraction: float = option(0.1, help="share of the run over which the base mixture's steps grow from 0 to "

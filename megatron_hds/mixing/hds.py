@@ -21,7 +21,7 @@ import numpy as np
 from megatron_hds.mixing.action_map import effective_floor, weights_from_logits
 from megatron_hds.mixing.agent_base import AgentShape
 from megatron_hds.mixing.base import StepSignals, lift_to_floor, normalized
-from megatron_hds.mixing.base_mixture import BaseMixture
+from megatron_hds.mixing.base_mixture import BaseMixture, zscore
 from megatron_hds.mixing.config import MixingConfig
 from megatron_hds.mixing.rewards import HolisticReward
 from megatron_hds.mixing.sac import SACAgent
@@ -74,11 +74,13 @@ class HDSScheduler(AgentTimeline):
         return np.zeros(len(self.natural))  # the base itself
 
     def _reward(self, signals: StepSignals) -> tuple[dict, float]:
-        parts = self.reward.components(signals, self._base_in_force)
+        self.base.observe(signals)
+        # The step's influence scores are mostly noise: the running average is the estimate paid.
+        parts = self.reward.components(signals, self._base_in_force, zscore(self.base.influence))
         return parts, self.reward.total(parts)
 
     def _next_state(self, signals: StepSignals) -> np.ndarray:
-        base = self.base.update(signals)
+        base = self.base.mix(signals.iteration)
         self._base_in_force = base
         groups = (self.base.influence, self.base.learnability.scores, self.base.quality, np.log(base / self.natural))
         return self.states.build(signals, groups)

@@ -3,8 +3,9 @@
 HDS's holistic reward has three components, one per perspective, each measured so that
 it is informative and cannot be earned by concentrating the mixture (p = the realised
 sample shares of the step, b = the base mixture the agent acted around):
-- align:   sum_i (w_i - b_i) u_i, w the weights the step was drawn with, u the step's influence
-           z-scores (mixing/influence.py): the first-order gain on the natural-mixture loss of
+- align:   sum_i (w_i - b_i) u_i, w the weights the step was drawn with, u the influence
+           z-scores (mixing/influence.py; HDS pays the z-scores of their running average, which
+           one step's noise does not drown): the first-order gain on the natural-mixture loss of
            the agent's deviation from the base. Zero when the agent plays the base.
 - quality: sum_i p_i q_i, q_i the mean within-domain z-score of the MTLD of domain i's drawn
            samples: how good the samples were for their domains. Zero in expectation for any
@@ -63,11 +64,13 @@ class HolisticReward:
         self.ratio_var = np.zeros(num_matrices)
         self.ratio_count = 0
 
-    def components(self, signals: StepSignals, base: np.ndarray) -> dict:
+    def components(self, signals: StepSignals, base: np.ndarray, influence=None) -> dict:
         """Every component (also the ones not paid, for logging), before normalisation; NaN where
-        unmeasured."""
+        unmeasured. ``influence``: the estimate of the influence scores to pay (default: the
+        step's own)."""
         shares = realised_shares(signals)
-        influence = signals.extra.get("influence")
+        if influence is None or signals.extra.get("influence") is None:
+            influence = signals.extra.get("influence")
         deviation = np.asarray(signals.weights, dtype=np.float64) - base
         out = {"align": float(np.dot(deviation, influence)) if influence is not None else math.nan}
         quality = signals.extra.get("quality")
