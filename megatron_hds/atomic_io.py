@@ -9,9 +9,14 @@ written to a unique temporary name in the same directory and renamed over the ta
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from contextlib import contextmanager
 from typing import Iterator
+
+# Temporary names are "<target>.tmp-<pid>-<random>[suffix]"; a writer killed with SIGKILL
+# never reaches its clean-up, so its temporary stays until remove_stale_temporaries.
+_TMP_MARK = ".tmp-"
 
 
 def fsync_dir(path: str) -> None:
@@ -36,7 +41,7 @@ def atomic_path(path: str, suffix: str = "", durable: bool = False) -> Iterator[
     extension (np.save adds ``.npy`` otherwise). ``durable`` fsyncs the file and its
     directory, for checkpoints that must survive a machine crash.
     """
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+    tmp = f"{path}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
     try:
         yield tmp
         if durable:
@@ -57,3 +62,30 @@ def write_bytes_atomic(path: str, data: bytes, durable: bool = False) -> None:
 
 def write_text_atomic(path: str, text: str, durable: bool = False) -> None:
     write_bytes_atomic(path, text.encode("utf-8"), durable=durable)
+
+
+def remove_stale_temporaries(path: str, older_than_s: float | None = None) -> list[str]:
+    """Delete the temporaries that killed writers of ``path`` left behind; returns their paths.
+
+    ``older_than_s``: only those not modified for that long, where another process may be
+    writing ``path`` right now (a cache directory shared by jobs): a live writer keeps
+    its temporary fresh, and it exists only while one file is being written.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for entry in names:
+        if not entry.startswith(name + _TMP_MARK):
+            continue
+        tmp = os.path.join(directory, entry)
+        try:
+            if older_than_s is not None and time.time() - os.path.getmtime(tmp) < older_than_s:
+                continue
+            os.remove(tmp)
+        except FileNotFoundError:  # its writer finished (or another cleaner came first)
+            continue
+        removed.append(tmp)
+    return removed
