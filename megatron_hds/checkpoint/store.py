@@ -1,29 +1,42 @@
 """Checkpoints in Megatron's legacy layout (``iter_XXXXXXX/mp_rank_XX[_XXX]/model_optim_rng.pt``),
-written so that a crash mid-save never damages the last good checkpoint; RNG capture and
-restore.
+written so that a crash or a failed write mid-save never damages the last good checkpoint,
+each with the sizes and checksums of its files so that a damaged one is told from an intact
+one; RNG capture and restore.
 
 The module knows neither the model nor the parallel layout's internals: callers pass their
-rank coordinates, a barrier and process groups.
+rank coordinates, a barrier (or an ``agree`` collective) and process groups.
 
 Save protocol (every rank calls :func:`save_checkpoint` with the same iteration):
 
-1. global rank 0 removes leftovers of crashed saves (``.tmp_iter_*``, ``.stale_iter_*``) and
-   creates ``<save>/.tmp_iter_XXXXXXX``; barrier;
+1. global rank 0 removes leftovers of crashed saves (``.tmp_iter_*``, ``.stale_iter_*``,
+   temporaries of ``latest_checkpointed_iteration.txt``) and creates
+   ``<save>/.tmp_iter_XXXXXXX``; sync;
 2. ranks with ``dp_rank == 0`` write their (tp, pp) shard into the temporary directory
-   (temp file + fsync + ``os.replace``); barrier;
-3. global rank 0 renames the temporary directory to ``iter_XXXXXXX`` (moving a complete
-   directory of the same iteration aside first), then atomically rewrites
-   ``latest_checkpointed_iteration.txt``, then applies ``keep_last_n``; barrier.
+   (temp file + fsync + ``os.replace``), hashing it as it is written, and a small
+   ``checksum.json`` beside it; sync;
+3. global rank 0 gathers the shards' checksums into ``checksums.json`` (refusing to commit
+   if a shard is missing), renames the temporary directory to ``iter_XXXXXXX`` (moving a
+   complete directory of the same iteration aside first), then atomically rewrites
+   ``latest_checkpointed_iteration.txt``, then applies ``keep_last_n``; sync.
 
 A crash before step 3's rename leaves only a ``.tmp_iter_*`` directory, which loading
-ignores and the next save deletes; ``latest`` still names the previous checkpoint.
-All ranks must see the same ``save_dir`` (a shared filesystem on multi-node runs).
+ignores and the next save deletes; ``latest`` still names the previous checkpoint. A
+write that fails (a full disk) is agreed over the ranks when ``agree`` is given: every
+rank raises :class:`CheckpointSaveError`, rank 0 removes the partial save, and ``latest``
+and the previous checkpoint are untouched.
+
+Loading checks the recorded sizes of every file and the checksum of the shard it reads;
+a damaged checkpoint raises :class:`CheckpointDamagedError`, naming what is wrong and the
+newest intact checkpoint. All ranks must see the same ``save_dir`` (a shared filesystem on
+multi-node runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import random
@@ -38,15 +51,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_hds.atomic_io import atomic_path, fsync_dir, write_text_atomic
+from megatron_hds.atomic_io import atomic_path, fsync_dir, remove_stale_temporaries, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 3.0
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
 MODEL_FILENAME = "model_optim_rng.pt"
+CHECKSUMS_FILENAME = "checksums.json"  # per committed checkpoint: every file's size and sha256
+SHARD_CHECKSUM_FILENAME = "checksum.json"  # per shard, while the save is in progress
 TMP_PREFIX = ".tmp_iter_"
 STALE_PREFIX = ".stale_iter_"
+_HASH_CHUNK = 16 << 20
 
 # Top-level keys this module owns; ``extra`` may not overwrite them.
 RESERVED_KEYS = frozenset(
@@ -65,8 +81,15 @@ RESERVED_KEYS = frozenset(
 )
 
 _ITER_DIR_RE = re.compile(r"^iter_(\d{7,})$")
-_SHARD_DIR_RE = re.compile(r"^mp_rank_(\d{2,})(?:_(\d{3,}))?$")
+SHARD_DIR_RE = re.compile(r"^mp_rank_(\d{2,})(?:_(\d{3,}))?$")  # (tp rank, pp rank or None when PP == 1)
 
+
+class CheckpointSaveError(RuntimeError):
+    """A save that could not be completed; the previous checkpoint and ``latest`` are untouched."""
+
+
+class CheckpointDamagedError(RuntimeError):
+    """A committed checkpoint whose files are missing, truncated or do not match their checksums."""
 
 
 # --------------------------------------------------------------------------- layout
@@ -234,9 +257,29 @@ def _plain_args(args: Any) -> dict:
     raise TypeError(f"args must be a dataclass, argparse.Namespace, mapping or None, got {type(args).__name__}")
 
 
-def _atomic_torch_save(obj: Any, path: str) -> None:
-    with atomic_path(path, durable=True) as tmp:
-        torch.save(obj, tmp)
+class _HashingWriter:
+    """A binary file that hashes what is written through it (torch.save writes sequentially)."""
+
+    def __init__(self, file):
+        self.file = file
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _atomic_torch_save(obj: Any, path: str) -> dict:
+    """torch.save to ``path`` atomically and durably; returns the file's size and sha256."""
+    with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:
+        writer = _HashingWriter(f)
+        torch.save(obj, writer)
+    return {"bytes": writer.bytes, "sha256": writer.sha256.hexdigest()}
 
 
 def _default_barrier() -> None:
@@ -245,12 +288,15 @@ def _default_barrier() -> None:
 
 
 def _remove_leftovers(save_dir: str) -> None:
-    """Delete temporary and moved-aside directories of earlier, interrupted saves."""
+    """Delete what earlier, interrupted saves left: temporary and moved-aside directories, and
+    temporaries of the tracker file (the save directory belongs to one run, so all are stale)."""
     for name in os.listdir(save_dir):
         if name.startswith((TMP_PREFIX, STALE_PREFIX)):
             path = os.path.join(save_dir, name)
             logger.info("removing %s left by an interrupted save", path)
             shutil.rmtree(path, ignore_errors=True)
+    for path in remove_stale_temporaries(tracker_path(save_dir)):
+        logger.info("removed %s left by an interrupted save", path)
 
 
 def _prepare(save_dir: str, iteration: int) -> str:
@@ -263,19 +309,44 @@ def _prepare(save_dir: str, iteration: int) -> str:
 
 
 def _write_shard(save_dir: str, iteration: int, state: dict, tp_rank: int, pp_rank: int, pp_size: int) -> str:
-    """One (tp, pp) shard into the temporary directory; returns the file's path."""
+    """One (tp, pp) shard into the temporary directory, with its checksum beside it; returns
+    the file's path."""
     shard_dir = os.path.join(_tmp_dir(save_dir, iteration), shard_dirname(tp_rank, pp_rank, pp_size))
     os.makedirs(shard_dir, exist_ok=True)
     path = os.path.join(shard_dir, MODEL_FILENAME)
-    _atomic_torch_save(state, path)
+    record = _atomic_torch_save(state, path)
+    write_text_atomic(os.path.join(shard_dir, SHARD_CHECKSUM_FILENAME), json.dumps(record) + "\n", durable=True)
     return path
 
 
-def _commit(save_dir: str, iteration: int) -> str:
-    """Rank 0, after every shard is written: rename into place, then point ``latest`` at it."""
+def _gather_checksums(tmp: str, iteration: int, tp_size: int, pp_size: int) -> dict:
+    """checksums.json's content from every shard's checksum.json; refuses a save that lacks
+    a shard (a writer that failed), so that ``latest`` never names an incomplete checkpoint."""
+    files, missing = {}, []
+    for pp_rank in range(pp_size):
+        for tp_rank in range(tp_size):
+            shard = shard_dirname(tp_rank, pp_rank, pp_size)
+            try:
+                with open(os.path.join(tmp, shard, SHARD_CHECKSUM_FILENAME), encoding="utf-8") as f:
+                    files[f"{shard}/{MODEL_FILENAME}"] = json.load(f)
+            except (OSError, ValueError):
+                missing.append(shard)
+    if missing:
+        raise CheckpointSaveError(f"checkpoint iteration {iteration}: shards {missing} of a TP={tp_size}/PP={pp_size} "
+                                  f"checkpoint were not written to {tmp}; not committing it")
+    return {"iteration": iteration, "tp_size": tp_size, "pp_size": pp_size, "files": files}
+
+
+def _commit(save_dir: str, iteration: int, tp_size: int = 1, pp_size: int = 1) -> str:
+    """Rank 0, after every shard is written: record the checksums, rename into place, then point
+    ``latest`` at it. A failure leaves ``latest`` and the previous checkpoint as they were."""
     tmp = _tmp_dir(save_dir, iteration)
     if not os.path.isdir(tmp):
         raise FileNotFoundError(f"cannot commit checkpoint iteration {iteration}: {tmp} does not exist")
+    record = _gather_checksums(tmp, iteration, tp_size, pp_size)
+    write_text_atomic(os.path.join(tmp, CHECKSUMS_FILENAME), json.dumps(record, indent=1) + "\n", durable=True)
+    for name in record["files"]:
+        os.remove(os.path.join(tmp, os.path.dirname(name), SHARD_CHECKSUM_FILENAME))
     final = checkpoint_dir(save_dir, iteration)
     stale = None
     if os.path.exists(final):
@@ -288,7 +359,14 @@ def _commit(save_dir: str, iteration: int) -> str:
         os.replace(final, stale)
     os.replace(tmp, final)
     fsync_dir(save_dir)
-    write_text_atomic(tracker_path(save_dir), f"{iteration}\n", durable=True)
+    try:
+        write_text_atomic(tracker_path(save_dir), f"{iteration}\n", durable=True)
+    except BaseException:
+        # ``latest`` still names the previous checkpoint: put everything back as it was.
+        os.replace(final, tmp)
+        if stale is not None:
+            os.replace(stale, final)
+        raise
     if stale is not None:
         shutil.rmtree(stale, ignore_errors=True)
     return final
@@ -321,6 +399,18 @@ def _check_coords(tp_rank: int, pp_rank: int, dp_rank: int, tp_size: int, pp_siz
             raise ValueError(f"invalid {name} coordinates: {name}_rank={r}, {name}_size={n}")
 
 
+def _save_failed(save_dir: str, iteration: int, what: str, error: BaseException | None) -> CheckpointSaveError:
+    cause = f"{type(error).__name__}: {error}" if error is not None else "another rank failed (see its error)"
+    try:
+        previous = find_latest_iteration(save_dir)
+    except (OSError, ValueError):
+        previous = None
+    kept = (f"{tracker_path(save_dir)} still names iteration {previous}, which is untouched"
+            if previous is not None else f"No earlier checkpoint is named by {tracker_path(save_dir)}")
+    return CheckpointSaveError(f"could not save checkpoint iteration {iteration} to {save_dir} ({what}): {cause}. "
+                               f"{kept}; the partial save was removed")
+
+
 def save_checkpoint(
     save_dir: str,
     iteration: int,
@@ -341,6 +431,7 @@ def save_checkpoint(
     dp_size: int = 1,
     rank: int = 0,
     barrier: Callable[[], None] | None = None,
+    agree: Callable[[bool], bool] | None = None,
     keep_last_n: int | None = None,
 ) -> str:
     """Save one checkpoint; every rank calls this with the same ``iteration``.
@@ -348,8 +439,12 @@ def save_checkpoint(
     ``model``, ``optimizer``, ``opt_param_scheduler``, ``data_sampler`` and
     ``mixture_scheduler`` are state dicts or objects with ``state_dict()``; tensors are
     moved to CPU. ``rank`` is the global rank (rank 0 commits); only ``dp_rank == 0``
-    writes its (tp, pp) shard. ``barrier`` synchronises all ranks (default
-    ``dist.barrier()`` when a process group is initialised, else nothing). Returns the
+    writes its (tp, pp) shard. ``agree(failed)`` is a collective returning True on every
+    rank when ``failed`` is True on any (an all-reduce MAX): with it, a write that fails
+    on one rank (a full disk) makes every rank raise :class:`CheckpointSaveError` after
+    rank 0 removed the partial save. Without it, ``barrier`` synchronises the ranks
+    (default ``dist.barrier()`` when a process group is initialised, else nothing) and
+    only the failing rank, and rank 0 when it refuses to commit, raise. Returns the
     committed ``iter_XXXXXXX`` directory.
     """
     if not isinstance(iteration, int) or iteration < 0:
@@ -364,11 +459,26 @@ def save_checkpoint(
     barrier = barrier or _default_barrier
     start = time.perf_counter()
 
-    if rank == 0:
-        _prepare(save_dir, iteration)
-    barrier()
+    def failed_anywhere(error: BaseException | None) -> bool:
+        if agree is not None:
+            return bool(agree(error is not None))
+        barrier()
+        return error is not None
 
-    if dp_rank == 0:
+    def attempt(step: Callable[[], Any]) -> BaseException | None:
+        try:
+            step()
+        except Exception as error:  # noqa: BLE001 - reported to every rank, then raised
+            logger.error("rank %d: checkpoint iteration %d failed: %s: %s", rank, iteration, type(error).__name__,
+                         error)
+            return error
+        return None
+
+    error = attempt(lambda: _prepare(save_dir, iteration)) if rank == 0 else None
+    if failed_anywhere(error):
+        raise _save_failed(save_dir, iteration, "preparing its directory", error) from error
+
+    def write() -> None:
         state = {
             "args": _plain_args(args),
             "checkpoint_version": CHECKPOINT_VERSION,
@@ -390,15 +500,25 @@ def save_checkpoint(
         for key, value in (extra or {}).items():
             state[key] = _to_cpu(value)
         _write_shard(save_dir, iteration, state, tp_rank, pp_rank, pp_size)
-    barrier()
+
+    error = attempt(write) if dp_rank == 0 else None
+    if failed_anywhere(error):
+        if rank == 0:
+            shutil.rmtree(_tmp_dir(save_dir, iteration), ignore_errors=True)
+        raise _save_failed(save_dir, iteration, "writing the shards", error) from error
 
     final = checkpoint_dir(save_dir, iteration)
+    error = None
     if rank == 0:
-        _commit(save_dir, iteration)
-        if keep_last_n is not None:
+        error = attempt(lambda: _commit(save_dir, iteration, tp_size, pp_size))
+        if error is not None:
+            shutil.rmtree(_tmp_dir(save_dir, iteration), ignore_errors=True)
+        elif keep_last_n is not None:
             _apply_retention(save_dir, iteration, keep_last_n)
+    if failed_anywhere(error):
+        raise _save_failed(save_dir, iteration, "committing it", error) from error
+    if rank == 0:
         logger.info("saved checkpoint iteration %d to %s in %.2fs", iteration, final, time.perf_counter() - start)
-    barrier()
     return final
 
 
@@ -422,11 +542,22 @@ def _read_parallel_sizes(state: Mapping) -> tuple[int, int] | None:
     return None
 
 
+def layout_from_shard_names(names) -> tuple[int, int] | None:
+    """(tp_size, pp_size) implied by a checkpoint's ``mp_rank_*`` directory names (the
+    highest ranks present); None when there are none."""
+    matches = [m for m in map(SHARD_DIR_RE.match, names) if m]
+    if not matches:
+        return None
+    tp_size = max(int(m.group(1)) for m in matches) + 1
+    pp_size = max((int(m.group(2)) for m in matches if m.group(2) is not None), default=0) + 1
+    return tp_size, pp_size
+
+
 def _saved_layout(iter_dir: str) -> tuple[int, int] | None:
     """(tp_size, pp_size) of a checkpoint directory whose shard we could not find: read from
     another shard's file (memory-mapped, so tensors are not read), else implied by the
     shard directory names; None when the directory has no shards."""
-    names = sorted(n for n in os.listdir(iter_dir) if _SHARD_DIR_RE.match(n))
+    names = sorted(n for n in os.listdir(iter_dir) if SHARD_DIR_RE.match(n))
     for name in names:
         path = os.path.join(iter_dir, name, MODEL_FILENAME)
         try:
@@ -435,12 +566,7 @@ def _saved_layout(iter_dir: str) -> tuple[int, int] | None:
             continue
         if sizes is not None:
             return sizes
-    if not names:
-        return None
-    matches = [_SHARD_DIR_RE.match(n) for n in names]
-    tp_size = max(int(m.group(1)) for m in matches) + 1
-    pps = [int(m.group(2)) for m in matches if m.group(2) is not None]
-    return tp_size, (max(pps) + 1 if pps else 1)
+    return layout_from_shard_names(names)
 
 
 def _layout_mismatch(path: str, saved: tuple[int, int], current: tuple[int, int]) -> ValueError:
@@ -454,6 +580,93 @@ def _layout_mismatch(path: str, saved: tuple[int, int], current: tuple[int, int]
     )
 
 
+# --------------------------------------------------------------------------- integrity
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_HASH_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_checksums(iter_dir: str) -> dict | None:
+    """The checksums.json of a committed checkpoint; None for one saved without it (older
+    versions, Megatron-LM). An unreadable record is damage."""
+    path = os.path.join(iter_dir, CHECKSUMS_FILENAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise CheckpointDamagedError(f"{path} cannot be read: {error}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+        raise CheckpointDamagedError(f"{path} does not list the checkpoint's files")
+    return record
+
+
+def _problems(iter_dir: str, record: dict, hashed: Callable[[str], bool]) -> list[str]:
+    """What is wrong with the files ``record`` lists: missing, of another size, or (for the
+    files ``hashed`` selects) of another content."""
+    problems = []
+    for name, expected in sorted(record["files"].items()):
+        path = os.path.join(iter_dir, name)
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            problems.append(f"{name} is missing")
+            continue
+        if size != expected["bytes"]:
+            how = "truncated" if size < expected["bytes"] else "grown"
+            problems.append(f"{name} is {size} bytes but was saved with {expected['bytes']} ({how})")
+        elif hashed(name) and file_sha256(path) != expected["sha256"]:
+            problems.append(f"{name} does not match its recorded sha256 (corrupted)")
+    return problems
+
+
+def verify_checkpoint(load_dir: str, iteration: int) -> list[str] | None:
+    """What is wrong with a committed checkpoint (every file's size and checksum): [] when it is
+    intact, None when it cannot be told (saved without checksums.json)."""
+    iter_dir = checkpoint_dir(load_dir, iteration)
+    if not os.path.isdir(iter_dir):
+        return [f"{iter_dir} does not exist"]
+    try:
+        record = read_checksums(iter_dir)
+    except CheckpointDamagedError as error:
+        return [str(error)]
+    if record is None:
+        return None
+    return _problems(iter_dir, record, lambda name: True)
+
+
+def newest_intact_iteration(load_dir: str, below: int | None = None) -> tuple[int | None, bool]:
+    """(the newest committed iteration under load_dir, below ``below``, whose files are intact,
+    whether it could be verified); (None, False) when there is none. A checkpoint saved
+    without checksums counts as intact but unverified."""
+    for iteration in reversed(list_iterations(load_dir)):
+        if below is not None and iteration >= below:
+            continue
+        problems = verify_checkpoint(load_dir, iteration)
+        if not problems:
+            return iteration, problems is not None
+    return None, False
+
+
+def _damaged(load_dir: str, iteration: int, problems: list[str]) -> CheckpointDamagedError:
+    iter_dir = checkpoint_dir(load_dir, iteration)
+    newest, verified = newest_intact_iteration(load_dir, below=iteration)
+    if newest is None:
+        advice = f"no older intact checkpoint is left in {load_dir}"
+    else:
+        note = "" if verified else " (saved without checksums, so not verified)"
+        advice = (f"the newest intact checkpoint is iteration {newest}{note}, {checkpoint_dir(load_dir, newest)}: "
+                  f"to resume from it, move {iter_dir} aside and write {newest} into {tracker_path(load_dir)}")
+    return CheckpointDamagedError(f"checkpoint iteration {iteration} in {load_dir} is damaged: "
+                                  f"{'; '.join(problems)}. {advice[0].upper()}{advice[1:]}")
+
+
 def load_checkpoint(
     load_dir: str,
     tp_rank: int,
@@ -464,6 +677,8 @@ def load_checkpoint(
 ) -> dict:
     """Read this (tp, pp) shard of the latest (or the given) checkpoint to CPU and return its
     dict. Refuses a checkpoint saved with other TP/PP sizes; the DP size may differ.
+    Refuses a damaged one (:class:`CheckpointDamagedError`, naming the newest intact one):
+    every recorded file must have its saved size, and this shard its saved checksum.
     Files are unpickled (``weights_only=False``): load only checkpoints you trust."""
     if iteration is None:
         iteration = find_latest_iteration(load_dir)
@@ -471,20 +686,38 @@ def load_checkpoint(
             raise FileNotFoundError(f"no checkpoint to load in {load_dir}: {tracker_path(load_dir)} does not exist")
     iter_dir = checkpoint_dir(load_dir, iteration)
     if not os.path.isdir(iter_dir):
+        if os.path.exists(_tmp_dir(load_dir, iteration)) or list_iterations(load_dir):
+            raise _damaged(load_dir, iteration, [f"its directory {iter_dir} does not exist"])
         raise FileNotFoundError(
             f"checkpoint directory {iter_dir} for iteration {iteration} does not exist "
             f"(committed iterations in {load_dir}: {list_iterations(load_dir)})"
         )
     path = checkpoint_path(load_dir, iteration, tp_rank, pp_rank, pp_size)
-    if not os.path.isfile(path):
+    try:
+        record = read_checksums(iter_dir)
+    except CheckpointDamagedError as error:
+        raise _damaged(load_dir, iteration, [str(error)]) from None
+    saved = (int(record["tp_size"]), int(record["pp_size"])) if record is not None else None
+    if saved is None and not os.path.isfile(path):
         saved = _saved_layout(iter_dir)
-        if saved is not None and saved != (tp_size, pp_size):
-            raise _layout_mismatch(iter_dir, saved, (tp_size, pp_size))
+    if saved is not None and saved != (tp_size, pp_size):
+        raise _layout_mismatch(iter_dir, saved, (tp_size, pp_size))
+    own = os.path.relpath(path, iter_dir).replace(os.sep, "/")
+    if record is not None:
+        problems = _problems(iter_dir, record, lambda name: name == own)
+        if own not in record["files"]:
+            problems.insert(0, f"{own} is not among the files it records")
+        if problems:
+            raise _damaged(load_dir, iteration, problems)
+    if not os.path.isfile(path):
         raise FileNotFoundError(
             f"checkpoint shard {path} (tp_rank={tp_rank}, pp_rank={pp_rank}) does not exist; "
             f"{iter_dir} holds {sorted(os.listdir(iter_dir))}"
         )
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a zip/pickle error deep in torch says nothing about which file
+        raise _damaged(load_dir, iteration, [f"{own} cannot be read ({type(error).__name__}: {error})"]) from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a checkpoint dict (found {type(state).__name__})")
     saved = _read_parallel_sizes(state)
