@@ -195,10 +195,15 @@ class ParallelConfig:
     pipeline_model_parallel_size: int = option(1, help="pipeline stages (the layers are split, 1F1B schedule)")
     sequence_parallel: bool = option(False, help="split norms, dropout and residual activations along the sequence "
                                                  "across TP ranks (less activation memory; no effect when TP is 1)")
+    distributed_timeout_minutes: float = option(10.0, help="a collective that waits this long for a lost or stuck "
+                                                           "rank fails, and the job ends (fractions allowed)")
 
     def __post_init__(self):
         _positive("tensor_model_parallel_size", self.tensor_model_parallel_size)
         _positive("pipeline_model_parallel_size", self.pipeline_model_parallel_size)
+        if not self.distributed_timeout_minutes > 0:
+            raise ValueError(f"distributed_timeout_minutes={self.distributed_timeout_minutes!r} is invalid: expected "
+                             "a positive number of minutes")
 
 
 # Pythia shapes (GPT-NeoX): rotary on 25% of head dims, parallel residual, untied
