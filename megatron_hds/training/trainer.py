@@ -45,6 +45,7 @@ from megatron_hds.training.metrics import (
     peak_flops_per_device,
 )
 from megatron_hds.training.preemption import SignalSaveHandler
+from megatron_hds.training.restart import cut_metrics_log, log_position
 from megatron_hds.training.step import all_reduce_domain_sums, load_micro_batch, split_means
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class Trainer:
         self.iteration = 0
         self.consumed_samples = 0
         self.saves = 0  # checkpoint saves by this process (the downstream-eval hook counts them)
+        self._resumed_log = None  # the metrics log's position recorded by the checkpoint resumed from
         self._signals_time = 0.0
         if train.finetune and train.save is not None and find_latest_iteration(train.save) is not None:
             # A restarted fine-tuning run: its own checkpoint, not the weights it started from.
@@ -138,6 +140,10 @@ class Trainer:
             self._load(train.load, weights_only=train.finetune)
 
         log_dir = train.log_dir or train.save
+        run_record = config.to_dict() | {"domains": self.domains.names,
+                                         "natural_weights": self.domains.natural_weights.tolist()}
+        if state.rank == 0 and log_dir is not None:  # a killed attempt's lines past this start are redone
+            cut_metrics_log(log_dir, self.iteration, self._resumed_log, run_record)
         self.metrics = MetricsLogger(MetricsConfig(
             log_dir=log_dir, train_iters=train.train_iters, tensorboard_dir=train.tensorboard_dir,
             wandb_project=train.wandb_project, wandb_exp_name=train.wandb_exp_name,
@@ -146,8 +152,7 @@ class Trainer:
             peak_flops_per_device=peak_flops_per_device(device_name(state.device), optim.precision),
             num_devices=state.layout.world_size), rank=state.rank, start_iteration=self.iteration)
         if self.iteration == 0:
-            self.metrics.log_config(config.to_dict() | {"domains": self.domains.names,
-                                                        "natural_weights": self.domains.natural_weights.tolist()})
+            self.metrics.log_config(run_record)
 
     # ---- one step --------------------------------------------------------------------
     def _loss_fn(self, per_token_loss, micro_batch):
@@ -303,7 +308,8 @@ class Trainer:
             self.config.train.save, self.iteration, model=self.model, optimizer=optimizer,
             opt_param_scheduler=self.lr_scheduler, data_sampler=self.sampler, mixture_scheduler=self.scheduler,
             args=self.config.to_dict(), rng_tracker_states=self.model.rng_tracker.state_dict(),
-            extra={"consumed_samples": self.consumed_samples, "mixture_weights": self.weights.tolist()},
+            extra={"consumed_samples": self.consumed_samples, "mixture_weights": self.weights.tolist(),
+                   "metrics_log": log_position(self.metrics.path)},
             tp_rank=state.tp_rank, pp_rank=state.pp_rank, dp_rank=state.dp_rank, tp_size=state.tp_size,
             pp_size=state.pp_size, dp_size=state.dp_size, rank=state.rank, barrier=_world_barrier())
         logger.info("saved checkpoint of iteration %d to %s", self.iteration, self.config.train.save)
@@ -343,6 +349,7 @@ class Trainer:
                 self.model.rng_tracker.load_state_dict(tracker_states)
         self.iteration = int(ckpt["iteration"])
         self.consumed_samples = int(ckpt["consumed_samples"])
+        self._resumed_log = ckpt.get("metrics_log")
         self.weights = np.asarray(ckpt["mixture_weights"], dtype=np.float64)
         logger.info("resumed from %s at iteration %d", load_dir, self.iteration)
 
