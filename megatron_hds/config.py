@@ -335,6 +335,12 @@ class TrainConfig:
     no_load_optim: bool = option(False, help="on --load, leave out the optimizer state (Adam moments restart; the "
                                              "LR schedule continues)")
     no_load_rng: bool = option(False, help="on --load, leave out the random-number generator states")
+    check_for_nan_in_loss_and_grad: bool = option(
+        True, flag="--no-check-for-nan-in-loss-and-grad", negate=True,
+        aliases={"--check-for-nan-in-loss-and-grad": (True, "stop on a NaN/Inf loss or gradient norm (the default)")},
+        help="leave out the check that stops the run with an error naming the iteration and the domains when a "
+             "loss or the gradient norm is NaN or Inf (on by default, as in Megatron; fp16 loss-scale skips are "
+             "not errors)")
 
     def __post_init__(self):
         for name in ("train_iters", "global_batch_size", "micro_batch_size", "log_interval"):

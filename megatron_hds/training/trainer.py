@@ -44,6 +44,7 @@ from megatron_hds.training.metrics import (
     gpt_flops_per_token,
     peak_flops_per_device,
 )
+from megatron_hds.training.nan_check import check_finite
 from megatron_hds.training.preemption import SignalSaveHandler
 from megatron_hds.training.restart import cut_metrics_log, log_position
 from megatron_hds.training.step import all_reduce_domain_sums, load_micro_batch, split_means
@@ -202,6 +203,8 @@ class Trainer:
         signals_start = time.perf_counter()
         reduced, reduced_share = all_reduce_domain_sums(sums, state, self.collector.local_share())
         domain_loss, domain_tokens = split_means(reduced)
+        if self.config.train.check_for_nan_in_loss_and_grad:
+            check_finite(self.iteration + 1, self.domains.names, domain_loss, domain_tokens, result.grad_norm)
         extra = self.collector.finish(reduced_share, plan, step_ok=not result.skipped)
         self._signals_time = time.perf_counter() - signals_start
         self.iteration += 1
