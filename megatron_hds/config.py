@@ -341,6 +341,9 @@ class TrainConfig:
         help="leave out the check that stops the run with an error naming the iteration and the domains when a "
              "loss or the gradient norm is NaN or Inf (on by default, as in Megatron; fp16 loss-scale skips are "
              "not errors)")
+    continue_on_save_failure: bool = option(False, help="when a periodic checkpoint cannot be written (a full disk), "
+                                                        "keep training and try again at the next --save-interval "
+                                                        "instead of stopping with the error")
 
     def __post_init__(self):
         for name in ("train_iters", "global_batch_size", "micro_batch_size", "log_interval"):

@@ -258,17 +258,24 @@ def _plain_args(args: Any) -> dict:
 
 
 class _HashingWriter:
-    """A binary file that hashes what is written through it (torch.save writes sequentially)."""
+    """A binary file that hashes what is written through it (torch.save writes sequentially).
+    It keeps the file's own error (a full disk): torch.save reports it as a bare stream error."""
 
     def __init__(self, file):
         self.file = file
         self.sha256 = hashlib.sha256()
         self.bytes = 0
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
+        try:
+            written = self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
         self.sha256.update(data)
         self.bytes += len(data)
-        return self.file.write(data)
+        return written
 
     def flush(self) -> None:
         self.file.flush()
@@ -278,7 +285,12 @@ def _atomic_torch_save(obj: Any, path: str) -> dict:
     """torch.save to ``path`` atomically and durably; returns the file's size and sha256."""
     with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:
         writer = _HashingWriter(f)
-        torch.save(obj, writer)
+        try:
+            torch.save(obj, writer)
+        except Exception:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
     return {"bytes": writer.bytes, "sha256": writer.sha256.hexdigest()}
 
 

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_hds.checkpoint.store import find_latest_iteration, load_checkpoint, restore_rng_state, save_checkpoint
+from megatron_hds.checkpoint.store import (CheckpointSaveError, find_latest_iteration, load_checkpoint,
+                                           restore_rng_state, save_checkpoint)
 from megatron_hds.config import PretrainConfig
 from megatron_hds.data.domains import resolve_domains
 from megatron_hds.data.gpt_dataset import build_domain_datasets
@@ -45,7 +46,7 @@ from megatron_hds.training.metrics import (
     peak_flops_per_device,
 )
 from megatron_hds.training.nan_check import check_finite
-from megatron_hds.training.preemption import SignalSaveHandler
+from megatron_hds.training.preemption import SignalSaveHandler, agree
 from megatron_hds.training.restart import cut_metrics_log, log_position
 from megatron_hds.training.step import all_reduce_domain_sums, load_micro_batch, split_means
 
@@ -259,7 +260,13 @@ class Trainer:
                     stop, reason = True, "--exit-interval"
                 periodic = bool(cfg.save_interval and self.iteration % cfg.save_interval == 0)
                 if cfg.save and (periodic or stop or self.iteration == cfg.train_iters):
-                    self.save()
+                    try:
+                        self.save()
+                    except CheckpointSaveError as error:  # every rank raises it together
+                        if not cfg.continue_on_save_failure or stop or self.iteration == cfg.train_iters:
+                            raise
+                        logger.error("%s; training goes on and the next --save-interval tries again "
+                                     "(--continue-on-save-failure)", error)
                 if stop and self.iteration < cfg.train_iters:
                     logger.info("stopping at iteration %d (%s)", self.iteration, reason)
                     self.metrics.close()
@@ -314,7 +321,8 @@ class Trainer:
             extra={"consumed_samples": self.consumed_samples, "mixture_weights": self.weights.tolist(),
                    "metrics_log": log_position(self.metrics.path)},
             tp_rank=state.tp_rank, pp_rank=state.pp_rank, dp_rank=state.dp_rank, tp_size=state.tp_size,
-            pp_size=state.pp_size, dp_size=state.dp_size, rank=state.rank, barrier=_world_barrier())
+            pp_size=state.pp_size, dp_size=state.dp_size, rank=state.rank, barrier=_world_barrier(),
+            agree=lambda failed: agree(failed, device=state.device))  # a failed write fails every rank
         logger.info("saved checkpoint of iteration %d to %s", self.iteration, self.config.train.save)
         self.saves += 1
         maybe_evaluate_after_save(self.config.downstream_eval, self.config.train.save, self.iteration, self.saves,
