@@ -118,3 +118,5 @@ def test_sigkill_at_random_moments_then_restart_equals_an_uninterrupted_run(demo
     for name in os.listdir(crashed):
         if name.startswith("iter_"):
             assert verify_checkpoint(crashed, int(name[5:])) == [], name
+    # The index-cache array that the first attempt's rank 0 was writing is gone too.
+    assert [n for n in os.listdir(tmp_path / "cache_crashed") if ".tmp-" in n] == []
