@@ -132,7 +132,7 @@ def test_export_matches_our_logits_and_hf_round_trip_is_exact(shape, trained, de
                           "--target-pipeline-parallel-size", "2"])
     assert find_latest_iteration(imported) == 0
     assert sorted(os.listdir(os.path.join(imported, "iter_0000000"))) == [
-        "mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]
+        "checksums.json", "mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]
     again = convert_to_hf.main(["--load", imported, "--output", str(tmp_path / "hf_again")])
     first = safetensors_torch.load_file(os.path.join(hf_dir, "model.safetensors"))
     second = safetensors_torch.load_file(os.path.join(again, "model.safetensors"))
