@@ -59,9 +59,8 @@ def test_other_ranks_exit_nonzero_within_the_timeout(demo_manifest, tmp_path, si
             assert re.search(f"{TIMED_OUT}|{LOST_PEER}", ranks.log(rank)), ranks.log(rank)[-3000:]
     if signum == signal.SIGSTOP:  # nobody closed a connection: the timeout ended it
         assert any(re.search(TIMED_OUT, ranks.log(r)) for r in range(world) if r != lost), ranks.logs()
-    # The time a survivor takes is at most its collective's timeout plus its own start of
-    # that collective and its exit (loaded CI machines are slow to tear a process down).
-    assert elapsed < 60 * TIMEOUT_MINUTES + 20, elapsed
+    # A survivor takes its collective's timeout at most, plus its exit (slow on a loaded machine).
+    assert elapsed < 60 * TIMEOUT_MINUTES + 10, elapsed  # measured: 7.4 s frozen, 0.8 s killed
 
     # The last complete checkpoint stays loadable (a save the loss interrupted is never named).
     latest = find_latest_iteration(save)
