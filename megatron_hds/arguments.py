@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import typing
 from typing import Any, Iterator, Optional
 
@@ -142,18 +141,21 @@ def undocumented_flags(parser: argparse.ArgumentParser) -> list:
 
 
 def tokenizer_vocab_size(data: DataConfig) -> int:
-    """The vocabulary size the data was tokenized with (manifest record, else the model file)."""
-    if data.tokenizer_model is None and data.data_manifest is not None:
-        try:
-            with open(data.data_manifest, encoding="utf-8") as f:
-                return int(json.load(f)["tokenizer"]["vocab_size"])
-        except FileNotFoundError:
-            raise ValueError(f"--data-manifest {data.data_manifest!r} does not exist") from None
+    """The vocabulary size the data was tokenized with (manifest record, else the model file,
+    which must then be the manifest's tokenizer)."""
+    from megatron_hds.data.manifest import load_manifest
+    from megatron_hds.data.tokenizer import build_tokenizer, check_matches_record
+
+    manifest = load_manifest(data.data_manifest, check_files=False) if data.data_manifest is not None else None
+    if data.tokenizer_model is None and manifest is not None:
+        return int(manifest.tokenizer["vocab_size"])
     if data.tokenizer_model is None:
         raise ValueError("--tokenizer-model is required with --data-path (the vocabulary size comes from it)")
-    from megatron_hds.data.tokenizer import build_tokenizer
-
-    return build_tokenizer(data.tokenizer_type, data.tokenizer_model).vocab_size
+    tokenizer = build_tokenizer(data.tokenizer_type, data.tokenizer_model)
+    if manifest is not None:
+        check_matches_record(tokenizer, data.tokenizer_model, manifest.tokenizer,
+                             f"--data-manifest {data.data_manifest!r}")
+    return tokenizer.vocab_size
 
 
 def _build(cls, given: dict, prefix: str = "", **fixed):

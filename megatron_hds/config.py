@@ -195,10 +195,15 @@ class ParallelConfig:
     pipeline_model_parallel_size: int = option(1, help="pipeline stages (the layers are split, 1F1B schedule)")
     sequence_parallel: bool = option(False, help="split norms, dropout and residual activations along the sequence "
                                                  "across TP ranks (less activation memory; no effect when TP is 1)")
+    distributed_timeout_minutes: float = option(10.0, help="a collective that waits this long for a lost or stuck "
+                                                           "rank fails, and the job ends (fractions allowed)")
 
     def __post_init__(self):
         _positive("tensor_model_parallel_size", self.tensor_model_parallel_size)
         _positive("pipeline_model_parallel_size", self.pipeline_model_parallel_size)
+        if not self.distributed_timeout_minutes > 0:
+            raise ValueError(f"distributed_timeout_minutes={self.distributed_timeout_minutes!r} is invalid: expected "
+                             "a positive number of minutes")
 
 
 # Pythia shapes (GPT-NeoX): rotary on 25% of head dims, parallel residual, untied
@@ -341,6 +346,15 @@ class TrainConfig:
     no_load_optim: bool = option(False, help="on --load, leave out the optimizer state (Adam moments restart; the "
                                              "LR schedule continues)")
     no_load_rng: bool = option(False, help="on --load, leave out the random-number generator states")
+    check_for_nan_in_loss_and_grad: bool = option(
+        True, flag="--no-check-for-nan-in-loss-and-grad", negate=True,
+        aliases={"--check-for-nan-in-loss-and-grad": (True, "stop on a NaN/Inf loss or gradient norm (the default)")},
+        help="leave out the check that stops the run with an error naming the iteration and the domains when a "
+             "loss or the gradient norm is NaN or Inf (on by default, as in Megatron; fp16 loss-scale skips are "
+             "not errors)")
+    continue_on_save_failure: bool = option(False, help="when a periodic checkpoint cannot be written (a full disk), "
+                                                        "keep training and try again at the next --save-interval "
+                                                        "instead of stopping with the error")
 
     def __post_init__(self):
         for name in ("train_iters", "global_batch_size", "micro_batch_size", "log_interval"):

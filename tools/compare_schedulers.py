@@ -54,7 +54,7 @@ import time
 
 import scheduler_report
 from megatron_hds.atomic_io import write_text_atomic
-from megatron_hds.checkpoint.store import find_latest_iteration
+from megatron_hds.checkpoint.layout import find_latest_iteration
 from megatron_hds.training.metrics import read_metrics
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,7 +14,10 @@ Without --domain-key the output is Megatron's <prefix>_<key>_document.{bin,idx}.
 
 Malformed lines are skipped and counted per reason (--strict stops at the first,
 naming file and line). Outputs are written under temporary names and renamed at
-the end; the manifest is written last.
+the end; the manifest is written last, and an earlier run's manifest is removed before
+its datasets are replaced: a failure (a full disk) at any point leaves either the
+previous complete output or no manifest, never a manifest naming datasets it does not
+describe.
 """
 
 from __future__ import annotations
@@ -188,7 +191,10 @@ class _DatasetWriter:
         os.replace(index_file_path(self.tmp_prefix), index_file_path(self.prefix))
 
     def discard(self) -> None:
-        self.builder.close()
+        try:
+            self.builder.close()
+        except OSError:  # the disk that failed the write may fail the flush too: the files go anyway
+            pass
         for path in (data_file_path(self.tmp_prefix), index_file_path(self.tmp_prefix), quality_path(self.tmp_prefix)):
             if os.path.exists(path):
                 os.remove(path)
@@ -309,6 +315,9 @@ def preprocess(args) -> dict:
             pool.join()
     elapsed = time.time() - start
 
+    # The old manifest describes the datasets about to be replaced: it goes first.
+    if os.path.exists(manifest_path(args.output_prefix)):
+        os.remove(manifest_path(args.output_prefix))
     for writer in all_writers:
         writer.publish()
     summary = _summary(args, encoder, writers, slugs, skipped, elapsed)

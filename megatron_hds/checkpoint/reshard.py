@@ -20,8 +20,8 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from megatron_hds.config import ModelConfig
-from megatron_hds.checkpoint.store import (checkpoint_dir, find_latest_iteration, list_iterations,
-                                                 load_checkpoint, save_checkpoint)
+from megatron_hds.checkpoint.layout import checkpoint_dir, find_latest_iteration, layout_from_shard_names, list_iterations
+from megatron_hds.checkpoint.store import load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ _PARTITION_DIMS = (
 WORD_EMBEDDINGS = "embedding.word_embeddings.weight"
 OUTPUT_LAYER = "output_layer.weight"
 _LAYER_RE = re.compile(r"^layers\.(\d+)\.")
-_SHARD_RE = re.compile(r"^mp_rank_(\d{2,})(?:_(\d{3,}))?$")
 
 
 def partition_dim(name: str) -> Optional[int]:
@@ -136,12 +135,10 @@ def saved_layout(load_dir: str, iteration: int) -> Tuple[int, int]:
     if not os.path.isdir(iter_dir):
         raise FileNotFoundError(f"checkpoint directory {iter_dir} does not exist "
                                 f"(committed iterations in {load_dir}: {list_iterations(load_dir)})")
-    matches = [m for m in map(_SHARD_RE.match, sorted(os.listdir(iter_dir))) if m]
-    if not matches:
+    layout = layout_from_shard_names(os.listdir(iter_dir))
+    if layout is None:
         raise FileNotFoundError(f"{iter_dir} holds no mp_rank_* shard directories")
-    tp = max(int(m.group(1)) for m in matches) + 1
-    pp = max((int(m.group(2)) for m in matches if m.group(2) is not None), default=0) + 1
-    return tp, pp
+    return layout
 
 
 def model_config_from_args(args: dict, where: str) -> ModelConfig:

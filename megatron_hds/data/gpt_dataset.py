@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from megatron_hds.atomic_io import atomic_path, write_text_atomic
+from megatron_hds.atomic_io import atomic_path, remove_stale_temporaries, write_text_atomic
 from megatron_hds.data.indexed_dataset import IndexedDataset, data_file_path, index_file_path
 
 __all__ = [
@@ -279,6 +279,8 @@ class GPTDataset:
         self.cache_paths = {kind: f"{stem}-{kind}.npy" for kind in _CACHE_KINDS}
         self._description_path = f"{stem}-description.json"
 
+        if is_builder:  # what a builder killed mid-write left (the directory may be shared: only dead writers')
+            remove_stale_temporaries(*self.cache_paths.values(), self._description_path, older_than_s=3600)
         if is_builder and not self._cache_complete():
             self._build_and_save()
         if barrier is not None:

@@ -1,5 +1,6 @@
 """Megatron "MMIDIDX" v1 indexed datasets (prefix.idx + prefix.bin): the streaming builder,
-the zero-copy memory-mapped reader, and merging. Byte-compatible with Megatron-LM."""
+the zero-copy memory-mapped reader, merging, and the start-up check that a pair of files is
+intact (:meth:`IndexedDataset.verify`). Byte-compatible with Megatron-LM."""
 
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ assert array("i").itemsize == 4 and array("q").itemsize == 8
 
 _COPY_CHUNK = 16 << 20  # bytes per read when byte-copying another dataset's .bin
 _WRITE_BUFFER = 4 << 20  # coalesces the many small per-document writes of preprocessing
+_VERIFY_CHUNK = 1 << 22  # index entries checked at a time (bounds verify()'s memory)
+_VERIFY_TOKEN_BYTES = 16 << 20  # .bin bytes whose tokens verify() reads: all of a smaller file
+_VERIFY_WINDOW = 1 << 20  # a larger file is read in evenly spaced windows of this size
 
 
 def dtype_code(dtype) -> int:
@@ -319,6 +323,68 @@ class IndexedDataset:
             count=length,
             offset=int(self.sequence_pointers[i]) + offset * self.dtype.itemsize,
         )
+
+    def verify(self, vocab_size: int | None = None) -> None:
+        """The start-up check, so that a damaged file fails here, naming itself, and not inside
+        a training step: every index entry is consistent (lengths non-negative, each sequence
+        starting where the previous one ends, document boundaries ascending from 0 to N), and
+        the tokens of the .bin (all of it up to 16 MiB, evenly spaced 1 MiB windows of a larger
+        one) are inside the vocabulary. ValueError naming the file and the first problem."""
+        idx_path, bin_path = index_file_path(self.path_prefix), data_file_path(self.path_prefix)
+        itemsize = self.dtype.itemsize
+        n = len(self)
+        end = 0  # byte where the sequences checked so far end
+        for start in range(0, n, _VERIFY_CHUNK):
+            lengths = self.sequence_lengths[start:start + _VERIFY_CHUNK].astype(np.int64)
+            if (lengths < 0).any():
+                i = int(np.argmax(lengths < 0))
+                raise ValueError(f"{idx_path}: sequence {start + i} has a negative length {lengths[i]}: the index is "
+                                 "corrupted (rebuild it with tools/preprocess_data.py)")
+            expected = np.empty_like(lengths)
+            expected[0] = end
+            np.cumsum(lengths[:-1] * itemsize, out=expected[1:])
+            expected[1:] += end
+            pointers = self.sequence_pointers[start:start + _VERIFY_CHUNK]
+            if (pointers != expected).any():
+                i = int(np.argmax(pointers != expected))
+                raise ValueError(f"{idx_path}: sequence {start + i} starts at byte {pointers[i]} but the sequences "
+                                 f"before it end at byte {expected[i]}: the index is corrupted (rebuild it with "
+                                 "tools/preprocess_data.py)")
+            end = int(expected[-1] + lengths[-1] * itemsize)
+        documents = self.document_indices
+        if documents[0] != 0 or documents[-1] != n:
+            raise ValueError(f"{idx_path}: document boundaries run from {documents[0]} to {documents[-1]}, not from "
+                             f"0 to its {n} sequences: the index is corrupted")
+        for start in range(0, documents.size - 1, _VERIFY_CHUNK):
+            steps = np.diff(documents[start:start + _VERIFY_CHUNK + 1])
+            if (steps < 0).any():
+                i = start + int(np.argmax(steps < 0))
+                raise ValueError(f"{idx_path}: document {i} ends at sequence {documents[i + 1]}, before it starts at "
+                                 f"{documents[i]}: the index is corrupted")
+        if vocab_size is not None:
+            self._verify_tokens(bin_path, vocab_size)
+
+    def _verify_tokens(self, bin_path: str, vocab_size: int) -> None:
+        itemsize = self.dtype.itemsize
+        size = len(self._bin_buffer)
+        if size <= _VERIFY_TOKEN_BYTES:
+            windows = [(0, size)]
+        else:
+            count = _VERIFY_TOKEN_BYTES // _VERIFY_WINDOW
+            starts = np.linspace(0, size - _VERIFY_WINDOW, count).astype(np.int64) // itemsize * itemsize
+            windows = [(int(s), _VERIFY_WINDOW) for s in starts]
+        for offset, length in windows:
+            tokens = np.frombuffer(self._bin_buffer, dtype=self._read_dtype, count=length // itemsize, offset=offset)
+            if tokens.size == 0:
+                continue
+            bad = (tokens >= vocab_size) | (tokens < 0)
+            if bad.any():
+                i = int(np.argmax(bad))
+                byte = offset + i * itemsize
+                sequence = int(np.searchsorted(self.sequence_pointers, byte, side="right")) - 1
+                raise ValueError(f"{bin_path}: token {tokens[i]} at byte {byte} (sequence {sequence}) is outside the "
+                                 f"vocabulary of {vocab_size} tokens: the file is corrupted or was made with another "
+                                 "tokenizer")
 
     @staticmethod
     def exists(path_prefix: str) -> bool:

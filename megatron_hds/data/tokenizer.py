@@ -109,7 +109,11 @@ class SentencePieceTokenizer(_FileTokenizer):
     def _load(self) -> None:
         import sentencepiece
 
-        self._sp = sentencepiece.SentencePieceProcessor(model_file=self.model_path)
+        try:
+            self._sp = sentencepiece.SentencePieceProcessor(model_file=self.model_path)
+        except (RuntimeError, OSError) as error:
+            raise ValueError(f"SentencePiece model {self.model_path!r} cannot be read ({error}): the file is damaged "
+                             "or not a SentencePiece model (--tokenizer-model)") from None
         # Bound once: this is the per-document hot path of preprocessing.
         self._encode = self._sp.EncodeAsIds
         self._special_ids: dict[str, int] = {}
@@ -228,7 +232,11 @@ class HuggingFaceTokenizer(_FileTokenizer):
         except ImportError as error:
             raise ImportError("--tokenizer-type HuggingFaceTokenizer needs the `tokenizers` package: "
                               "pip install 'megatron_hds[hf]'") from error
-        self._tokenizer = Tokenizer.from_file(self.json_path)
+        try:
+            self._tokenizer = Tokenizer.from_file(self.json_path)
+        except Exception as error:  # the tokenizers package raises its own exception type
+            raise ValueError(f"Hugging Face tokenizer {self.json_path!r} cannot be read ({error}): the file is "
+                             "damaged or not a tokenizer.json (--tokenizer-model)") from None
         self._encode = self._tokenizer.encode
         self._named = self._configured_special_tokens()
         self._eod = self._special_id("eos", _EOS_CANDIDATES)
@@ -315,6 +323,25 @@ def build_tokenizer(tokenizer_type: str, tokenizer_model: str) -> Tokenizer:
     if tokenizer_type == "HuggingFaceTokenizer":
         return HuggingFaceTokenizer(tokenizer_model)
     return SentencePieceTokenizer(tokenizer_model, tokenizer_type)
+
+
+def check_matches_record(tokenizer: Tokenizer, model_path: str, record: dict, where: str) -> None:
+    """Refuse a tokenizer other than the one the datasets were made with: ``record`` is what
+    preprocessing wrote of its tokenizer (a manifest's "tokenizer": vocab_size, sha256, eod,
+    model), ``where`` names the datasets. Token ids mean nothing under another vocabulary."""
+    made_with = f"the datasets of {where} were made with {record.get('model')!r}"
+    if tokenizer.vocab_size != record.get("vocab_size"):
+        raise ValueError(f"--tokenizer-model {model_path!r} has a vocabulary of {tokenizer.vocab_size} tokens, but "
+                         f"{made_with} ({record.get('vocab_size')} tokens): use that tokenizer, or leave "
+                         "--tokenizer-model out to use the manifest's")
+    if record.get("sha256") and tokenizer.model_sha256 != record["sha256"]:
+        raise ValueError(f"--tokenizer-model {model_path!r} (sha256 {tokenizer.model_sha256[:12]}) is not the "
+                         f"tokenizer {made_with} (sha256 {record['sha256'][:12]}), though both have "
+                         f"{tokenizer.vocab_size} tokens: use that tokenizer, or leave --tokenizer-model out")
+    if record.get("eod") is not None and tokenizer.eod != record["eod"]:
+        raise ValueError(f"--tokenizer-model {model_path!r} with --tokenizer-type {tokenizer.tokenizer_type} ends "
+                         f"documents with token {tokenizer.eod}, but {made_with} ({record.get('type')}), whose end "
+                         f"of document is {record['eod']}: give the same --tokenizer-type")
 
 
 def _training_pieces(texts, max_chars: int):

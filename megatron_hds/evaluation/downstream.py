@@ -26,7 +26,7 @@ from typing import Optional
 
 from megatron_hds.atomic_io import write_text_atomic
 from megatron_hds.config import DownstreamEvalConfig
-from megatron_hds.checkpoint.store import find_latest_iteration, iteration_dirname
+from megatron_hds.checkpoint.layout import find_latest_iteration, iteration_dirname
 
 logger = logging.getLogger(__name__)
 

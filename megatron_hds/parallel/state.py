@@ -3,9 +3,15 @@
 The layout arithmetic (``RankLayout``) is pure so it can be tested without processes;
 ``ParallelState`` adds the torch.distributed groups. Ranks are laid out with TP
 fastest, then DP, then PP: rank = tp_rank + TP*dp_rank + TP*DP*pp_rank.
+
+Every group, the world's included, gets ``--distributed-timeout-minutes``: a collective
+that waits that long for a lost or stuck rank fails (torch.distributed gives groups made
+later a default of its own otherwise), so the job ends instead of hanging.
 """
 from __future__ import annotations
 
+import datetime
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
@@ -14,6 +20,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_hds.config import ParallelConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,15 +93,37 @@ def default_backend_and_device(local_rank: int = 0) -> Tuple[str, torch.device]:
     return "gloo", torch.device("cpu")
 
 
-def init_distributed(backend: Optional[str] = None) -> None:
-    """Initialise torch.distributed from the torchrun/SLURM environment, once."""
+def _timeout(minutes: Optional[float]) -> Optional[datetime.timedelta]:
+    return None if minutes is None else datetime.timedelta(minutes=minutes)
+
+
+def _nccl_async_error_handling() -> None:
+    """Make NCCL end the process when a collective fails or times out (a dead peer), instead of
+    leaving it blocked: 3 tears the process down without aborting the communicators (torch's
+    default since 2.2; set here so that older versions behave alike). A value the job sets
+    wins; 0 (off) gets a warning."""
+    names = ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING")
+    given = next((os.environ[n] for n in names if n in os.environ), None)
+    if given is None:
+        os.environ[names[0]] = "3"
+    elif given.strip() == "0":
+        logger.warning("TORCH_NCCL_ASYNC_ERROR_HANDLING=0: a lost rank will hang the job instead of ending it")
+
+
+def init_distributed(backend: Optional[str] = None, timeout_minutes: Optional[float] = None) -> None:
+    """Initialise torch.distributed from the torchrun/SLURM environment, once; collectives on the
+    world fail after ``timeout_minutes`` (--distributed-timeout-minutes) instead of waiting
+    forever for a rank that died or hangs."""
     if dist.is_initialized():
         return
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     chosen, device = default_backend_and_device(local_rank)
+    backend = backend or chosen
     if device.type != "cpu":
         torch.get_device_module(device.type).set_device(device)
-    dist.init_process_group(backend=backend or chosen)
+    if backend == "nccl":
+        _nccl_async_error_handling()
+    dist.init_process_group(backend=backend, timeout=_timeout(timeout_minutes))
 
 
 @dataclass
@@ -128,14 +158,17 @@ class ParallelState:
     @classmethod
     def from_config(cls, config: ParallelConfig, device: Optional[torch.device] = None) -> "ParallelState":
         return cls.build(config.tensor_model_parallel_size, config.pipeline_model_parallel_size, device,
-                         sequence_parallel=config.sequence_parallel)
+                         sequence_parallel=config.sequence_parallel,
+                         timeout_minutes=config.distributed_timeout_minutes)
 
     @classmethod
     def build(cls, tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1,
-              device: Optional[torch.device] = None, sequence_parallel: bool = False) -> "ParallelState":
+              device: Optional[torch.device] = None, sequence_parallel: bool = False,
+              timeout_minutes: Optional[float] = None) -> "ParallelState":
         """Build groups on an initialised world (or a single-process state when there is none).
 
-        Every rank must call this with the same sizes: group creation is collective.
+        Every rank must call this with the same sizes: group creation is collective. Each
+        group's collectives fail after ``timeout_minutes`` (default: torch's default).
         """
         if not dist.is_initialized():
             return cls.single(device, tensor_model_parallel_size, pipeline_model_parallel_size)
@@ -154,7 +187,7 @@ class ParallelState:
                              ("model_parallel_group", layout.model_parallel_groups()),
                              ("embedding_group", layout.embedding_groups())):
             for ranks in groups:
-                group = dist.new_group(ranks)
+                group = dist.new_group(ranks, timeout=_timeout(timeout_minutes))
                 if rank in ranks:
                     setattr(state, attr, group)
                     if attr == "pp_group":

@@ -23,7 +23,7 @@ def main(argv=None) -> dict:
                         format=f"[rank {os.environ.get('RANK', '0')}] %(asctime)s %(name)s: %(message)s")
     config = parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        init_distributed()
+        init_distributed(timeout_minutes=config.parallel.distributed_timeout_minutes)
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
         # Ranks sharing a CPU must share its cores: oversubscribed OpenMP pools stall every
         # small op (measured: 100x slower steps for the tiny model on 2 busy cores).

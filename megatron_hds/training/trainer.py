@@ -20,7 +20,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_hds.checkpoint.store import find_latest_iteration, load_checkpoint, restore_rng_state, save_checkpoint
+from megatron_hds.checkpoint.layout import find_latest_iteration
+from megatron_hds.checkpoint.rng import restore_rng_state
+from megatron_hds.checkpoint.store import CheckpointSaveError, load_checkpoint, save_checkpoint
 from megatron_hds.config import PretrainConfig
 from megatron_hds.data.domains import resolve_domains
 from megatron_hds.data.gpt_dataset import build_domain_datasets
@@ -40,7 +42,9 @@ from megatron_hds.parallel.state import ParallelState
 from megatron_hds.precision import torch_dtype
 from megatron_hds.training.flops import device_name, model_flops_per_token, peak_flops
 from megatron_hds.training.metrics import MetricsConfig, MetricsLogger
-from megatron_hds.training.preemption import SignalSaveHandler
+from megatron_hds.training.nan_check import check_finite
+from megatron_hds.training.preemption import SignalSaveHandler, agree
+from megatron_hds.training.restart import cut_metrics_log, log_position
 from megatron_hds.training.step import all_reduce_domain_sums, load_micro_batch, split_means
 
 logger = logging.getLogger(__name__)
@@ -123,6 +127,7 @@ class Trainer:
         self.iteration = 0
         self.consumed_samples = 0
         self.saves = 0  # checkpoint saves by this process (the downstream-eval hook counts them)
+        self._resumed_log = None  # the metrics log's position recorded by the checkpoint resumed from
         self._signals_time = 0.0
         if train.finetune and train.save is not None and find_latest_iteration(train.save) is not None:
             # A restarted fine-tuning run: its own checkpoint, not the weights it started from.
@@ -132,6 +137,10 @@ class Trainer:
             self._load(train.load, weights_only=train.finetune)
 
         log_dir = train.log_dir or train.save
+        run_record = config.to_dict() | {"domains": self.domains.names,
+                                         "natural_weights": self.domains.natural_weights.tolist()}
+        if state.rank == 0 and log_dir is not None:  # a killed attempt's lines past this start are redone
+            cut_metrics_log(log_dir, self.iteration, self._resumed_log, run_record)
         self.metrics = MetricsLogger(MetricsConfig(
             log_dir=log_dir, train_iters=train.train_iters, tensorboard_dir=train.tensorboard_dir,
             wandb_project=train.wandb_project, wandb_exp_name=train.wandb_exp_name,
@@ -139,8 +148,7 @@ class Trainer:
             peak_flops_per_device=peak_flops(device_name(state.device), optim.precision),
             num_devices=state.layout.world_size), rank=state.rank, start_iteration=self.iteration)
         if self.iteration == 0:
-            self.metrics.log_config(config.to_dict() | {"domains": self.domains.names,
-                                                        "natural_weights": self.domains.natural_weights.tolist()})
+            self.metrics.log_config(run_record)
 
     # ---- one step --------------------------------------------------------------------
     def _loss_fn(self, per_token_loss, micro_batch):
@@ -190,6 +198,8 @@ class Trainer:
         signals_start = time.perf_counter()
         reduced, reduced_share = all_reduce_domain_sums(sums, state, self.collector.local_share())
         domain_loss, domain_tokens = split_means(reduced)
+        if self.config.train.check_for_nan_in_loss_and_grad:
+            check_finite(self.iteration + 1, self.domains.names, domain_loss, domain_tokens, result.grad_norm)
         extra = self.collector.finish(reduced_share, plan, step_ok=not result.skipped)
         self._signals_time = time.perf_counter() - signals_start
         self.iteration += 1
@@ -245,7 +255,13 @@ class Trainer:
                     stop, reason = True, "--exit-interval"
                 periodic = bool(cfg.save_interval and self.iteration % cfg.save_interval == 0)
                 if cfg.save and (periodic or stop or self.iteration == cfg.train_iters):
-                    self.save()
+                    try:
+                        self.save()
+                    except CheckpointSaveError as error:  # every rank raises it together
+                        if not cfg.continue_on_save_failure or stop or self.iteration == cfg.train_iters:
+                            raise
+                        logger.error("%s; training goes on and the next --save-interval tries again "
+                                     "(--continue-on-save-failure)", error)
                 if stop and self.iteration < cfg.train_iters:
                     logger.info("stopping at iteration %d (%s)", self.iteration, reason)
                     self.metrics.close()
@@ -297,9 +313,11 @@ class Trainer:
             self.config.train.save, self.iteration, model=self.model, optimizer=optimizer,
             opt_param_scheduler=self.lr_scheduler, data_sampler=self.sampler, mixture_scheduler=self.scheduler,
             args=self.config.to_dict(), rng_tracker_states=self.model.rng_tracker.state_dict(),
-            extra={"consumed_samples": self.consumed_samples, "mixture_weights": self.weights.tolist()},
+            extra={"consumed_samples": self.consumed_samples, "mixture_weights": self.weights.tolist(),
+                   "metrics_log": log_position(self.metrics.path)},
             tp_rank=state.tp_rank, pp_rank=state.pp_rank, dp_rank=state.dp_rank, tp_size=state.tp_size,
-            pp_size=state.pp_size, dp_size=state.dp_size, rank=state.rank, barrier=_world_barrier())
+            pp_size=state.pp_size, dp_size=state.dp_size, rank=state.rank, barrier=_world_barrier(),
+            agree=lambda failed: agree(failed, device=state.device))  # a failed write fails every rank
         logger.info("saved checkpoint of iteration %d to %s", self.iteration, self.config.train.save)
         self.saves += 1
         maybe_evaluate_after_save(self.config.downstream_eval, self.config.train.save, self.iteration, self.saves,
@@ -337,6 +355,7 @@ class Trainer:
                 self.model.rng_tracker.load_state_dict(tracker_states)
         self.iteration = int(ckpt["iteration"])
         self.consumed_samples = int(ckpt["consumed_samples"])
+        self._resumed_log = ckpt.get("metrics_log")
         self.weights = np.asarray(ckpt["mixture_weights"], dtype=np.float64)
         logger.info("resumed from %s at iteration %d", load_dir, self.iteration)
 

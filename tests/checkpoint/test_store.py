@@ -4,7 +4,9 @@ save/load with gloo (whose spawn also checks that the pre-emption signal is agre
 import os
 import random
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_hds.checkpoint import store as ckpt
+from megatron_hds.checkpoint import integrity, layout, rng
 from megatron_hds.training import preemption
 from tests.distributed import run_distributed
 
@@ -39,6 +42,19 @@ def _draws():
 def _save(save_dir, iteration, model=None, **kw):
     model = model if model is not None else {"w": torch.full((2,), float(iteration))}
     return ckpt.save_checkpoint(str(save_dir), iteration, model=model, **kw)
+
+
+def _save_layout(save_dir, iteration, tp_size, pp_size):
+    """A complete TP x PP checkpoint: one thread per (tp, pp) shard acting as its rank."""
+    barrier = threading.Barrier(tp_size * pp_size, timeout=60)
+
+    def rank(t, p):
+        return _save(save_dir, iteration, model={"w": torch.full((2,), float(10 * t + p))}, tp_rank=t, pp_rank=p,
+                     tp_size=tp_size, pp_size=pp_size, rank=t + tp_size * p, barrier=barrier.wait)
+
+    with ThreadPoolExecutor(tp_size * pp_size) as pool:
+        futures = [pool.submit(rank, t, p) for p in range(pp_size) for t in range(tp_size)]
+    return [f.result() for f in futures][0]
 
 
 def test_round_trip_restores_model_optimizer_and_rng(tmp_path):
@@ -82,7 +98,7 @@ def test_round_trip_restores_model_optimizer_and_rng(tmp_path):
     for k, v in opt.state_dict()["state"][0].items():
         assert torch.equal(fresh_opt.state_dict()["state"][0][k], v), k
 
-    got_tracker = ckpt.restore_rng_state(state["rng_state"])
+    got_tracker = rng.restore_rng_state(state["rng_state"])
     assert torch.equal(got_tracker["model-parallel-rng"], tracker["model-parallel-rng"])
     t, n, r = _draws()
     assert torch.equal(t, expected[0])
@@ -91,19 +107,20 @@ def test_round_trip_restores_model_optimizer_and_rng(tmp_path):
 
 
 def test_layout_names_and_latest_file(tmp_path):
-    assert ckpt.shard_dirname(3, 0, 1) == "mp_rank_03"
-    assert ckpt.shard_dirname(1, 2, 4) == "mp_rank_01_002"
+    assert layout.shard_dirname(3, 0, 1) == "mp_rank_03"
+    assert layout.shard_dirname(1, 2, 4) == "mp_rank_01_002"
 
     final = _save(tmp_path / "pp1", 5)
     assert final == str(tmp_path / "pp1" / "iter_0000005")
     assert os.path.isfile(tmp_path / "pp1" / "iter_0000005" / "mp_rank_00" / "model_optim_rng.pt")
     assert (tmp_path / "pp1" / "latest_checkpointed_iteration.txt").read_text().strip() == "5"
 
-    _save(tmp_path / "pp2", 1234567, tp_rank=1, pp_rank=1, tp_size=2, pp_size=2)
-    assert os.listdir(tmp_path / "pp2" / "iter_1234567") == ["mp_rank_01_001"]
-    assert os.path.isfile(tmp_path / "pp2" / "iter_1234567" / "mp_rank_01_001" / "model_optim_rng.pt")
+    _save_layout(tmp_path / "pp2", 1234567, 2, 2)
+    shards = ["mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]
+    assert sorted(os.listdir(tmp_path / "pp2" / "iter_1234567")) == ["checksums.json", *shards]
+    assert os.listdir(tmp_path / "pp2" / "iter_1234567" / "mp_rank_01_001") == ["model_optim_rng.pt"]
     assert (tmp_path / "pp2" / "latest_checkpointed_iteration.txt").read_text().strip() == "1234567"
-    assert ckpt.find_latest_iteration(str(tmp_path / "pp2")) == 1234567
+    assert layout.find_latest_iteration(str(tmp_path / "pp2")) == 1234567
     # nothing else is left next to the checkpoint
     assert sorted(os.listdir(tmp_path / "pp2")) == ["iter_1234567", "latest_checkpointed_iteration.txt"]
 
@@ -112,27 +129,27 @@ def test_crash_before_rename_keeps_previous_checkpoint(tmp_path, monkeypatch):
     _save(tmp_path, 10)
     real_replace = os.replace
 
-    def crash_on_commit(src, dst):
-        if os.path.basename(str(src)).startswith(ckpt.TMP_PREFIX):
-            raise OSError("simulated crash at the commit rename")
+    def fail_on_commit(src, dst):
+        if os.path.basename(str(src)).startswith(layout.TMP_PREFIX):
+            raise OSError("simulated failure at the commit rename")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(ckpt.os, "replace", crash_on_commit)
-    with pytest.raises(OSError, match="simulated crash"):
+    monkeypatch.setattr(ckpt.os, "replace", fail_on_commit)
+    with pytest.raises(ckpt.CheckpointSaveError, match="simulated failure.*still names iteration 10"):
         _save(tmp_path, 20)
     monkeypatch.setattr(ckpt.os, "replace", real_replace)
+    # a failed save removes what it wrote
+    assert sorted(os.listdir(tmp_path)) == ["iter_0000010", "latest_checkpointed_iteration.txt"]
+    assert layout.find_latest_iteration(str(tmp_path)) == 10
 
-    # the shard was fully written, but only into the temporary directory
-    assert os.path.isfile(tmp_path / ".tmp_iter_0000020" / "mp_rank_00" / "model_optim_rng.pt")
-    assert not os.path.exists(tmp_path / "iter_0000020")
-    assert ckpt.find_latest_iteration(str(tmp_path)) == 10
-    state = ckpt.load_checkpoint(str(tmp_path), 0, 0, 1, 1)
-    assert state["iteration"] == 10 and torch.equal(state["model"]["w"], torch.full((2,), 10.0))
-
-    # a crash in the middle of the write phase (no commit at all) is just as harmless
+    # a process killed in the middle of the write phase (no commit at all) leaves its
+    # temporary directory, which loading ignores and the next save removes
     ckpt._prepare(str(tmp_path), 30)
     ckpt._write_shard(str(tmp_path), 30, {"partial": True}, 0, 0, 1)
-    assert ckpt.load_checkpoint(str(tmp_path), 0, 0, 1, 1)["iteration"] == 10
+    assert os.path.isfile(tmp_path / ".tmp_iter_0000030" / "mp_rank_00" / "model_optim_rng.pt")
+    assert not os.path.exists(tmp_path / "iter_0000030")
+    state = ckpt.load_checkpoint(str(tmp_path), 0, 0, 1, 1)
+    assert state["iteration"] == 10 and torch.equal(state["model"]["w"], torch.full((2,), 10.0))
 
     _save(tmp_path, 40)
     assert sorted(os.listdir(tmp_path)) == ["iter_0000010", "iter_0000040", "latest_checkpointed_iteration.txt"]
@@ -147,7 +164,7 @@ def test_resave_same_iteration_replaces_it(tmp_path):
 
 
 def test_mismatched_tp_pp_refused(tmp_path):
-    _save(tmp_path / "tp2", 3, tp_rank=0, tp_size=2)
+    _save_layout(tmp_path / "tp2", 3, 2, 1)
     with pytest.raises(ValueError, match=r"TP size saved 2 vs current 1"):
         ckpt.load_checkpoint(str(tmp_path / "tp2"), tp_rank=0, pp_rank=0, tp_size=1, pp_size=1)
 
@@ -164,8 +181,8 @@ def test_mismatched_tp_pp_refused(tmp_path):
 def test_missing_checkpoint(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert ckpt.find_latest_iteration(str(empty)) is None
-    assert ckpt.find_latest_iteration(str(tmp_path / "absent")) is None
+    assert layout.find_latest_iteration(str(empty)) is None
+    assert layout.find_latest_iteration(str(tmp_path / "absent")) is None
     with pytest.raises(FileNotFoundError, match=str(empty)):
         ckpt.load_checkpoint(str(empty), 0, 0, 1, 1)
 
@@ -174,24 +191,26 @@ def test_missing_checkpoint(tmp_path):
         ckpt.load_checkpoint(str(empty), 0, 0, 1, 1)
     (empty / "latest_checkpointed_iteration.txt").write_text("release\n")
     with pytest.raises(ValueError, match="'release'"):
-        ckpt.find_latest_iteration(str(empty))
+        layout.find_latest_iteration(str(empty))
 
-    _save(tmp_path / "one", 2, tp_rank=0, tp_size=2)
-    with pytest.raises(FileNotFoundError, match="iter_0000003"):
+    _save_layout(tmp_path / "one", 2, 2, 1)
+    with pytest.raises(integrity.CheckpointDamagedError, match="iter_0000003 does not exist"):
         ckpt.load_checkpoint(str(tmp_path / "one"), tp_rank=0, pp_rank=0, tp_size=2, pp_size=1, iteration=3)
-    with pytest.raises(FileNotFoundError, match="mp_rank_01"):
-        # right sizes, but this shard was never written
-        ckpt.load_checkpoint(str(tmp_path / "one"), tp_rank=1, pp_rank=0, tp_size=2, pp_size=1)
+    # A single process cannot commit a TP=2 checkpoint of which it wrote one shard.
+    with pytest.raises(ckpt.CheckpointSaveError, match=r"shards \['mp_rank_01'\] .* were not written"):
+        _save(tmp_path / "one", 3, tp_rank=0, tp_size=2)
+    assert layout.find_latest_iteration(str(tmp_path / "one")) == 2
+    assert sorted(os.listdir(tmp_path / "one")) == ["iter_0000002", "latest_checkpointed_iteration.txt"]
 
 
 def test_keep_last_n(tmp_path):
     for it in range(1, 6):
         _save(tmp_path / "two", it, keep_last_n=2)
         _save(tmp_path / "all", it)
-    assert ckpt.list_iterations(str(tmp_path / "two")) == [4, 5]
-    assert ckpt.list_iterations(str(tmp_path / "all")) == [1, 2, 3, 4, 5]
+    assert layout.list_iterations(str(tmp_path / "two")) == [4, 5]
+    assert layout.list_iterations(str(tmp_path / "all")) == [1, 2, 3, 4, 5]
     _save(tmp_path / "two", 6, keep_last_n=1)
-    assert ckpt.list_iterations(str(tmp_path / "two")) == [6]
+    assert layout.list_iterations(str(tmp_path / "two")) == [6]
     with pytest.raises(ValueError, match="keep_last_n"):
         _save(tmp_path / "two", 7, keep_last_n=0)
 
@@ -212,8 +231,8 @@ def _layout_checks(rank, root):
             ckpt.save_checkpoint(
                 save_dir, it, model=model, rank=rank, barrier=dist.barrier, keep_last_n=1, **coords, **sizes
             )
-        expected = sorted(ckpt.shard_dirname(t, p, pp) for t in range(tp) for p in range(pp))
-        assert sorted(os.listdir(os.path.join(save_dir, "iter_0000002"))) == expected
+        expected = sorted(layout.shard_dirname(t, p, pp) for t in range(tp) for p in range(pp))
+        assert sorted(os.listdir(os.path.join(save_dir, "iter_0000002"))) == ["checksums.json", *expected]
         assert sorted(os.listdir(save_dir)) == ["iter_0000002", "latest_checkpointed_iteration.txt"]
         state = ckpt.load_checkpoint(save_dir, coords["tp_rank"], coords["pp_rank"], tp, pp)
         assert torch.equal(state["model"]["w"], model["w"])

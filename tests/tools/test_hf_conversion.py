@@ -23,7 +23,8 @@ from megatron_hds.parallel.layers import is_tensor_parallel  # noqa: E402
 from megatron_hds.parallel.p2p import P2P  # noqa: E402
 from megatron_hds.parallel.state import ParallelState  # noqa: E402
 from megatron_hds.checkpoint.reshard import partition_dim, read_model_checkpoint  # noqa: E402
-from megatron_hds.checkpoint.store import find_latest_iteration, load_checkpoint  # noqa: E402
+from megatron_hds.checkpoint.layout import find_latest_iteration
+from megatron_hds.checkpoint.store import load_checkpoint  # noqa: E402
 from megatron_hds.evaluation.downstream import DownstreamEvalConfig, maybe_evaluate_after_save  # noqa: E402
 from megatron_hds.checkpoint.hf_model import hf_architecture  # noqa: E402
 from megatron_hds.training.trainer import Trainer  # noqa: E402
@@ -132,7 +133,7 @@ def test_export_matches_our_logits_and_hf_round_trip_is_exact(shape, trained, de
                           "--target-pipeline-parallel-size", "2"])
     assert find_latest_iteration(imported) == 0
     assert sorted(os.listdir(os.path.join(imported, "iter_0000000"))) == [
-        "mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]
+        "checksums.json", "mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]
     again = convert_to_hf.main(["--load", imported, "--output", str(tmp_path / "hf_again")])
     first = safetensors_torch.load_file(os.path.join(hf_dir, "model.safetensors"))
     second = safetensors_torch.load_file(os.path.join(again, "model.safetensors"))
