@@ -7,7 +7,7 @@ weights over time (stacked area) and the training loss, as PNG files.
 
 Each argument is a metrics.jsonl or a run directory holding one. Per run it writes
 <label>_valid_ppl.png, <label>_domain_weights.png and <label>_train_loss.png (no label
-prefix for a single run); with several runs also compare_mean_ppl.png and
+prefix for a single run); with several runs also compare_natural_ppl.png and
 compare_train_loss.png. Default output directory: next to each run's metrics.jsonl
 (comparisons next to the first run's). Prints the path of every file written.
 """
@@ -70,15 +70,15 @@ def plot_valid_ppl(plt, evals: list[dict], title: str, out: str) -> bool:
     if not evals:
         return False
     domains = _domain_order(evals, "domain_ppl")
-    iterations = [r["iteration"] for r in evals]
     fig, ax = plt.subplots(figsize=(10, 5.5))
     cmap = plt.get_cmap("tab20" if len(domains) > 10 else "tab10")
     for index, domain in enumerate(domains):
         xs = [r["iteration"] for r in evals if domain in r["domain_ppl"]]
         ys = [r["domain_ppl"][domain] for r in evals if domain in r["domain_ppl"]]
         ax.plot(xs, ys, marker=".", linewidth=1.2, color=cmap(index % cmap.N), label=domain)
-    ax.plot(iterations, [r["mean_ppl"] for r in evals], color="black", linewidth=2.5, linestyle="--",
-            label="mean_ppl (uniform)")
+    natural = [(r["iteration"], r["natural_ppl"]) for r in evals if "natural_ppl" in r]
+    if natural:  # logs written before the field existed lack it
+        ax.plot(*zip(*natural), color="black", linewidth=2.5, linestyle="--", label="natural mixture")
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("validation perplexity (log scale)")
@@ -137,21 +137,21 @@ def plot_compare(plt, runs: list[tuple[str, dict]], kind: str, out: str, split: 
     fig, ax = plt.subplots(figsize=(9, 5))
     drawn = False
     for label, records in runs:
-        if kind == "mean_ppl":
-            evals = [r for r in records["eval"] if r.get("split") == split]
-            xs, ys = [r["iteration"] for r in evals], [r["mean_ppl"] for r in evals]
+        if kind == "natural_ppl":
+            evals = [r for r in records["eval"] if r.get("split") == split and "natural_ppl" in r]
+            xs, ys = [r["iteration"] for r in evals], [r["natural_ppl"] for r in evals]
         else:
             xs, ys = [r["iteration"] for r in records["train"]], [r["loss"] for r in records["train"]]
         if xs:
-            ax.plot(xs, ys, marker="." if kind == "mean_ppl" else None, label=label)
+            ax.plot(xs, ys, marker="." if kind == "natural_ppl" else None, label=label)
             drawn = True
     if not drawn:
         plt.close(fig)
         return False
     ax.set_xlabel("iteration")
-    if kind == "mean_ppl":
+    if kind == "natural_ppl":
         ax.set_yscale("log")
-        ax.set_ylabel(f"{split} mean perplexity (uniform over domains, log scale)")
+        ax.set_ylabel(f"{split} perplexity of the natural mixture (log scale)")
     else:
         ax.set_ylabel("training loss")
     ax.grid(True, which="both", alpha=0.3)
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                 print(f"{path}: no records for {name}; not drawn", file=sys.stderr)
     if several:
         out_dir = args.output_dir or os.path.dirname(os.path.abspath(paths[0]))
-        for kind, name in (("mean_ppl", "compare_mean_ppl.png"), ("loss", "compare_train_loss.png")):
+        for kind, name in (("natural_ppl", "compare_natural_ppl.png"), ("loss", "compare_train_loss.png")):
             out = os.path.join(out_dir, name)
             if plot_compare(plt, runs, kind, out, args.split):
                 written.append(out)

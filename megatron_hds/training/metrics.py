@@ -51,11 +51,12 @@ def perplexity(loss: float) -> float:
 def eval_summary(
     domain_loss: Mapping[str, float], natural_weights: Mapping[str, float]
 ) -> tuple[dict[str, float], float, float]:
-    """(domain_ppl, mean_ppl, weighted_ppl) from per-domain mean losses.
+    """(domain_ppl, mean_ppl, natural_ppl) from per-domain mean losses.
 
-    mean_ppl is the uniform mean over domains of per-domain perplexity; weighted_ppl the
-    mean weighted by the natural (token-share) weights, renormalised over the domains
-    evaluated.
+    natural_ppl is the perplexity of the natural mixture, exp of the per-domain losses
+    averaged with the natural (token-share) weights renormalised over the domains
+    evaluated: the paper's primary metric. mean_ppl is the uniform mean over domains of
+    per-domain perplexity, which the hardest domain dominates.
     """
     if not domain_loss:
         raise ValueError("domain_loss is empty; evaluation produced no domains")
@@ -67,8 +68,8 @@ def eval_summary(
     total = sum(float(natural_weights[d]) for d in domain_ppl)
     if not total > 0:
         raise ValueError(f"natural weights of the evaluated domains sum to {total}; need > 0")
-    weighted_ppl = sum(float(natural_weights[d]) * p for d, p in domain_ppl.items()) / total
-    return domain_ppl, mean_ppl, weighted_ppl
+    natural_loss = sum(float(natural_weights[d]) * float(loss) for d, loss in domain_loss.items()) / total
+    return domain_ppl, mean_ppl, perplexity(natural_loss)
 
 
 def _jsonable(value: Any) -> Any:
@@ -230,7 +231,7 @@ class MetricsConfig:
 
 _TRAIN_FIELDS = ("iteration", "consumed_samples", "lr", "loss", "grad_norm", "tokens_per_sec", "step_time_s",
                  "domain_loss", "domain_samples", "domain_weights", "reward", "scheduler_time_s")
-_EVAL_FIELDS = ("split", "iteration", "domain_loss", "domain_ppl", "mean_ppl", "weighted_ppl")
+_EVAL_FIELDS = ("split", "iteration", "domain_loss", "domain_ppl", "mean_ppl", "natural_ppl")
 
 
 def _format_duration(seconds: float) -> str:
@@ -457,7 +458,7 @@ class MetricsLogger:
         clash = sorted(set(extra) & (set(_EVAL_FIELDS) | {"kind", "time"}))
         if clash:
             raise ValueError(f"extra fields {clash} would overwrite standard eval fields")
-        domain_ppl, mean_ppl, weighted_ppl = eval_summary(domain_loss, natural_weights)
+        domain_ppl, mean_ppl, natural_ppl = eval_summary(domain_loss, natural_weights)
         record = {
             "kind": "eval",
             "split": split,
@@ -465,13 +466,13 @@ class MetricsLogger:
             "domain_loss": {str(k): float(v) for k, v in domain_loss.items()},
             "domain_ppl": domain_ppl,
             "mean_ppl": mean_ppl,
-            "weighted_ppl": weighted_ppl,
+            "natural_ppl": natural_ppl,
             "time": time.time(),
             **extra,
         }
         self._write(record)
         self._print(self.eval_line(record))
-        scalars: dict[str, float | None] = {f"{split}/mean_ppl": mean_ppl, f"{split}/weighted_ppl": weighted_ppl}
+        scalars: dict[str, float | None] = {f"{split}/natural_ppl": natural_ppl, f"{split}/mean_ppl": mean_ppl}
         for name, value in domain_ppl.items():
             scalars[f"{split}/domain_ppl/{_tag(name)}"] = value
         for name, value in record["domain_loss"].items():
@@ -531,15 +532,15 @@ class MetricsLogger:
         return "w/loss: " + ", ".join(shown) + more
 
     def eval_line(self, record: Mapping[str, Any]) -> str:
-        """Console line of an eval record: mean and weighted ppl, worst and best domains."""
+        """Console line of an eval record: natural-mixture and mean ppl, worst and best domains."""
         ppl = record["domain_ppl"]
         ranked = sorted(ppl, key=lambda d: (-ppl[d], d))
         k = max(1, self.config.console_domains // 2)
         worst = ", ".join(f"{d} {_fmt(ppl[d], '.2f')}" for d in ranked[:k])
         best = ", ".join(f"{d} {_fmt(ppl[d], '.2f')}" for d in reversed(ranked[-k:]))
         return (
-            f"{record['split']} at iter {record['iteration']} | mean ppl {_fmt(record['mean_ppl'], '.3f')} | "
-            f"weighted ppl {_fmt(record['weighted_ppl'], '.3f')} | highest: {worst} | lowest: {best}"
+            f"{record['split']} at iter {record['iteration']} | natural ppl {_fmt(record['natural_ppl'], '.3f')} | "
+            f"mean ppl {_fmt(record['mean_ppl'], '.3f')} | highest: {worst} | lowest: {best}"
         )
 
     # -- lifetime ----------------------------------------------------------------------

@@ -21,7 +21,7 @@ from megatron_hds.training.metrics import (
 
 TRAIN_FIELDS = {"kind", "iteration", "consumed_samples", "lr", "loss", "grad_norm", "tokens_per_sec",
                 "step_time_s", "domain_loss", "domain_samples", "domain_weights", "scheduler_time_s"}
-EVAL_FIELDS = {"kind", "split", "iteration", "domain_loss", "domain_ppl", "mean_ppl", "weighted_ppl"}
+EVAL_FIELDS = {"kind", "split", "iteration", "domain_loss", "domain_ppl", "mean_ppl", "natural_ppl"}
 DOMAINS = ["Pile-CC", "Github", "ArXiv", "Wikipedia (en)", "FreeLaw", "PubMed/Central"]
 NATURAL = {d: w for d, w in zip(DOMAINS, [0.4, 0.2, 0.15, 0.1, 0.1, 0.05])}
 
@@ -93,10 +93,11 @@ def test_records_round_trip_with_required_fields(tmp_path):
 
 
 def test_eval_summary_means():
-    domain_ppl, mean_ppl, weighted_ppl = eval_summary({"a": math.log(10), "b": math.log(40)}, {"a": 3, "b": 1})
+    domain_ppl, mean_ppl, natural_ppl = eval_summary({"a": math.log(10), "b": math.log(40)}, {"a": 3, "b": 1})
     assert domain_ppl == pytest.approx({"a": 10.0, "b": 40.0})
     assert mean_ppl == pytest.approx(25.0)
-    assert weighted_ppl == pytest.approx((3 * 10 + 40) / 4)
+    # the natural mixture's perplexity: exp of the token-weighted mean loss, not a mean of ppl
+    assert natural_ppl == pytest.approx(math.exp((3 * math.log(10) + math.log(40)) / 4))
     assert eval_summary({"a": 1e6}, {"a": 1})[1] == math.inf
     with pytest.raises(ValueError, match=r"natural_weights lack domains \['b'\]"):
         eval_summary({"a": 1.0, "b": 1.0}, {"a": 1.0})
@@ -142,7 +143,7 @@ def test_console_line_contents(tmp_path):
     logger.log_eval(10, split="valid", domain_loss={"a": math.log(10), "b": math.log(40)},
                     natural_weights={"a": 1, "b": 1})
     eval_line = stream.getvalue().strip().splitlines()[-1]
-    assert eval_line.startswith("valid at iter 10 | mean ppl 25.000") and "highest: b 40.00" in eval_line
+    assert eval_line.startswith("valid at iter 10 | natural ppl 20.000 | mean ppl 25.000") and "highest: b 40.00" in eval_line
     logger.close()
 
 

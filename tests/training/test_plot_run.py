@@ -69,7 +69,7 @@ def test_plots_several_runs_into_an_output_dir(tmp_path):
     assert names == sorted([
         "HDS_valid_ppl.png", "HDS_domain_weights.png", "HDS_train_loss.png",
         "ODM_run_valid_ppl.png", "ODM_run_domain_weights.png", "ODM_run_train_loss.png",
-        "compare_mean_ppl.png", "compare_train_loss.png",
+        "compare_natural_ppl.png", "compare_train_loss.png",
     ])
     for path in written:
         _assert_png(path)
