@@ -23,8 +23,8 @@
 #   LAYOUT          --mixing-batch-layout: hds is the reference (the first 22 micro-batches of
 #                   a step one per domain, so every domain has a gradient and a loss each step)  (hds)
 #   PRETRAIN_ARGS   more pretrain flags for every run, e.g. "--hds-action-bound none"           ()
-# HDS and AC-ODM run with --mixing-overlap-update (their update overlaps the next step), as
-# in examples/pretrain_gpt_hds.sh.
+# HDS and AC-ODM run with --mixing-overlap-update (their update overlaps the next step), the
+# setting of examples/pretrain_gpt_hds.sh, which runs every job.
 set -euo pipefail
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_DIR"
@@ -59,6 +59,6 @@ exec python3 tools/compare_schedulers.py \
   --output-dir "${OUTPUT_DIR:-runs/pile_compare_$MODEL}" \
   --methods "${METHODS:-static,uniform,odm,acodm,hds}" --seeds "${SEEDS:-1}" \
   --train-iters 41667 --eval-interval 417 --data-manifest "$DATA_MANIFEST" \
-  --extra-args="--mixing-batch-layout ${LAYOUT:-hds} --mixing-overlap-update ${PRETRAIN_ARGS:-}" \
+  --batch-layout "${LAYOUT:-hds}" --extra-args="${PRETRAIN_ARGS:-}" \
   --launcher sbatch --sbatch-args="--nodes $NODES --gpus-per-node $GPUS_PER_NODE --time ${TIME_LIMIT:-48:00:00} ${SBATCH_EXTRA:-}" \
   "${WAIT_ARGS[@]}"

@@ -80,6 +80,14 @@ def test_megatron_spellings_aliases_and_our_flags():
     assert _parse([*REQUIRED, "--bf16"]).optim.precision == "bf16"
 
 
+@pytest.mark.parametrize("method, layout", [("static", "single_domain"), ("uniform", "single_domain"),
+                                            ("odm", "hds"), ("acodm", "hds"), ("hds", "hds")])
+def test_the_learning_schedulers_default_to_the_hds_layout(method, layout):
+    """They read every domain's signal each step; `--mixing hds` alone must give them that."""
+    assert _parse([*REQUIRED, "--mixing", method]).mixing.batch_layout == layout
+    assert _parse([*REQUIRED, "--mixing", method, "--mixing-batch-layout", "mixed"]).mixing.batch_layout == "mixed"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--bf16", "--fp16"], "--fp16 sets precision to 'fp16', which --bf16 already set"),
     (["--recompute-granularity", "full", "--recompute-activations"], "--recompute-activations sets"),

@@ -102,7 +102,8 @@ def run_environment(args, manifests: tuple, method: str, seed: int) -> dict:
     model's and the agent's) and the evaluation seed shared by every run."""
     env = dict(os.environ)
     flags = METHODS[method].split()
-    extra = " ".join([*flags[2:], f"--seed {seed} --hds-seed {seed} --eval-seed {args.eval_seed}", args.extra_args])
+    extra = " ".join([*flags[2:], f"--mixing-batch-layout {args.batch_layout}",
+                      f"--seed {seed} --hds-seed {seed} --eval-seed {args.eval_seed}", args.extra_args])
     train, valid, test = manifests
     env.update(DATA_MANIFEST=train, VALID_DATA_MANIFEST=valid or "", TEST_DATA_MANIFEST=test or "",
                OUTPUT_DIR=run_dir(args.output_dir, method, seed), MIXING=flags[1], TRAIN_ITERS=str(args.train_iters),
@@ -113,7 +114,8 @@ def run_environment(args, manifests: tuple, method: str, seed: int) -> dict:
 
 def settings(args, manifests: tuple) -> dict:
     return {"data_manifests": [m and os.path.abspath(m) for m in manifests], "train_iters": args.train_iters,
-            "eval_interval": args.eval_interval, "eval_seed": args.eval_seed, "extra_args": args.extra_args,
+            "eval_interval": args.eval_interval, "eval_seed": args.eval_seed, "batch_layout": args.batch_layout,
+            "extra_args": args.extra_args,
             "environment": {k: os.environ[k] for k in SCRIPT_KNOBS if k in os.environ}}
 
 
@@ -349,6 +351,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="validation datasets preprocessed apart (default: $VALID_DATA_MANIFEST)")
     parser.add_argument("--test-data-manifest", default=os.environ.get("TEST_DATA_MANIFEST"),
                         help="test datasets preprocessed apart (default: $TEST_DATA_MANIFEST)")
+    parser.add_argument("--batch-layout", default="hds", choices=("hds", "single_domain", "mixed"),
+                        help="--mixing-batch-layout of every run, baselines included, so that all methods draw "
+                             "their batches alike (default: hds, the learning schedulers' default)")
     parser.add_argument("--extra-args", default="",
                         help='more pretrain flags for every run, one string: --extra-args="--flag value"')
     parser.add_argument("--launcher", choices=("local", "sbatch"), default="local")

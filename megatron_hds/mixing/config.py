@@ -265,10 +265,12 @@ class MixingConfig:
         help="the static weights, or where a learning scheduler starts: one number per domain, or the word "
              "'uniform' (default: the natural token shares)")
     weight_floor: float = option(0.0, help="the sampler keeps every domain at least this weight")
-    batch_layout: str = option("single_domain", choices=BATCH_LAYOUTS,
-                               help="single_domain: every micro-batch from one domain; hds: the first micro-batches "
-                                    "of a step one per domain (every domain observed every step); mixed: samples "
-                                    "drawn independently")
+    batch_layout: Optional[str] = option(
+        None, choices=BATCH_LAYOUTS,
+        help="single_domain: every micro-batch from one domain; hds: the first micro-batches of a step one per "
+             "domain (every domain observed every step); mixed: samples drawn independently (default: hds for "
+             "the schedulers that learn from the domains' signals, odm, acodm and hds; single_domain for static "
+             "and uniform)")
     update_interval: int = option(1, help="learning schedulers act every this many steps")
     warmup_fraction: float = option(0.02, help="HDS / AC-ODM: share of the run at the initial weights before the "
                                                "agent acts (transitions are stored)")
@@ -284,6 +286,9 @@ class MixingConfig:
 
     def __post_init__(self):
         _choice("MixingConfig", "method", self.method, MIXING_METHODS)
+        if self.batch_layout is None:
+            # The learning schedulers read every domain's loss or gradient each step.
+            self.batch_layout = "single_domain" if self.method in ("static", "uniform") else "hds"
         _choice("MixingConfig", "batch_layout", self.batch_layout, BATCH_LAYOUTS)
         if not 0.0 <= self.weight_floor < 1.0:
             raise ValueError(f"MixingConfig.weight_floor={self.weight_floor!r} is invalid: expected a value in [0, 1)")

@@ -155,6 +155,7 @@ def test_end_to_end_builds_demo_data_compares_and_resumes(tmp_path):
             a.pop(path_key, None), b.pop(path_key, None)
         assert a == b, key
     assert all(c["data"]["eval_seed"] == 1234 for c in configs.values())  # every run evaluates the same samples
+    assert all(c["mixing"]["batch_layout"] == "hds" for c in configs.values())  # baselines draw batches alike
     # The table's numbers are the runs' own final natural-mixture perplexities.
     records = read_metrics(tmp_path / "runs" / "hds_seed7" / "checkpoints")
     final = scheduler_comparison.eval_curve(records).final
@@ -290,7 +291,7 @@ json.dump({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in keys}}}
     argv = call["argv"]
     assert argv[0] == "tools/compare_schedulers.py"
     assert argv[argv.index("--train-iters") + 1] == "41667" and argv[argv.index("--eval-interval") + 1] == "417"
-    assert "--extra-args=--mixing-batch-layout hds --mixing-overlap-update --hds-action-bound none" in argv
+    assert argv[argv.index("--batch-layout") + 1] == "hds" and "--extra-args=--hds-action-bound none" in argv
     assert argv[argv.index("--methods") + 1] == "static,uniform,odm,acodm,hds" and "--wait" in argv
     assert "--nodes 4 --gpus-per-node 8" in next(a for a in argv if a.startswith("--sbatch-args="))
     assert call["env"] == {"SEQ_LENGTH": "1024", "GLOBAL_BATCH": "1152", "MICRO_BATCH": "4", "PRECISION": "bf16",
