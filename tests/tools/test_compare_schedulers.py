@@ -240,8 +240,8 @@ def test_bad_arguments_are_named(tmp_path):
 
     assert "'bogus'" in error("--train-iters", "8", "--eval-interval", "4", "--methods", "hds,bogus")
     assert "must be positive" in error("--train-iters", "0", "--eval-interval", "4")
-    assert "--reference 'hds' is not among" in error("--train-iters", "8", "--eval-interval", "4",
-                                                     "--methods", "static,odm")
+    assert "--reference 'bogus' is not a method" in error("--train-iters", "8", "--eval-interval", "4",
+                                                          "--reference", "bogus")
     assert "--parallel 0 must be" in error("--train-iters", "8", "--eval-interval", "4", "--parallel", "0")
     assert "only with --launcher local" in error("--train-iters", "8", "--eval-interval", "4", "--parallel", "2",
                                                  "--launcher", "sbatch")
