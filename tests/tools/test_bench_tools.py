@@ -33,6 +33,7 @@ def test_bench_scheduler_training_part_with_the_overlapped_update(demo_manifest,
                "--global-batch-size", "4", "--micro-batch-size", "1", "--steps", "3", "--warmup-steps", "1",
                "--agent-iters", "2", "--json", str(tmp_path / "b.json"))
     assert "agent update (worker thread)" in out and "wait for overlapped update" in out
+    assert "HDS as the example script runs it (--mixing hds --mixing-overlap-update) adds" in out
     methods = json.loads((tmp_path / "b.json").read_text())["part_a"]["methods"]
     assert set(methods) == {"static", "hds", "hds-overlap"}
     # Timed steps alternate: the parts' device syncs stay out of the step times.
