@@ -13,7 +13,8 @@
 # Settings (environment):
 #   DATA_DIR      the corpus (examples/build_text_data.sh OUTPUT_DIR)       (data/text)
 #   OUTPUT_DIR    runs and report                                          (runs/text_compare)
-#   METHODS       comma-separated methods of tools/compare_schedulers.py   (its default set)
+#   METHODS       comma-separated methods of tools/compare_schedulers.py   (all ten: the baselines,
+#                 hds, hds-base and the three reward ablations)
 #   SEEDS         held-out seeds, counted in the report                    (11,12,13,14,15)
 #   TUNING_SEEDS  seeds used while developing the schedulers, named only   (1,2)
 #   TRAIN_ITERS, EVAL_INTERVAL                                              (2000, 40)
@@ -34,7 +35,7 @@ fi
 export MODEL=tiny SEQ_LENGTH=64 GLOBAL_BATCH=64 MICRO_BATCH=1 LR=6e-3 MIN_LR=6e-4 EVAL_ITERS=64 \
        LOG_INTERVAL=50 SAVE_INTERVAL=500
 exec "$PYTHON" tools/compare_schedulers.py --output-dir "${OUTPUT_DIR:-runs/text_compare}" \
-  ${METHODS:+--methods "$METHODS"} --seeds "${SEEDS:-11,12,13,14,15}" --tuning-seeds "${TUNING_SEEDS:-1,2}" \
+  --methods "${METHODS:-static,uniform,odm,odm-released,acodm,hds,hds-base,hds-no-align,hds-no-quality,hds-no-norm}" --seeds "${SEEDS:-11,12,13,14,15}" --tuning-seeds "${TUNING_SEEDS:-1,2}" \
   --train-iters "${TRAIN_ITERS:-2000}" --eval-interval "${EVAL_INTERVAL:-40}" \
   --data-manifest "$DATA_DIR/data/train/text_manifest.json" \
   --valid-data-manifest "$DATA_DIR/data/valid/text_manifest.json" \
