@@ -16,6 +16,7 @@ from megatron_hds.checkpoint import integrity, layout
 from megatron_hds.training.preemption import agree
 from tests.checkpoint.test_store import _save, _save_layout
 from tests.distributed import run_distributed
+from tests.full_disk import FullDiskFile
 
 
 def _shard(root, iteration, name="mp_rank_00"):
@@ -84,28 +85,12 @@ def test_damage_without_a_record_is_still_named(tmp_path):
     assert "checksums.json cannot be read" in integrity.verify_checkpoint(str(tmp_path), 1)[0]
 
 
-class _FullDisk:
-    """A file whose writes fail with ENOSPC once ``room`` bytes are written."""
-
-    def __init__(self, file, room):
-        self.file, self.room = file, room
-
-    def write(self, data):
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.file.write(data)
-
-    def flush(self):
-        self.file.flush()
-
-
 def _no_space(room=0):
     """A replacement for the shard writer's constructor: its file fills up after ``room`` bytes."""
     real_init = integrity.HashingWriter.__init__
 
     def init(self, file):
-        real_init(self, _FullDisk(file, room))
+        real_init(self, FullDiskFile(file, room))
 
     return init
 

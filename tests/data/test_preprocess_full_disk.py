@@ -10,6 +10,7 @@ import pytest
 import preprocess_data
 from megatron_hds.data.indexed_dataset import IndexedDatasetBuilder
 from megatron_hds.data.manifest import load_manifest
+from tests.full_disk import FullDiskFile
 
 
 def _run(corpus, sp_model, prefix):
@@ -18,25 +19,11 @@ def _run(corpus, sp_model, prefix):
          "--tokenizer-model", sp_model, "--append-eod"]))
 
 
-class _FullDiskFile:
-    def __init__(self, file, room):
-        self.file, self.room = file, room
-
-    def write(self, data):
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.file.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.file, name)
-
-
 def test_a_full_disk_while_writing_leaves_nothing(demo_corpus, sp_model, tmp_path, monkeypatch):
     class FillingBuilder(IndexedDatasetBuilder):
         def __init__(self, bin_path, dtype):
             super().__init__(bin_path, dtype)
-            self._data_file = _FullDiskFile(self._data_file, room=30_000)
+            self._data_file = FullDiskFile(self._data_file, room=30_000)
 
     monkeypatch.setattr(preprocess_data, "IndexedDatasetBuilder", FillingBuilder)
     with pytest.raises(OSError, match="No space left on device"):

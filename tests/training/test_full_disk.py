@@ -2,7 +2,6 @@
 run with a clear error, leaving the previous checkpoint and ``latest`` intact and none of its own
 partial files; with --continue-on-save-failure the run trains on and the next interval saves."""
 
-import errno
 import os
 
 import pytest
@@ -16,6 +15,7 @@ from megatron_hds.checkpoint.store import CheckpointSaveError
 from megatron_hds.parallel.state import ParallelState
 from megatron_hds.training.metrics import read_metrics
 from megatron_hds.training.trainer import Trainer
+from tests.full_disk import FullDiskFile
 
 FULL_AT = 3
 
@@ -25,22 +25,6 @@ def _argv(manifest, save, *extra):
             "--seq-length", "32", "--global-batch-size", "4", "--micro-batch-size", "2", "--log-interval", "1",
             "--eval-iters", "1", "--eval-interval", "0", "--split", "80,10,10", "--train-iters", "5",
             "--save", save, "--save-interval", "1", *extra]
-
-
-class _FullDisk:
-    """The shard file of iteration FULL_AT's save fails with ENOSPC after 1000 bytes."""
-
-    def __init__(self, file):
-        self.file, self.room = file, 1000
-
-    def write(self, data):
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.file.write(data)
-
-    def flush(self):
-        self.file.flush()
 
 
 @pytest.fixture
@@ -53,7 +37,7 @@ def disk_fills_at_iteration_3(monkeypatch):
         return save(self)
 
     def writer_init(self, file):
-        init(self, _FullDisk(file) if saving.get("iteration") == FULL_AT else file)
+        init(self, FullDiskFile(file, 1000) if saving.get("iteration") == FULL_AT else file)
 
     monkeypatch.setattr(Trainer, "save", trainer_save)
     monkeypatch.setattr(integrity.HashingWriter, "__init__", writer_init)
