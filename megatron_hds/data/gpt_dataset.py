@@ -208,8 +208,7 @@ class GPTDataset:
 
     ``len(ds)`` is the number of samples in one epoch of the split's documents
     (``(tokens - 1) // seq_length``; 0 when the split is too small for one sample, in
-    which case ``ds.is_empty`` is true and the caller must give the domain no weight or
-    refuse). ``ds[i]`` is an int64 array of seq_length + 1 tokens; sample i covers tokens
+    which case the caller must give the domain no weight or refuse). ``ds[i]`` is an int64 array of seq_length + 1 tokens; sample i covers tokens
     [i*seq_length, i*seq_length + seq_length + 1) of the concatenation of the documents in
     ``document_index`` order, so consecutive samples overlap by one token.
 
@@ -359,10 +358,6 @@ class GPTDataset:
         return self._num_samples
 
     @property
-    def is_empty(self) -> bool:
-        return self._num_samples == 0
-
-    @property
     def num_documents(self) -> int:
         return self.document_range[1] - self.document_range[0]
 
@@ -466,10 +461,6 @@ class GPTDataset:
         counts[starts] -= beg[:, 1]
         values = np.asarray(quality, dtype=np.float64)[np.asarray(self.document_index)[pos]]
         return np.add.reduceat(values * counts, starts) / (self.seq_length + 1)
-
-    def sample_quality(self, idx, quality) -> float:
-        """Token-weighted mean quality (e.g. MTLD) of the documents sample idx covers."""
-        return float(self.samples_quality([self._check_sample(idx)], quality)[0])
 
     def __repr__(self) -> str:
         return (

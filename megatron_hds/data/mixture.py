@@ -232,12 +232,6 @@ class BatchPlan:
         domains (only possible with layout "mixed")."""
         return _micro_batch_domains(self.domains)
 
-    def domain_token_counts(self, seq_length: int) -> np.ndarray:
-        """(D,) int64 tokens of each domain in this step (samples * seq_length)."""
-        if not _is_int(seq_length) or seq_length <= 0:
-            raise ValueError(f"seq_length must be a positive integer, got {seq_length!r}")
-        return self.domain_sample_counts * int(seq_length)
-
     def pairs(self) -> np.ndarray:
         """(GBS, 2) int64 (domain, sample index) pairs in global order."""
         return np.stack([self.domains.ravel(), self.indices.ravel()], axis=1)

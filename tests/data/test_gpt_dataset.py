@@ -337,14 +337,14 @@ def test_spans_and_quality_match_brute_force(tmp_path, domain, seq_length):
         np.testing.assert_array_equal(spans, expected)
         assert spans[:, 1].sum() == seq_length + 1
         expected_quality.append(quality[window].astype(np.float64).mean())
-        assert ds.sample_quality(i, quality) == pytest.approx(expected_quality[-1], rel=1e-12)
+        assert ds.samples_quality([i], quality)[0] == pytest.approx(expected_quality[-1], rel=1e-12)
     order = np.random.default_rng(0).permutation(len(ds))
     np.testing.assert_allclose(ds.samples_quality(order, quality), np.asarray(expected_quality)[order], rtol=1e-12)
     assert ds.samples_quality([], quality).shape == (0,)
     with pytest.raises(IndexError):
         ds.samples_quality([len(ds)], quality)
     with pytest.raises(ValueError, match="documents"):
-        ds.sample_quality(0, quality[:-1])
+        ds.samples_quality([0], quality[:-1])
 
 
 # -- empty splits and the per-domain helper ------------------------------------------------------
@@ -353,7 +353,7 @@ def test_spans_and_quality_match_brute_force(tmp_path, domain, seq_length):
 def test_zero_sample_splits(tmp_path):
     prefix = write_dataset(tmp_path / "tiny_text_document", [[[1, 2]], [[3]]])
     short = GPTDataset(prefix, "train", (0, 2), 3, seed=0, cache_dir=str(tmp_path))  # 3 tokens < 3+1
-    assert len(short) == 0 and short.is_empty and short.num_tokens == 3
+    assert len(short) == 0 and short.num_tokens == 3
     with pytest.raises(IndexError):
         short[0]
     no_docs = GPTDataset(prefix, "test", (2, 2), 3, seed=0, cache_dir=str(tmp_path))
