@@ -17,7 +17,7 @@
 #                 hds, hds-base and the three reward ablations)
 #   SEEDS         held-out seeds, counted in the report                    (11,12,13,14,15)
 #   TUNING_SEEDS  seeds used while developing the schedulers, named only   (1,2)
-#   TRAIN_ITERS, EVAL_INTERVAL                                              (2000, 40)
+#   TRAIN_ITERS, EVAL_INTERVAL                                              (2500, 50)
 #   PARALLEL      runs at a time; each gets cores / PARALLEL threads        (2)
 # The model and optimiser settings below were chosen on the tuning seeds (LR: the static
 # baseline's best of 3e-3, 6e-3 and 1e-2); every method runs with the same ones.
@@ -36,7 +36,7 @@ export MODEL=tiny SEQ_LENGTH=64 GLOBAL_BATCH=64 MICRO_BATCH=1 LR=6e-3 MIN_LR=6e-
        LOG_INTERVAL=50 SAVE_INTERVAL=500
 exec "$PYTHON" tools/compare_schedulers.py --output-dir "${OUTPUT_DIR:-runs/text_compare}" \
   --methods "${METHODS:-static,uniform,odm,odm-released,acodm,hds,hds-base,hds-no-align,hds-no-quality,hds-no-norm}" --seeds "${SEEDS:-11,12,13,14,15}" --tuning-seeds "${TUNING_SEEDS:-1,2}" \
-  --train-iters "${TRAIN_ITERS:-2000}" --eval-interval "${EVAL_INTERVAL:-40}" \
+  --train-iters "${TRAIN_ITERS:-2500}" --eval-interval "${EVAL_INTERVAL:-50}" \
   --data-manifest "$DATA_DIR/data/train/text_manifest.json" \
   --valid-data-manifest "$DATA_DIR/data/valid/text_manifest.json" \
   --test-data-manifest "$DATA_DIR/data/test/text_manifest.json" \
