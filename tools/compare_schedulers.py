@@ -33,8 +33,9 @@ own 1/N of them (CUDA_VISIBLE_DEVICES, its own MASTER_PORT); on CPU each gets
 OMP_NUM_THREADS = cores / N. Concurrent runs share the machine, so their step times are not
 each method's own cost.
 
-Rerunning the same command resumes: finished runs (a checkpoint at --train-iters) are not
-redone, unfinished ones resume from their last checkpoint (set SAVE_INTERVAL for that),
+Rerunning the same command resumes: finished runs (a checkpoint at --train-iters, or only
+their checkpoints/metrics.jsonl with the final test evaluation once the checkpoints are
+deleted) are not redone, unfinished ones resume from their last checkpoint (set SAVE_INTERVAL for that),
 queued SLURM jobs are left alone. The per-run settings are recorded in
 ``<output-dir>/comparison_settings.json``; a rerun with different ones stops with the
 difference instead of mixing incomparable runs. ``--report-only`` writes the report from
@@ -93,8 +94,16 @@ def run_dir(output_dir: str, method: str, seed: int) -> str:
 
 
 def is_complete(path: str, train_iters: int) -> bool:
-    latest = find_latest_iteration(os.path.join(path, "checkpoints"))
-    return latest is not None and latest >= train_iters
+    """A run is finished when it has a checkpoint at ``train_iters`` or, its checkpoints deleted to
+    save space, its metrics.jsonl still records the final test evaluation at ``train_iters``."""
+    checkpoints = os.path.join(path, "checkpoints")
+    latest = find_latest_iteration(checkpoints)
+    if latest is not None and latest >= train_iters:
+        return True
+    if not os.path.exists(os.path.join(checkpoints, "metrics.jsonl")):
+        return False
+    return any(r.get("split") == "test" and r.get("iteration", -1) >= train_iters
+               for r in read_metrics(checkpoints)["eval"])
 
 
 def run_environment(args, manifests: tuple, method: str, seed: int) -> dict:

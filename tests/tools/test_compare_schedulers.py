@@ -161,11 +161,15 @@ def test_end_to_end_builds_demo_data_compares_and_resumes(tmp_path):
     final = scheduler_comparison.eval_curve(records).final
     assert f"| hds | {final:.2f} ± 0.00 |" in report
 
-    # Rerunning redoes nothing; a run whose checkpoints vanished is run again.
+    # Rerunning redoes nothing; a finished run whose checkpoints were deleted but whose
+    # metrics.jsonl was kept still counts; a run whose whole checkpoint directory vanished is run again.
     again = run_tool(tmp_path)
     assert again.returncode == 0 and "2 of 2 runs already complete" in again.stdout
     import shutil
 
+    for entry in (tmp_path / "runs" / "static_seed7" / "checkpoints").iterdir():
+        if entry.name != "metrics.jsonl":
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     shutil.rmtree(tmp_path / "runs" / "hds_seed7" / "checkpoints")
     third = run_tool(tmp_path)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
