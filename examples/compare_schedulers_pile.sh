@@ -9,6 +9,7 @@
 # Run it on the login node from the repository root; it submits the jobs with sbatch and
 # waits for them (keep it in tmux/screen, or set WAIT=0 and rerun later: a rerun resubmits
 # only unfinished runs, which resume from their last checkpoint, then writes the report).
+# Arguments go on to tools/compare_schedulers.py (e.g. --report-only).
 #
 # Settings (environment):
 #   DATA_MANIFEST   manifest of tools/preprocess_data.py --domain-key meta.pile_set_name (required)
@@ -61,4 +62,4 @@ exec python3 tools/compare_schedulers.py \
   --train-iters 41667 --eval-interval 417 --data-manifest "$DATA_MANIFEST" \
   --batch-layout "${LAYOUT:-hds}" --extra-args="${PRETRAIN_ARGS:-}" \
   --launcher sbatch --sbatch-args="--nodes $NODES --gpus-per-node $GPUS_PER_NODE --time ${TIME_LIMIT:-48:00:00} ${SBATCH_EXTRA:-}" \
-  "${WAIT_ARGS[@]}"
+  "${WAIT_ARGS[@]}" "$@"

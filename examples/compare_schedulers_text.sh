@@ -8,7 +8,9 @@
 #
 # Builds the corpus in DATA_DIR first when it is missing (apt-get downloads of Debian
 # packages, ~15 minutes on 2 cores). Rerunning resumes: finished runs are kept, unfinished
-# ones resume from their last checkpoint, and the report is rewritten.
+# ones resume from their last checkpoint, and the report is rewritten. Arguments go on to
+# tools/compare_schedulers.py: `bash examples/compare_schedulers_text.sh --report-only`
+# rewrites the report from the finished runs without training.
 #
 # Settings (environment):
 #   DATA_DIR      the corpus (examples/build_text_data.sh OUTPUT_DIR)       (data/text)
@@ -40,4 +42,4 @@ exec "$PYTHON" tools/compare_schedulers.py --output-dir "${OUTPUT_DIR:-runs/text
   --data-manifest "$DATA_DIR/data/train/text_manifest.json" \
   --valid-data-manifest "$DATA_DIR/data/valid/text_manifest.json" \
   --test-data-manifest "$DATA_DIR/data/test/text_manifest.json" \
-  --parallel "${PARALLEL:-2}"
+  --parallel "${PARALLEL:-2}" "$@"

@@ -300,3 +300,31 @@ json.dump({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in keys}}}
     assert "--nodes 4 --gpus-per-node 8" in next(a for a in argv if a.startswith("--sbatch-args="))
     assert call["env"] == {"SEQ_LENGTH": "1024", "GLOBAL_BATCH": "1152", "MICRO_BATCH": "4", "PRECISION": "bf16",
                            "LR": "2.5e-4", "MIN_LR": "2.5e-05", "MODEL": "pythia-1b", "EVAL_ITERS": "40"}
+
+
+def test_text_recipe_passes_its_protocol_and_extra_arguments(tmp_path):
+    """examples/compare_schedulers_text.sh, with $PYTHON a stub that records what the tool would
+    have been run with; arguments after the script's name reach the tool (e.g. --report-only)."""
+    record = tmp_path / "call.json"
+    stub = tmp_path / "python_stub"
+    stub.write_text(f"""#!{sys.executable}
+import json, os, sys
+keys = ("MODEL", "SEQ_LENGTH", "GLOBAL_BATCH", "MICRO_BATCH", "LR", "MIN_LR", "EVAL_ITERS", "SAVE_INTERVAL")
+json.dump({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in keys}}}}, open({str(record)!r}, "w"))
+""")
+    stub.chmod(0o755)
+    data = tmp_path / "text"
+    (data / "data" / "test").mkdir(parents=True)
+    (data / "data" / "test" / "text_manifest.json").write_text("{}")  # the corpus counts as built
+    env = dict(os.environ, PYTHON=str(stub), DATA_DIR=str(data), METHODS="static,hds", SEEDS="11,12")
+    subprocess.run(["bash", os.path.join(REPO_ROOT, "examples", "compare_schedulers_text.sh"), "--report-only"],
+                   env=env, check=True, timeout=60)
+    call = json.loads(record.read_text())
+    argv = call["argv"]
+    assert argv[0].endswith("tools/compare_schedulers.py") and argv[-1] == "--report-only"
+    assert argv[argv.index("--methods") + 1] == "static,hds" and argv[argv.index("--seeds") + 1] == "11,12"
+    assert argv[argv.index("--tuning-seeds") + 1] == "1,2"
+    assert argv[argv.index("--train-iters") + 1] == "2500" and argv[argv.index("--eval-interval") + 1] == "50"
+    assert argv[argv.index("--valid-data-manifest") + 1] == f"{data}/data/valid/text_manifest.json"
+    assert call["env"] == {"MODEL": "tiny", "SEQ_LENGTH": "64", "GLOBAL_BATCH": "64", "MICRO_BATCH": "1",
+                           "LR": "6e-3", "MIN_LR": "6e-4", "EVAL_ITERS": "64", "SAVE_INTERVAL": "500"}
