@@ -101,6 +101,7 @@ class SignalCollector:
             self.quality_reference = [self._reference(d, q, seed) for d, q in zip(train_sets, self.quality)]
         self._counts = np.zeros(2 * num_domains)
         self._local_micro_batches = 1
+        self._denominators = [None] * len(self.probe.named)  # reused by before_optimizer_step
 
     # -- the step ----------------------------------------------------------------------------
     def begin_step(self, plan, dp_rank: int) -> None:
@@ -115,19 +116,27 @@ class SignalCollector:
         """W_{t-1} for the norms; the next step's preconditioner from the optimizer's second
         moments (this step's Adam update is the one the next step's gradients follow)."""
         self.norm_tracker.snapshot()
-        denominators = [optimizer.adam_denominator(p) for _, p in self.probe.named]
+        named = self.probe.named
+        # Last step's tensors are overwritten in place (the probe is done with them: the step's
+        # backwards have run), so the preconditioner allocates nothing per step.
+        denominators = [optimizer.adam_denominator(p, out=old) for (_, p), old in zip(named, self._denominators)]
         if any(d is None for d in denominators):  # before the first step, or a sharded optimizer
+            self._denominators = [None] * len(named)
             self.probe.set_scales(None)
         else:
-            self.probe.set_scales([d.rsqrt().to(p.dtype) for d, (_, p) in zip(denominators, self.probe.named)])
+            self._denominators = denominators
+            self.probe.set_scales([d.rsqrt_().to(p.dtype) for d, (_, p) in zip(denominators, named)])
 
     def local_share(self) -> torch.Tensor:
         """[sketch buffer (sketch mode only) | norm squares], summed over the world by the loop."""
-        shares = []
-        if self.probe.mode == "sketch":
-            shares.append(self.probe.local_sketch().reshape(-1))
-        shares.append(self.norm_tracker.local_squares(world_share=True))
-        return torch.cat([s.double() for s in shares])
+        squares = self.norm_tracker.local_squares(world_share=True)
+        if self.probe.mode != "sketch":
+            return squares.double()
+        sketch = self.probe.local_sketch().reshape(-1)
+        share = torch.empty(sketch.numel() + squares.numel(), dtype=torch.float64, device=sketch.device)
+        share[:sketch.numel()].copy_(sketch)  # converted to float64 in place: one copy, no temporaries
+        share[sketch.numel():].copy_(squares)
+        return share
 
     def finish(self, reduced_share: torch.Tensor, plan, step_ok: bool) -> dict:
         """The scheduler's extra inputs from the world-reduced share (module docstring)."""

@@ -153,7 +153,9 @@ class GradientProbe:
               bucket h(j) with sign s(j). Where the Triton kernel runs (CUDA 2-D matrices,
               kernels/sketch.py) h and s are computed on the fly and the probe's memory
               does not grow with the matrices; the torch path keeps a per-element table of
-              them (5 bytes/element, built once), faster than hashing on the fly there.
+              them (bucket int64, sign int8, and the sign times the scale below in the
+              parameter's dtype: 13 bytes/element for fp32, built once), faster than hashing
+              on the fly there.
     Telling the probe the domain, either:
       * ``begin_step(domains)`` before forward_backward with one domain (or None: mixed,
         not probed) per micro-batch in this rank's order. Each parameter counts its own
@@ -204,13 +206,16 @@ class GradientProbe:
                     self._placements.append(shard_placement(p, self.state.tp_rank, self.state.tp_size))
                 else:
                     index = global_flat_index(p, self.state.tp_rank, self.state.tp_size)
-                    self._hashes.append(count_sketch_hash(index, self._keys[-1], sketch_size))
+                    bucket, sign = count_sketch_hash(index, self._keys[-1], sketch_size)
+                    # int64 buckets for scatter_add_ (index_add_'s result, bit for bit, and faster on CPU).
+                    self._hashes.append((bucket.long(), sign))
             self._offsets.append(offset)
             offset += p.numel()
         self._domain: Optional[int] = None
         self._step_domains: Optional[List[Optional[int]]] = None
         self._calls = [0] * len(self.named)
         self._scales: Optional[List[torch.Tensor]] = None
+        self._table_buffers()
         self._handles = [p.register_hook(self._make_hook(slot)) for slot, (_, p) in enumerate(self.named)]
         self.present: Optional[np.ndarray] = None
 
@@ -243,6 +248,30 @@ class GradientProbe:
         if scales is not None and len(scales) != len(self.named):
             raise ValueError(f"{len(scales)} scales for {len(self.named)} probed parameters")
         self._scales = None if scales is None else list(scales)
+        for slot, (_, p) in enumerate(self.named[:len(self._multipliers)]):
+            sign = self._hashes[slot][1].view(p.shape)
+            # The product's dtype is grad x scale's, as it was before the sign was folded in.
+            dtype = p.dtype if scales is None else torch.promote_types(p.dtype, self._scales[slot].dtype)
+            if self._multipliers[slot].dtype != dtype:
+                self._multipliers[slot] = torch.empty(p.shape, dtype=dtype, device=p.device)
+                self._scratch[slot] = torch.empty(p.shape, dtype=dtype, device=p.device)
+            if scales is None:
+                self._multipliers[slot].copy_(sign)
+            else:  # scale x (+-1) is exact, so grad x this equals (grad x scale) x sign bit for bit
+                torch.mul(self._scales[slot], sign, out=self._multipliers[slot])
+
+    def _table_buffers(self) -> None:
+        """The torch sketch path's per-step state, allocated once: per parameter, its sign table
+        times its scale (one multiply per backward instead of two, refreshed by set_scales) and a
+        scratch tensor for the product; views of the buffer's rows and count cells."""
+        self._multipliers: List[torch.Tensor] = []
+        self._scratch: List[torch.Tensor] = []
+        if self.mode == "sketch" and not self.fused_sketch:
+            for (_, p), (_, sign) in zip(self.named, self._hashes):
+                self._multipliers.append(sign.view(p.shape).to(p.dtype))
+                self._scratch.append(torch.empty_like(p, memory_format=torch.contiguous_format))
+        self._rows = [self.buffer[d, :self.width] for d in range(self.num_domains)]
+        self._count_cells = [self.buffer[d, self.width] for d in range(self.num_domains)]
 
     def _domain_for(self, slot: int) -> Optional[int]:
         if self._step_domains is None:
@@ -259,21 +288,24 @@ class GradientProbe:
             d = self._domain_for(slot)
             if d is None:
                 return
-            grad = grad.detach()
+            self._accumulate(slot, d, grad.detach())
+        return hook
+
+    def _accumulate(self, slot: int, d: int, grad: torch.Tensor) -> None:
+        """Add one backward's gradient of parameter `slot` to row d (and count the call)."""
+        row = self._rows[d]
+        if self._multipliers:  # torch sketch: (grad x scale x sign) scattered to its buckets
+            product = torch.mul(grad, self._multipliers[slot], out=self._scratch[slot])
+            row.scatter_add_(0, self._hashes[slot][0], product.view(-1).float())
+        else:
             if self._scales is not None:
                 grad = grad * self._scales[slot]
-            g = grad.reshape(-1)
-            row = self.buffer[d]
             if self.fused_sketch:
-                kernels.count_sketch_add(grad, row[:self.width], self._keys[slot], *self._placements[slot])
-            elif self.mode == "sketch":
-                bucket, sign = self._hashes[slot]
-                row[:self.width].index_add_(0, bucket, g.float() * sign)
+                kernels.count_sketch_add(grad, row, self._keys[slot], *self._placements[slot])
             else:
                 off = self._offsets[slot]
-                row[off:off + g.numel()].add_(g)
-            row[self.width] += 1
-        return hook
+                row[off:off + grad.numel()].add_(grad.reshape(-1))
+        self._count_cells[d].add_(1)
 
     def remove(self) -> None:
         """Detach the hooks (the probe keeps its last accumulators)."""
@@ -375,6 +407,10 @@ class WeightNormTracker:
                       if _contributes(p, self.state) and not getattr(p, "shared_embedding_duplicate", False)]
         self.device = named[0][1].device if named else self.state.device
         self.previous: Optional[List[torch.Tensor]] = None
+        self._diffs: Optional[List[torch.Tensor]] = None  # scratch for W - W_prev
+        local_slots = [s for s, _ in self.local]
+        self._slots = torch.tensor(local_slots + [s + len(self.names) for s in local_slots], dtype=torch.int64,
+                                   device=self.device)
 
     @torch.no_grad()
     def snapshot(self) -> None:
@@ -397,13 +433,15 @@ class WeightNormTracker:
         values = torch.zeros(2 * num, dtype=torch.float32, device=self.device)
         weights = [p.detach() for _, p in self.local]
         if self.local and not (world_share and self.state.dp_rank != 0):
-            diffs = ([w.float() - prev for w, prev in zip(weights, self.previous)]
-                     if self.previous is not None else [])
+            diffs = []
+            if self.previous is not None:
+                if self._diffs is None:
+                    self._diffs = [torch.empty_like(prev) for prev in self.previous]
+                # W - W_prev in fp32 (a bf16 W is promoted exactly), into buffers kept across steps.
+                diffs = [torch.sub(w, prev, out=d) for w, prev, d in zip(weights, self.previous, self._diffs)]
             squares = sum_of_squares(weights + diffs).to(self.device)
-            slots = torch.tensor([s for s, _ in self.local], dtype=torch.int64, device=self.device)
-            values[slots] = squares[:len(weights)]
-            if diffs:
-                values[slots + num] = squares[len(weights):]
+            slots = self._slots[:squares.numel()]  # the weights' slots, then (with diffs) the changes'
+            values.index_copy_(0, slots, squares)
         return values
 
     def norms_from_squares(self, reduced: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:

@@ -310,11 +310,12 @@ class TrainingOptimizer(ABC):
         """The tensor the inner AdamW steps for a model param (the param, or its fp32 master)."""
         return param
 
-    def adam_denominator(self, param: nn.Parameter) -> torch.Tensor | None:
+    def adam_denominator(self, param: nn.Parameter, out: torch.Tensor | None = None) -> torch.Tensor | None:
         """sqrt(v_hat) + eps for a model param: Adam's per-element step denominator (the param's
         shape and device), or None before its first step, or where this rank does not hold the
         param's whole state (the distributed optimizer). The data scheduler's gradient probes use
-        it to measure inner products in the metric Adam steps in."""
+        it to measure inner products in the metric Adam steps in. ``out`` (a tensor this method
+        returned before) is reused for the result when it still fits: no temporaries per step."""
         if self.sharded_over_dp:
             return None
         stepped = self._stepped(param)
@@ -322,8 +323,12 @@ class TrainingOptimizer(ABC):
         if not state or "exp_avg_sq" not in state:
             return None
         group = next(g for g in self.optimizer.param_groups if any(p is stepped for p in g["params"]))
-        v_hat = state["exp_avg_sq"] / (1.0 - group["betas"][1] ** float(state["step"]))
-        return (v_hat.sqrt() + group["eps"]).to(param.device).view_as(param)
+        v = state["exp_avg_sq"]
+        if out is None or out.numel() != v.numel() or out.dtype != v.dtype or out.device != v.device:
+            out = torch.empty_like(v)
+        # The operations of (v / c).sqrt() + eps, in place: the same values, bit for bit.
+        torch.div(v, 1.0 - group["betas"][1] ** float(state["step"]), out=out.view_as(v)).sqrt_().add_(group["eps"])
+        return out.to(param.device).view_as(param)
 
     def reload_model_params(self) -> None:
         """Make the optimizer's copies of the weights (masters) equal the model params again,
