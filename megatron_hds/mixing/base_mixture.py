@@ -26,12 +26,13 @@ import numpy as np
 from megatron_hds.mixing.base import StepSignals, lift_to_floor
 from megatron_hds.mixing.config import HDSConfig
 from megatron_hds.mixing.learnability import Learnability
+from megatron_hds.mixing.timeline import mean_and_std
 
 
 def zscore(values: np.ndarray) -> np.ndarray:
     """(x - mean) / std across the domains; zeros when they do not differ."""
-    std = values.std()
-    return np.zeros_like(values) if not std > 1e-12 else (values - values.mean()) / std
+    mean, std = mean_and_std(values)
+    return np.zeros_like(values) if not std > 1e-12 else (values - mean) / std
 
 
 class BaseMixture:

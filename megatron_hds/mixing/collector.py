@@ -6,7 +6,7 @@ The loop calls, on every rank:
                                    each backward to its domain and half);
   before_optimizer_step(optimizer) right before the optimizer step (the norm tracker's W_{t-1},
                                    the probes' preconditioner for the next step);
-  local_share()                    this rank's share of the step's one world all-reduce;
+  local_share(reserve)             this rank's share of the step's one world all-reduce;
   finish(reduced share, plan, ok)  the scheduler's extra inputs (StepSignals.extra).
 Schedulers that learn nothing from these (static, uniform, ODM) get ``NoSignals``, whose share
 is empty, so the loop has no special cases.
@@ -23,6 +23,8 @@ The signals, in StepSignals.extra (arrays have one entry per domain):
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -48,11 +50,21 @@ class NoSignals:
     def before_optimizer_step(self, optimizer) -> None:
         pass
 
-    def local_share(self) -> Optional[torch.Tensor]:
+    def local_share(self, reserve: int = 0) -> Optional[torch.Tensor]:
         return None
 
     def finish(self, reduced_share, plan, step_ok: bool) -> dict:
         return {}
+
+
+def adam_preconditioners(moments, params) -> list:
+    """P^(1/2) = (sqrt(v_hat) + eps)^(-1/2) per parameter, in its dtype, from (v, bias correction,
+    eps) (Optimizer.adam_second_moment): adam_denominator's operations, in place on v (a copy)."""
+    out = []
+    for (v, correction, eps), p in zip(moments, params):
+        denominator = torch.div(v, correction, out=v).sqrt_().add_(eps).to(p.device).view_as(p)
+        out.append(denominator.rsqrt_().to(p.dtype))
+    return out
 
 
 def half_rows(plan) -> np.ndarray:
@@ -101,7 +113,10 @@ class SignalCollector:
             self.quality_reference = [self._reference(d, q, seed) for d, q in zip(train_sets, self.quality)]
         self._counts = np.zeros(2 * num_domains)
         self._local_micro_batches = 1
-        self._denominators = [None] * len(self.probe.named)  # reused by before_optimizer_step
+        # The step's sample quality depends on its plan alone: begin_step hands it to a worker thread,
+        # which computes it while the step runs, and finish collects it (the same numbers).
+        self._worker = None
+        self._pending_quality = None  # (plan, Future)
 
     # -- the step ----------------------------------------------------------------------------
     def begin_step(self, plan, dp_rank: int) -> None:
@@ -111,31 +126,35 @@ class SignalCollector:
         self._local_micro_batches = plan.num_micro_batches // plan.data_parallel_size
         local = rows[first:first + self._local_micro_batches]
         self.probe.begin_step([None if r < 0 else int(r) for r in local])
+        if self.quality is not None:
+            if self._worker is None:  # not a daemon: the interpreter's exit waits for a running job
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixing-quality")
+            self._pending_quality = (plan, self._worker.submit(self._domain_quality, plan))
 
     def before_optimizer_step(self, optimizer) -> None:
         """W_{t-1} for the norms; the next step's preconditioner from the optimizer's second
-        moments (this step's Adam update is the one the next step's gradients follow)."""
+        moments (this step's Adam update is the one the next step's gradients follow). Only the
+        copy of the moments happens here (the optimizer step overwrites them): the probe computes
+        the preconditioner from it on its worker thread where it has one (sketch_table.py)."""
         self.norm_tracker.snapshot()
-        named = self.probe.named
-        # Last step's tensors are overwritten in place (the probe is done with them: the step's
-        # backwards have run), so the preconditioner allocates nothing per step.
-        denominators = [optimizer.adam_denominator(p, out=old) for (_, p), old in zip(named, self._denominators)]
-        if any(d is None for d in denominators):  # before the first step, or a sharded optimizer
-            self._denominators = [None] * len(named)
+        params = [p for _, p in self.probe.named]
+        moments = [optimizer.adam_second_moment(p) for p in params]
+        if any(m is None for m in moments):  # before the first step, or a sharded optimizer
             self.probe.set_scales(None)
         else:
-            self._denominators = denominators
-            self.probe.set_scales([d.rsqrt_().to(p.dtype) for d, (_, p) in zip(denominators, named)])
+            copies = [(v.clone(), correction, eps) for v, correction, eps in moments]
+            self.probe.set_scales(functools.partial(adam_preconditioners, copies, params))
 
-    def local_share(self) -> torch.Tensor:
-        """[sketch buffer (sketch mode only) | norm squares], summed over the world by the loop."""
+    def local_share(self, reserve: int = 0) -> torch.Tensor:
+        """float64 [sketch buffer (sketch mode only) | norm squares], summed over the world by the
+        loop, after `reserve` uninitialised entries (room for the loss sums that share the all-reduce,
+        so the share is not copied again behind them)."""
         squares = self.norm_tracker.local_squares(world_share=True)
-        if self.probe.mode != "sketch":
-            return squares.double()
-        sketch = self.probe.local_sketch().reshape(-1)
-        share = torch.empty(sketch.numel() + squares.numel(), dtype=torch.float64, device=sketch.device)
-        share[:sketch.numel()].copy_(sketch)  # converted to float64 in place: one copy, no temporaries
-        share[sketch.numel():].copy_(squares)
+        sketch = self.probe.local_sketch().reshape(-1) if self.probe.mode == "sketch" else squares[:0]
+        start = reserve + sketch.numel()
+        share = torch.empty(start + squares.numel(), dtype=torch.float64, device=squares.device)
+        share[reserve:start].copy_(sketch)  # converted to float64 by the copy: no temporaries
+        share[start:].copy_(squares)
         return share
 
     def finish(self, reduced_share: torch.Tensor, plan, step_ok: bool) -> dict:
@@ -159,8 +178,15 @@ class SignalCollector:
             extra["alignment"] = alignment_scores(gradients.mean_gram, gradients.present)
             extra["influence"] = influence_scores(gradients, self.natural_weights)
         if self.quality is not None:
-            extra["quality"] = self._domain_quality(plan)
+            extra["quality"] = self._step_quality(plan)
         return extra
+
+    def _step_quality(self, plan) -> np.ndarray:
+        """The quality begin_step started computing for this plan (computed here if it was not)."""
+        pending, self._pending_quality = self._pending_quality, None
+        if pending is not None and pending[0] is plan:
+            return pending[1].result()
+        return self._domain_quality(plan)
 
     # -- quality -------------------------------------------------------------------------------
     @staticmethod

@@ -98,7 +98,7 @@ class HDSScheduler(AgentTimeline):
         over its whole box while the entropy term is large, and every step trains the model."""
         if not self.uses_agent:
             return self._initial_action()
-        return self._explore(self.agent.act(state, deterministic=True)[0])
+        return self._explore(self.agent.act(state, deterministic=True, weights=False)[0])
 
     def _weights(self, action) -> np.ndarray:
         """floor(softmax(log base + action)): the base mixture adjusted by the residual."""

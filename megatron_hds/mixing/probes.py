@@ -34,6 +34,7 @@ from torch import nn
 
 from megatron_hds import kernels
 from megatron_hds.kernels.reference import count_sketch_hash, signed64
+from megatron_hds.mixing.sketch_table import SketchTables
 from megatron_hds.parallel.layers import is_tensor_parallel
 from megatron_hds.parallel.mappings import group_size
 from megatron_hds.parallel.state import ParallelState
@@ -153,9 +154,9 @@ class GradientProbe:
               bucket h(j) with sign s(j). Where the Triton kernel runs (CUDA 2-D matrices,
               kernels/sketch.py) h and s are computed on the fly and the probe's memory
               does not grow with the matrices; the torch path keeps a per-element table of
-              them (bucket int64, sign int8, and the sign times the scale below in the
-              parameter's dtype: 13 bytes/element for fp32, built once), faster than hashing
-              on the fly there.
+              them (sketch_table.py: bucket, sign, the sign times the scale below and two
+              scratch buffers, 25 bytes/element for fp32, built once), faster than hashing on
+              the fly there; on CPU its scatters run on a worker thread during the backward.
     Telling the probe the domain, either:
       * ``begin_step(domains)`` before forward_backward with one domain (or None: mixed,
         not probed) per micro-batch in this rank's order. Each parameter counts its own
@@ -190,7 +191,8 @@ class GradientProbe:
         width = sketch_size if mode == "sketch" else sum(p.numel() for _, p in self.named)
         self.width = width
         # Last column: how many hook calls each domain received (presence after the reduce).
-        self.buffer = torch.zeros(num_domains, width + 1, dtype=torch.float32, device=device)
+        self._buffer = torch.zeros(num_domains, width + 1, dtype=torch.float32, device=device)
+        self._hook_counts = [0] * num_domains  # not yet in the buffer's last column (see `buffer`)
         # Sketch with the Triton kernel (hash on the fly) where it runs on every selected matrix.
         self.fused_sketch = (mode == "sketch" and bool(self.named) and all(p.dim() == 2 for _, p in self.named)
                              and kernels.choose_backend([p for _, p in self.named]) == "triton")
@@ -206,18 +208,30 @@ class GradientProbe:
                     self._placements.append(shard_placement(p, self.state.tp_rank, self.state.tp_size))
                 else:
                     index = global_flat_index(p, self.state.tp_rank, self.state.tp_size)
-                    bucket, sign = count_sketch_hash(index, self._keys[-1], sketch_size)
-                    # int64 buckets for scatter_add_ (index_add_'s result, bit for bit, and faster on CPU).
-                    self._hashes.append((bucket.long(), sign))
+                    self._hashes.append(count_sketch_hash(index, self._keys[-1], sketch_size))
             self._offsets.append(offset)
             offset += p.numel()
         self._domain: Optional[int] = None
         self._step_domains: Optional[List[Optional[int]]] = None
         self._calls = [0] * len(self.named)
-        self._scales: Optional[List[torch.Tensor]] = None
-        self._table_buffers()
+        self._own_scales: Optional[List[torch.Tensor]] = None  # the scales of the exact and Triton paths
+        self._tables = SketchTables(self.named, self._hashes) if mode == "sketch" and not self.fused_sketch else None
+        if self._tables is not None:
+            self._hashes = list(zip(self._tables.buckets, [sign for _, sign in self._hashes]))
+        self._rows = [self._buffer[d, :width] for d in range(num_domains)]
         self._handles = [p.register_hook(self._make_hook(slot)) for slot, (_, p) in enumerate(self.named)]
         self.present: Optional[np.ndarray] = None
+
+    @property
+    def buffer(self) -> torch.Tensor:
+        """The [D, width + 1] accumulators: per-domain sums (sketch or exact), then the hook counts."""
+        if self._tables is not None:  # the scatters still running on the worker thread
+            self._tables.drain()
+        if any(self._hook_counts):  # the counts the hooks kept in Python since the last read
+            counts = torch.tensor(self._hook_counts, dtype=self._buffer.dtype, device=self._buffer.device)
+            self._buffer[:, self.width].add_(counts)
+            self._hook_counts = [0] * self.num_domains
+        return self._buffer
 
     # -- domain bookkeeping
     def _check(self, d: Optional[int]) -> Optional[int]:
@@ -227,7 +241,10 @@ class GradientProbe:
 
     def reset(self) -> None:
         """Zero the accumulators (start of a step)."""
-        self.buffer.zero_()
+        if self._tables is not None:
+            self._tables.drain()
+        self._buffer.zero_()
+        self._hook_counts = [0] * self.num_domains
         self._calls = [0] * len(self.named)
         self.present = None
 
@@ -242,36 +259,33 @@ class GradientProbe:
         self._step_domains = None
         self._domain = self._check(domain)
 
-    def set_scales(self, scales: Optional[Sequence[torch.Tensor]]) -> None:
+    def set_scales(self, scales) -> None:
         """Multiply each selected parameter's gradient by scales[slot] (its shape) before it is
-        accumulated, from the next backward on; None turns the scaling off."""
-        if scales is not None and len(scales) != len(self.named):
-            raise ValueError(f"{len(scales)} scales for {len(self.named)} probed parameters")
-        self._scales = None if scales is None else list(scales)
-        for slot, (_, p) in enumerate(self.named[:len(self._multipliers)]):
-            sign = self._hashes[slot][1].view(p.shape)
-            # The product's dtype is grad x scale's, as it was before the sign was folded in.
-            dtype = p.dtype if scales is None else torch.promote_types(p.dtype, self._scales[slot].dtype)
-            if self._multipliers[slot].dtype != dtype:
-                self._multipliers[slot] = torch.empty(p.shape, dtype=dtype, device=p.device)
-                self._scratch[slot] = torch.empty(p.shape, dtype=dtype, device=p.device)
-            if scales is None:
-                self._multipliers[slot].copy_(sign)
-            else:  # scale x (+-1) is exact, so grad x this equals (grad x scale) x sign bit for bit
-                torch.mul(self._scales[slot], sign, out=self._multipliers[slot])
+        accumulated, from the next backward on; None turns the scaling off. `scales` may also be
+        a function returning them: with the torch tables on CPU it runs on the worker thread that
+        scatters the sketches (the next backward waits for it), elsewhere it is called now."""
+        if self._tables is not None:
+            self._tables.set_scales(scales, self._check_scales)
+            return
+        scales = scales() if callable(scales) else scales
+        self._scales = None if scales is None else list(self._check_scales(scales))
 
-    def _table_buffers(self) -> None:
-        """The torch sketch path's per-step state, allocated once: per parameter, its sign table
-        times its scale (one multiply per backward instead of two, refreshed by set_scales) and a
-        scratch tensor for the product; views of the buffer's rows and count cells."""
-        self._multipliers: List[torch.Tensor] = []
-        self._scratch: List[torch.Tensor] = []
-        if self.mode == "sketch" and not self.fused_sketch:
-            for (_, p), (_, sign) in zip(self.named, self._hashes):
-                self._multipliers.append(sign.view(p.shape).to(p.dtype))
-                self._scratch.append(torch.empty_like(p, memory_format=torch.contiguous_format))
-        self._rows = [self.buffer[d, :self.width] for d in range(self.num_domains)]
-        self._count_cells = [self.buffer[d, self.width] for d in range(self.num_domains)]
+    def _check_scales(self, scales: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        if len(scales) != len(self.named):
+            raise ValueError(f"{len(scales)} scales for {len(self.named)} probed parameters")
+        return scales
+
+    @property
+    def _scales(self) -> Optional[List[torch.Tensor]]:
+        """The scales in force (None: none)."""
+        if self._tables is not None:
+            self._tables.wait_for_scales()
+            return self._tables.scales
+        return self._own_scales
+
+    @_scales.setter
+    def _scales(self, scales: Optional[List[torch.Tensor]]) -> None:
+        self._own_scales = scales
 
     def _domain_for(self, slot: int) -> Optional[int]:
         if self._step_domains is None:
@@ -294,9 +308,8 @@ class GradientProbe:
     def _accumulate(self, slot: int, d: int, grad: torch.Tensor) -> None:
         """Add one backward's gradient of parameter `slot` to row d (and count the call)."""
         row = self._rows[d]
-        if self._multipliers:  # torch sketch: (grad x scale x sign) scattered to its buckets
-            product = torch.mul(grad, self._multipliers[slot], out=self._scratch[slot])
-            row.scatter_add_(0, self._hashes[slot][0], product.view(-1).float())
+        if self._tables is not None:  # torch sketch: (grad x scale x sign) scattered to its buckets
+            self._tables.add(slot, row, grad)
         else:
             if self._scales is not None:
                 grad = grad * self._scales[slot]
@@ -305,7 +318,7 @@ class GradientProbe:
             else:
                 off = self._offsets[slot]
                 row[off:off + grad.numel()].add_(grad.reshape(-1))
-        self._count_cells[d].add_(1)
+        self._hook_counts[d] += 1  # a Python int: a tensor op per hook cost more than the rest
 
     def remove(self) -> None:
         """Detach the hooks (the probe keeps its last accumulators)."""
@@ -431,18 +444,32 @@ class WeightNormTracker:
         all-reduce). Finish with ``norms_from_squares``."""
         num = len(self.names)
         values = torch.zeros(2 * num, dtype=torch.float32, device=self.device)
+        if not self.local or (world_share and self.state.dp_rank != 0):
+            return values
         weights = [p.detach() for _, p in self.local]
-        if self.local and not (world_share and self.state.dp_rank != 0):
-            diffs = []
-            if self.previous is not None:
-                if self._diffs is None:
-                    self._diffs = [torch.empty_like(prev) for prev in self.previous]
-                # W - W_prev in fp32 (a bf16 W is promoted exactly), into buffers kept across steps.
-                diffs = [torch.sub(w, prev, out=d) for w, prev, d in zip(weights, self.previous, self._diffs)]
-            squares = sum_of_squares(weights + diffs).to(self.device)
-            slots = self._slots[:squares.numel()]  # the weights' slots, then (with diffs) the changes'
-            values.index_copy_(0, slots, squares)
+        if self.previous is not None and self._diffs is None:
+            self._diffs = [torch.empty_like(prev) for prev in self.previous]
+        if self.previous is not None and all(w.dtype == torch.float32 for w in weights) \
+                and kernels.choose_backend(weights) == "torch":
+            self._squares_in_place(weights, values)
+            return values
+        diffs = []
+        if self.previous is not None:  # W - W_prev in fp32 (a bf16 W is promoted exactly), into kept buffers
+            diffs = [torch.sub(w, prev, out=d) for w, prev, d in zip(weights, self.previous, self._diffs)]
+        squares = sum_of_squares(weights + diffs).to(self.device)
+        values.index_copy_(0, self._slots[:squares.numel()], squares)  # the weights' slots, then the changes'
         return values
+
+    def _squares_in_place(self, weights: List[torch.Tensor], values: torch.Tensor) -> None:
+        """The torch reference's sums of squares (x.float().pow(2).sum(); pow's square is x * x,
+        bit for bit), computed in each matrix's scratch buffer and summed straight into `values`:
+        no temporaries, and the scratch stays in cache between the two sums."""
+        num = len(self.names)
+        for (slot, _), w, prev, scratch in zip(self.local, weights, self.previous, self._diffs):
+            flat = scratch.view(-1)
+            torch.sum(torch.mul(w, w, out=scratch).view(-1), 0, out=values[slot])
+            torch.sub(w, prev, out=scratch)
+            torch.sum(flat.mul_(flat), 0, out=values[slot + num])
 
     def norms_from_squares(self, reduced: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
         """(norms [L], change_norms [L]) as float64 arrays from the reduced [2L] squares."""

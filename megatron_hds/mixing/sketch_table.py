@@ -1,0 +1,97 @@
+"""The torch path of GradientProbe's CountSketch (probes.py): per-element hash tables, built once.
+
+Per probed parameter the table holds each element's bucket and sign and, refreshed by
+``set_scales`` once per step, the sign times the element's scale (the Adam preconditioner), so
+a backward costs one multiply (grad x scale x sign, into a scratch buffer kept across steps)
+and one scatter-add into the domain's row. scatter_add_ adds in index order, like index_add_,
+so the sketch is the same bit for bit; it is faster on CPU.
+
+On CPU the scatter, the costlier half, runs on a worker thread while the backward goes on: the
+product is in a buffer of its own (two per parameter, used in turn, each reused only once its
+scatter has finished), the jobs run one at a time in the order of the hooks, so every row adds
+up its terms in the same order as inline, and ``drain()`` waits for them before anything reads
+the sketch. A ``set_scales`` given a function runs it on the same worker, after the step's
+scatters, and the next backward waits for it: the per-step preconditioner (collector.py) costs
+the training step only the copy of Adam's second moments it starts from.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from megatron_hds.mixing.worker import OrderedWorker
+
+Scales = Optional[Sequence[torch.Tensor]]
+
+
+class SketchTables:
+    """Hash tables, scaled signs and scratch buffers of the probed parameters (module docstring)."""
+
+    def __init__(self, named: Sequence[Tuple[str, nn.Parameter]], hashes: Sequence[Tuple[torch.Tensor, torch.Tensor]]):
+        self.params = [p for _, p in named]
+        self.buckets = [bucket.long() for bucket, _ in hashes]  # scatter_add_ takes int64 indices
+        self.signs = [sign.view(p.shape) for p, (_, sign) in zip(self.params, hashes)]
+        self.multipliers = [sign.to(p.dtype) for p, sign in zip(self.params, self.signs)]
+        self.scratch = [self._pair(p.dtype, p) for p in self.params]
+        self.offload = bool(self.params) and all(p.device.type == "cpu" for p in self.params)
+        self.scales: Scales = None  # the scales in force (None: none)
+        self._turn = [0] * len(self.params)  # which scratch buffer the next product goes to
+        self._users: List[List[int]] = [[0, 0] for _ in self.params]  # the scatter reading each (a ticket)
+        self._scales_job = 0  # the ticket of a pending scales function (0: none)
+        self._worker = OrderedWorker("probe-sketch", self)
+
+    @staticmethod
+    def _pair(dtype: torch.dtype, p: torch.Tensor) -> List[torch.Tensor]:
+        return [torch.empty(p.shape, dtype=dtype, device=p.device) for _ in range(2)]
+
+    # -- scales
+    def set_scales(self, scales, check: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]]) -> None:
+        """Apply `scales` (a list, None, or a function returning either) from the next backward on;
+        a function runs on the worker thread where there is one. `check` validates a list."""
+        self.wait_for_scales()  # a previous function may still be reading its inputs
+        if callable(scales) and self.offload:
+            self._scales_job = self._worker.submit(lambda: self._apply(scales(), check))
+            return
+        self._apply(scales() if callable(scales) else scales, check)
+
+    def wait_for_scales(self) -> None:
+        if self._scales_job:
+            job, self._scales_job = self._scales_job, 0
+            self._worker.wait(job)
+
+    def _apply(self, scales: Scales, check) -> None:
+        """multiplier = scale x sign (exact: x +-1), in grad x scale's dtype, as before the sign was folded in."""
+        scales = None if scales is None else list(check(scales))
+        for slot, p in enumerate(self.params):
+            dtype = p.dtype if scales is None else torch.promote_types(p.dtype, scales[slot].dtype)
+            if self.multipliers[slot].dtype != dtype:
+                self.multipliers[slot] = torch.empty(p.shape, dtype=dtype, device=p.device)
+                self.scratch[slot] = self._pair(dtype, p)  # (no scatter is pending: drained first)
+            if scales is None:
+                self.multipliers[slot].copy_(self.signs[slot])
+            else:
+                torch.mul(scales[slot], self.signs[slot], out=self.multipliers[slot])
+        self.scales = scales
+
+    # -- one backward
+    def add(self, slot: int, row: torch.Tensor, grad: torch.Tensor) -> None:
+        """row[bucket(j)] += grad_j x scale_j x sign_j over parameter `slot`'s elements j."""
+        self.wait_for_scales()
+        turn = self._turn[slot]
+        self._turn[slot] ^= 1
+        if self._users[slot][turn]:  # the scatter of the product two backwards ago (long finished)
+            self._worker.wait(self._users[slot][turn])
+        product = torch.mul(grad, self.multipliers[slot], out=self.scratch[slot][turn]).view(-1).float()
+        if self.offload:
+            self._users[slot][turn] = self._worker.submit(row.scatter_add_, 0, self.buckets[slot], product)
+        else:
+            row.scatter_add_(0, self.buckets[slot], product)
+
+    def drain(self) -> None:
+        """Wait for every job (re-raising a job's error): the rows are then complete."""
+        self._scales_job = 0
+        self._users = [[0, 0] for _ in self.params]
+        self._worker.wait()
