@@ -23,8 +23,6 @@ The signals, in StepSignals.extra (arrays have one entry per domain):
 
 from __future__ import annotations
 
-import functools
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -34,6 +32,7 @@ from megatron_hds.data.quality import load_quality
 from megatron_hds.mixing.config import ProbeConfig
 from megatron_hds.mixing.influence import DomainGradients, alignment_scores, influence_scores
 from megatron_hds.mixing.probes import GradientProbe, WeightNormTracker, select_matrices, selected_names
+from megatron_hds.mixing.worker import OrderedWorker
 from megatron_hds.parallel.state import ParallelState
 
 QUALITY_REFERENCE_SAMPLES = 1024  # samples per domain behind its quality mean and spread
@@ -59,10 +58,10 @@ class NoSignals:
 
 def adam_preconditioners(moments, params) -> list:
     """P^(1/2) = (sqrt(v_hat) + eps)^(-1/2) per parameter, in its dtype, from (v, bias correction,
-    eps) (Optimizer.adam_second_moment): adam_denominator's operations, in place on v (a copy)."""
+    eps) (Optimizer.adam_second_moment): adam_denominator's operations (in place after the first)."""
     out = []
     for (v, correction, eps), p in zip(moments, params):
-        denominator = torch.div(v, correction, out=v).sqrt_().add_(eps).to(p.device).view_as(p)
+        denominator = torch.div(v, correction).sqrt_().add_(eps).to(p.device).view_as(p)
         out.append(denominator.rsqrt_().to(p.dtype))
     return out
 
@@ -113,10 +112,14 @@ class SignalCollector:
             self.quality_reference = [self._reference(d, q, seed) for d, q in zip(train_sets, self.quality)]
         self._counts = np.zeros(2 * num_domains)
         self._local_micro_batches = 1
-        # The step's sample quality depends on its plan alone: begin_step hands it to a worker thread,
-        # which computes it while the step runs, and finish collects it (the same numbers).
-        self._worker = None
-        self._pending_quality = None  # (plan, Future)
+        # What needs only the step's start (its plan; the weights and Adam's moments the last optimizer
+        # step left) is computed on a worker thread while the step's passes run: the same numbers.
+        self._worker = OrderedWorker("mixing-signals", self)
+        self.norm_tracker.worker = self._worker
+        self._optimizer = None  # the optimizer of the last before_optimizer_step
+        self._prepared = 0  # the ticket of this step's _before_step job (0: none)
+        self._next_scales = None  # the preconditioner _before_step computed
+        self._quality_job = None  # (plan, ticket, result holder) of this step's quality job
 
     # -- the step ----------------------------------------------------------------------------
     def begin_step(self, plan, dp_rank: int) -> None:
@@ -126,24 +129,34 @@ class SignalCollector:
         self._local_micro_batches = plan.num_micro_batches // plan.data_parallel_size
         local = rows[first:first + self._local_micro_batches]
         self.probe.begin_step([None if r < 0 else int(r) for r in local])
+        # Nothing changes the weights or Adam's moments before this step's optimizer step: what
+        # before_optimizer_step needs of them is taken on the worker while the passes run.
+        self._prepared = 0 if self._optimizer is None else self._worker.submit(self._before_step, self._optimizer)
         if self.quality is not None:
-            if self._worker is None:  # not a daemon: the interpreter's exit waits for a running job
-                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixing-quality")
-            self._pending_quality = (plan, self._worker.submit(self._domain_quality, plan))
+            result = []
+            self._quality_job = (plan, self._worker.submit(lambda: result.append(self._domain_quality(plan))), result)
 
-    def before_optimizer_step(self, optimizer) -> None:
+    def _before_step(self, optimizer) -> None:
         """W_{t-1} for the norms; the next step's preconditioner from the optimizer's second
-        moments (this step's Adam update is the one the next step's gradients follow). Only the
-        copy of the moments happens here (the optimizer step overwrites them): the probe computes
-        the preconditioner from it on its worker thread where it has one (sketch_table.py)."""
+        moments before this step's update (this step's Adam update is the one the next step's
+        gradients follow); None before the first step, or with a sharded optimizer."""
         self.norm_tracker.snapshot()
         params = [p for _, p in self.probe.named]
         moments = [optimizer.adam_second_moment(p) for p in params]
-        if any(m is None for m in moments):  # before the first step, or a sharded optimizer
-            self.probe.set_scales(None)
+        self._next_scales = None if any(m is None for m in moments) else adam_preconditioners(moments, params)
+
+    def before_optimizer_step(self, optimizer) -> None:
+        """What the optimizer step overwrites: W_{t-1} and the next preconditioner (_before_step),
+        taken during the step by the worker (waited for here), or now without a begin_step. The
+        probe applies the preconditioner after this step's backwards (on its worker, with tables)."""
+        if self._prepared and optimizer is self._optimizer:
+            ticket, self._prepared = self._prepared, 0
+            self._worker.wait(ticket)
         else:
-            copies = [(v.clone(), correction, eps) for v, correction, eps in moments]
-            self.probe.set_scales(functools.partial(adam_preconditioners, copies, params))
+            self._before_step(optimizer)
+        self._optimizer = optimizer
+        scales = self._next_scales
+        self.probe.set_scales(None if scales is None else lambda: scales)
 
     def local_share(self, reserve: int = 0) -> torch.Tensor:
         """float64 [sketch buffer (sketch mode only) | norm squares], summed over the world by the
@@ -183,9 +196,10 @@ class SignalCollector:
 
     def _step_quality(self, plan) -> np.ndarray:
         """The quality begin_step started computing for this plan (computed here if it was not)."""
-        pending, self._pending_quality = self._pending_quality, None
+        pending, self._quality_job = self._quality_job, None
         if pending is not None and pending[0] is plan:
-            return pending[1].result()
+            self._worker.wait(pending[1])
+            return pending[2][0]
         return self._domain_quality(plan)
 
     # -- quality -------------------------------------------------------------------------------

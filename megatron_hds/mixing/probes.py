@@ -421,6 +421,7 @@ class WeightNormTracker:
         self.device = named[0][1].device if named else self.state.device
         self.previous: Optional[List[torch.Tensor]] = None
         self._diffs: Optional[List[torch.Tensor]] = None  # scratch for W - W_prev
+        self.worker = None  # an OrderedWorker: with one, local_squares shares the CPU work with it
         local_slots = [s for s, _ in self.local]
         self._slots = torch.tensor(local_slots + [s + len(self.names) for s in local_slots], dtype=torch.int64,
                                    device=self.device)
@@ -464,8 +465,18 @@ class WeightNormTracker:
         """The torch reference's sums of squares (x.float().pow(2).sum(); pow's square is x * x,
         bit for bit), computed in each matrix's scratch buffer and summed straight into `values`:
         no temporaries, and the scratch stays in cache between the two sums."""
+        matrices = [(slot, w, prev, scratch) for (slot, _), w, prev, scratch
+                    in zip(self.local, weights, self.previous, self._diffs)]
+        # The worker takes half of the matrices (each writes its own entries of `values`).
+        half = len(matrices) // 2 if self.worker is not None and self.device.type == "cpu" else 0
+        ticket = self.worker.submit(self._square_sums, matrices[:half], values) if half else 0
+        self._square_sums(matrices[half:], values)
+        if ticket:
+            self.worker.wait(ticket)
+
+    def _square_sums(self, matrices, values: torch.Tensor) -> None:
         num = len(self.names)
-        for (slot, _), w, prev, scratch in zip(self.local, weights, self.previous, self._diffs):
+        for slot, w, prev, scratch in matrices:
             flat = scratch.view(-1)
             torch.sum(torch.mul(w, w, out=scratch).view(-1), 0, out=values[slot])
             torch.sub(w, prev, out=scratch)

@@ -38,6 +38,7 @@ class SketchTables:
         self.scratch = [self._pair(p.dtype, p) for p in self.params]
         self.offload = bool(self.params) and all(p.device.type == "cpu" for p in self.params)
         self.scales: Scales = None  # the scales in force (None: none)
+        self._signs_in_force = True  # the multipliers are the plain signs
         self._turn = [0] * len(self.params)  # which scratch buffer the next product goes to
         self._users: List[List[int]] = [[0, 0] for _ in self.params]  # the scatter reading each (a ticket)
         self._scales_job = 0  # the ticket of a pending scales function (0: none)
@@ -65,6 +66,9 @@ class SketchTables:
     def _apply(self, scales: Scales, check) -> None:
         """multiplier = scale x sign (exact: x +-1), in grad x scale's dtype, as before the sign was folded in."""
         scales = None if scales is None else list(check(scales))
+        if scales is None and self.scales is None and self._signs_in_force:
+            return  # the multipliers are the signs already
+        self._signs_in_force = scales is None
         for slot, p in enumerate(self.params):
             dtype = p.dtype if scales is None else torch.promote_types(p.dtype, scales[slot].dtype)
             if self.multipliers[slot].dtype != dtype:
