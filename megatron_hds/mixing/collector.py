@@ -115,11 +115,12 @@ class SignalCollector:
         # What needs only the step's start (its plan; the weights and Adam's moments the last optimizer
         # step left) is computed on a worker thread while the step's passes run: the same numbers.
         self._worker = OrderedWorker("mixing-signals", self)
-        self.norm_tracker.worker = self._worker
         self._optimizer = None  # the optimizer of the last before_optimizer_step
         self._prepared = 0  # the ticket of this step's _before_step job (0: none)
         self._next_scales = None  # the preconditioner _before_step computed
         self._quality_job = None  # (plan, ticket, result holder) of this step's quality job
+        self._reserve = 2 * num_domains  # the entries the training loop reserves (loss sums, token counts)
+        self._export = None  # (share, wait) with the sketch being copied into it
 
     # -- the step ----------------------------------------------------------------------------
     def begin_step(self, plan, dp_rank: int) -> None:
@@ -129,6 +130,7 @@ class SignalCollector:
         self._local_micro_batches = plan.num_micro_batches // plan.data_parallel_size
         local = rows[first:first + self._local_micro_batches]
         self.probe.begin_step([None if r < 0 else int(r) for r in local])
+        self._export = None  # a copy of an earlier sketch
         # Nothing changes the weights or Adam's moments before this step's optimizer step: what
         # before_optimizer_step needs of them is taken on the worker while the passes run.
         self._prepared = 0 if self._optimizer is None else self._worker.submit(self._before_step, self._optimizer)
@@ -157,17 +159,28 @@ class SignalCollector:
         self._optimizer = optimizer
         scales = self._next_scales
         self.probe.set_scales(None if scales is None else lambda: scales)
+        self._export = None
+        if self.probe.mode == "sketch":  # the backwards are done: the sketch's part of the share can be copied
+            sketch = self.probe.num_domains * (self.probe.width + 1)
+            share = torch.empty(self._reserve + sketch + 2 * len(self.norm_tracker.names), dtype=torch.float64,
+                                device=self.norm_tracker.device)
+            self._export = (share, self.probe.export_sketch(share[self._reserve:self._reserve + sketch]))
 
     def local_share(self, reserve: int = 0) -> torch.Tensor:
         """float64 [sketch buffer (sketch mode only) | norm squares], summed over the world by the
         loop, after `reserve` uninitialised entries (room for the loss sums that share the all-reduce,
         so the share is not copied again behind them)."""
         squares = self.norm_tracker.local_squares(world_share=True)
-        sketch = self.probe.local_sketch().reshape(-1) if self.probe.mode == "sketch" else squares[:0]
-        start = reserve + sketch.numel()
-        share = torch.empty(start + squares.numel(), dtype=torch.float64, device=squares.device)
-        share[reserve:start].copy_(sketch)  # converted to float64 by the copy: no temporaries
-        share[start:].copy_(squares)
+        export, self._export = self._export, None
+        if export is not None and reserve == self._reserve:  # the sketch, copied by before_optimizer_step
+            share, wait = export
+            wait()
+        else:
+            sketch = self.probe.local_sketch().reshape(-1) if self.probe.mode == "sketch" else squares[:0]
+            share = torch.empty(reserve + sketch.numel() + squares.numel(), dtype=torch.float64,
+                                device=squares.device)
+            share[reserve:reserve + sketch.numel()].copy_(sketch)  # converted to float64 by the copy
+        share[share.numel() - squares.numel():].copy_(squares)
         return share
 
     def finish(self, reduced_share: torch.Tensor, plan, step_ok: bool) -> dict:

@@ -227,11 +227,35 @@ class GradientProbe:
         """The [D, width + 1] accumulators: per-domain sums (sketch or exact), then the hook counts."""
         if self._tables is not None:  # the scatters still running on the worker thread
             self._tables.drain()
-        if any(self._hook_counts):  # the counts the hooks kept in Python since the last read
-            counts = torch.tensor(self._hook_counts, dtype=self._buffer.dtype, device=self._buffer.device)
-            self._buffer[:, self.width].add_(counts)
-            self._hook_counts = [0] * self.num_domains
+        self._add_counts(self._take_counts())
         return self._buffer
+
+    def _take_counts(self) -> Optional[List[int]]:
+        """The hook counts kept in Python since the last read (None: none), reset."""
+        if not any(self._hook_counts):
+            return None
+        counts, self._hook_counts = self._hook_counts, [0] * self.num_domains
+        return counts
+
+    def _add_counts(self, counts: Optional[List[int]]) -> None:
+        if counts is not None:
+            self._buffer[:, self.width].add_(torch.tensor(counts, dtype=self._buffer.dtype, device=self._buffer.device))
+
+    def export_sketch(self, out: torch.Tensor):
+        """Copy ``local_sketch()`` (flattened) into `out` once this step's backwards are accumulated:
+        on the worker thread that scatters them where there is one (call when the step's backwards
+        are done). Returns a function that waits for the copy."""
+        counts = self._take_counts()
+
+        def copy() -> None:
+            self._add_counts(counts)
+            out.copy_(self._buffer.view(-1))
+        if self._tables is not None and self._tables.offload:
+            return self._tables.run_after_scatters(copy)
+        if self._tables is not None:
+            self._tables.drain()
+        copy()
+        return lambda: None
 
     # -- domain bookkeeping
     def _check(self, d: Optional[int]) -> Optional[int]:
@@ -421,7 +445,6 @@ class WeightNormTracker:
         self.device = named[0][1].device if named else self.state.device
         self.previous: Optional[List[torch.Tensor]] = None
         self._diffs: Optional[List[torch.Tensor]] = None  # scratch for W - W_prev
-        self.worker = None  # an OrderedWorker: with one, local_squares shares the CPU work with it
         local_slots = [s for s, _ in self.local]
         self._slots = torch.tensor(local_slots + [s + len(self.names) for s in local_slots], dtype=torch.int64,
                                    device=self.device)
@@ -465,18 +488,8 @@ class WeightNormTracker:
         """The torch reference's sums of squares (x.float().pow(2).sum(); pow's square is x * x,
         bit for bit), computed in each matrix's scratch buffer and summed straight into `values`:
         no temporaries, and the scratch stays in cache between the two sums."""
-        matrices = [(slot, w, prev, scratch) for (slot, _), w, prev, scratch
-                    in zip(self.local, weights, self.previous, self._diffs)]
-        # The worker takes half of the matrices (each writes its own entries of `values`).
-        half = len(matrices) // 2 if self.worker is not None and self.device.type == "cpu" else 0
-        ticket = self.worker.submit(self._square_sums, matrices[:half], values) if half else 0
-        self._square_sums(matrices[half:], values)
-        if ticket:
-            self.worker.wait(ticket)
-
-    def _square_sums(self, matrices, values: torch.Tensor) -> None:
         num = len(self.names)
-        for slot, w, prev, scratch in matrices:
+        for (slot, _), w, prev, scratch in zip(self.local, weights, self.previous, self._diffs):
             flat = scratch.view(-1)
             torch.sum(torch.mul(w, w, out=scratch).view(-1), 0, out=values[slot])
             torch.sub(w, prev, out=scratch)

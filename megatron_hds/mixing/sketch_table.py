@@ -94,6 +94,11 @@ class SketchTables:
         else:
             row.scatter_add_(0, self.buckets[slot], product)
 
+    def run_after_scatters(self, fn):
+        """Run fn on the worker after the scatters submitted so far; returns a function waiting for it."""
+        ticket = self._worker.submit(fn)
+        return lambda: self._worker.wait(ticket)
+
     def drain(self) -> None:
         """Wait for every job (re-raising a job's error): the rows are then complete."""
         self._scales_job = 0
