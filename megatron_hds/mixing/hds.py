@@ -116,7 +116,9 @@ class HDSScheduler(AgentTimeline):
         return self.weights.copy()
 
     def _log_fields(self) -> dict:
-        return {"alpha": self.agent.alpha, "residual": float(np.abs(self.action).mean())}
+        # An update's losses carry the temperature it left, which is the agent's still: no tensor op to read it.
+        alpha = self._losses["alpha"] if self._losses and "alpha" in self._losses else self.agent.alpha
+        return {"alpha": alpha, "residual": float(np.abs(self.action).mean())}
 
     def _extra_state(self) -> dict:
         return {"base": self.base.state_dict(), "base_in_force": self._base_in_force.tolist(),

@@ -97,7 +97,10 @@ class Actor(nn.Module):
     def mean(self, state: torch.Tensor) -> torch.Tensor:
         """forward(state)[0] without the log-std (deterministic acting)."""
         if self.encoder == "mlp":
-            return self.net(state).chunk(2, dim=-1)[0]
+            x = state
+            for layer in self.net:  # the layers' own forward, without the module-call machinery (no hooks here)
+                x = layer.forward(x)
+            return x.chunk(2, dim=-1)[0]
         return self.head(self.tokens(state)[:, 1:])[..., 0]
 
     def forward(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,6 +42,7 @@ class SketchTables:
         self._turn = [0] * len(self.params)  # which scratch buffer the next product goes to
         self._users: List[List[int]] = [[0, 0] for _ in self.params]  # the scatter reading each (a ticket)
         self._scales_job = 0  # the ticket of a pending scales function (0: none)
+        self._batch: List[tuple] = []  # products not yet handed to the worker: (slot, turn, row, product)
         self._worker = OrderedWorker("probe-sketch", self)
 
     @staticmethod
@@ -54,6 +55,7 @@ class SketchTables:
         a function runs on the worker thread where there is one. `check` validates a list."""
         self.wait_for_scales()  # a previous function may still be reading its inputs
         if callable(scales) and self.offload:
+            self._flush()  # (not needed for the numbers: the scatters read no multiplier; keeps jobs in step order)
             self._scales_job = self._worker.submit(lambda: self._apply(scales(), check))
             return
         self._apply(scales() if callable(scales) else scales, check)
@@ -84,23 +86,44 @@ class SketchTables:
     def add(self, slot: int, row: torch.Tensor, grad: torch.Tensor) -> None:
         """row[bucket(j)] += grad_j x scale_j x sign_j over parameter `slot`'s elements j."""
         self.wait_for_scales()
+        if any(queued == slot for queued, *_ in self._batch):  # a new backward before the batch filled up
+            self._flush()
         turn = self._turn[slot]
         self._turn[slot] ^= 1
         if self._users[slot][turn]:  # the scatter of the product two backwards ago (long finished)
             self._worker.wait(self._users[slot][turn])
         product = torch.mul(grad, self.multipliers[slot], out=self.scratch[slot][turn]).view(-1).float()
-        if self.offload:
-            self._users[slot][turn] = self._worker.submit(row.scatter_add_, 0, self.buckets[slot], product)
-        else:
+        if not self.offload:
             row.scatter_add_(0, self.buckets[slot], product)
+            return
+        # One job per micro-batch (a backward gives every probed parameter one gradient): waking the
+        # worker costs the hook more than queueing.
+        self._batch.append((slot, turn, row, product))
+        if len(self._batch) == len(self.params):
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand the queued products' scatters to the worker, in hook order."""
+        if self._batch:
+            batch, self._batch = self._batch, []
+            ticket = self._worker.submit(self._scatter, [(row, self.buckets[slot], p) for slot, _, row, p in batch])
+            for slot, turn, _, _ in batch:
+                self._users[slot][turn] = ticket
+
+    @staticmethod
+    def _scatter(jobs) -> None:
+        for row, bucket, product in jobs:
+            row.scatter_add_(0, bucket, product)
 
     def run_after_scatters(self, fn):
         """Run fn on the worker after the scatters submitted so far; returns a function waiting for it."""
+        self._flush()
         ticket = self._worker.submit(fn)
         return lambda: self._worker.wait(ticket)
 
     def drain(self) -> None:
         """Wait for every job (re-raising a job's error): the rows are then complete."""
+        self._flush()
         self._scales_job = 0
         self._users = [[0, 0] for _ in self.params]
         self._worker.wait()
