@@ -59,6 +59,6 @@ def split_means(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean loss per domain with NaN where no tokens, tokens per domain) from reduced sums."""
     num_domains = sums.size // 2
     loss, tokens = sums[:num_domains], sums[num_domains:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(tokens > 0, loss / np.maximum(tokens, 1), np.nan)
+    means = np.full(num_domains, np.nan)
+    np.divide(loss, np.maximum(tokens, 1), out=means, where=tokens > 0)  # (the divisor is >= 1: no warning)
     return means, tokens
