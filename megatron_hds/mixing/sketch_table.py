@@ -42,7 +42,8 @@ class SketchTables:
         self._turn = [0] * len(self.params)  # which scratch buffer the next product goes to
         self._users: List[List[int]] = [[0, 0] for _ in self.params]  # the scatter reading each (a ticket)
         self._scales_job = 0  # the ticket of a pending scales function (0: none)
-        self._batch: List[tuple] = []  # products not yet handed to the worker: (slot, turn, row, product)
+        self._batch: List[tuple] = []  # not yet handed to the worker: (slot, turn or None if raw, row, tensor)
+        self._own: List[Optional[torch.Tensor]] = [None] * len(self.params)  # the worker's product buffers
         self._worker = OrderedWorker("probe-sketch", self)
 
     @staticmethod
@@ -58,6 +59,8 @@ class SketchTables:
             self._flush()  # (not needed for the numbers: the scatters read no multiplier; keeps jobs in step order)
             self._scales_job = self._worker.submit(lambda: self._apply(scales(), check))
             return
+        if self.offload:
+            self.drain()  # queued multiplies read the multipliers this replaces
         self._apply(scales() if callable(scales) else scales, check)
 
     def wait_for_scales(self) -> None:
@@ -88,32 +91,47 @@ class SketchTables:
         self.wait_for_scales()
         if any(queued == slot for queued, *_ in self._batch):  # a new backward before the batch filled up
             self._flush()
-        turn = self._turn[slot]
-        self._turn[slot] ^= 1
-        if self._users[slot][turn]:  # the scatter of the product two backwards ago (long finished)
-            self._worker.wait(self._users[slot][turn])
-        product = torch.mul(grad, self.multipliers[slot], out=self.scratch[slot][turn]).view(-1).float()
-        if not self.offload:
-            row.scatter_add_(0, self.buckets[slot], product)
-            return
+        if self.offload and self.params[slot].grad is not None:
+            # Autograd adds this gradient into .grad without touching it (it would reuse it as .grad,
+            # without a copy, only while .grad is unset): the worker may read it, multiply included.
+            self._batch.append((slot, None, row, grad))
+        else:
+            turn = self._turn[slot]
+            self._turn[slot] ^= 1
+            if self._users[slot][turn]:  # the scatter of the product two backwards ago (long finished)
+                self._worker.wait(self._users[slot][turn])
+            product = torch.mul(grad, self.multipliers[slot], out=self.scratch[slot][turn]).view(-1).float()
+            if not self.offload:
+                row.scatter_add_(0, self.buckets[slot], product)
+                return
+            self._batch.append((slot, turn, row, product))
         # One job per micro-batch (a backward gives every probed parameter one gradient): waking the
         # worker costs the hook more than queueing.
-        self._batch.append((slot, turn, row, product))
         if len(self._batch) == len(self.params):
             self._flush()
 
     def _flush(self) -> None:
-        """Hand the queued products' scatters to the worker, in hook order."""
+        """Hand the queued scatters (and multiplies) to the worker, in hook order."""
         if self._batch:
             batch, self._batch = self._batch, []
-            ticket = self._worker.submit(self._scatter, [(row, self.buckets[slot], p) for slot, _, row, p in batch])
+            ticket = self._worker.submit(self._scatter, [(slot, row, x, turn is None) for slot, turn, row, x in batch])
             for slot, turn, _, _ in batch:
-                self._users[slot][turn] = ticket
+                if turn is not None:
+                    self._users[slot][turn] = ticket
 
-    @staticmethod
-    def _scatter(jobs) -> None:
-        for row, bucket, product in jobs:
-            row.scatter_add_(0, bucket, product)
+    def _scatter(self, jobs) -> None:
+        """On the worker: the queued scatters; `raw` ones are gradients still to multiply."""
+        for slot, row, x, raw in jobs:
+            if raw:
+                x = torch.mul(x, self.multipliers[slot], out=self._worker_scratch(slot)).view(-1).float()
+            row.scatter_add_(0, self.buckets[slot], x)
+
+    def _worker_scratch(self, slot: int) -> torch.Tensor:
+        """The worker's product buffer of parameter `slot` (one: its jobs run one at a time)."""
+        mult = self.multipliers[slot]
+        if self._own[slot] is None or self._own[slot].dtype != mult.dtype:
+            self._own[slot] = torch.empty_like(mult)
+        return self._own[slot]
 
     def run_after_scatters(self, fn):
         """Run fn on the worker after the scatters submitted so far; returns a function waiting for it."""
