@@ -121,6 +121,7 @@ class SignalCollector:
         self._quality_job = None  # (plan, ticket, result holder) of this step's quality job
         self._reserve = 2 * num_domains  # the entries the training loop reserves (loss sums, token counts)
         self._export = None  # (share, wait) with the sketch being copied into it
+        self._share = None  # the share's buffer (local_share's result is valid until the next step's)
 
     # -- the step ----------------------------------------------------------------------------
     def begin_step(self, plan, dp_rank: int) -> None:
@@ -162,8 +163,12 @@ class SignalCollector:
         self._export = None
         if self.probe.mode == "sketch":  # the backwards are done: the sketch's part of the share can be copied
             sketch = self.probe.num_domains * (self.probe.width + 1)
-            share = torch.empty(self._reserve + sketch + 2 * len(self.norm_tracker.names), dtype=torch.float64,
-                                device=self.norm_tracker.device)
+            size = self._reserve + sketch + 2 * len(self.norm_tracker.names)
+            if self._share is None or self._share.numel() != size:
+                # Kept across steps (the step is done with it by the next one): a fresh one cost a
+                # fresh mapping of its pages every step.
+                self._share = torch.empty(size, dtype=torch.float64, device=self.norm_tracker.device)
+            share = self._share
             self._export = (share, self.probe.export_sketch(share[self._reserve:self._reserve + sketch]))
 
     def local_share(self, reserve: int = 0) -> torch.Tensor:

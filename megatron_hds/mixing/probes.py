@@ -219,6 +219,7 @@ class GradientProbe:
         if self._tables is not None:
             self._hashes = list(zip(self._tables.buckets, [sign for _, sign in self._hashes]))
         self._rows = [self._buffer[d, :width] for d in range(num_domains)]
+        self._scaled: Optional[torch.Tensor] = None  # gram_from_reduced's scaled sketch
         self._handles = [p.register_hook(self._make_hook(slot)) for slot, (_, p) in enumerate(self.named)]
         self.present: Optional[np.ndarray] = None
 
@@ -362,7 +363,9 @@ class GradientProbe:
         """D x D float64 Gram of a world-summed [D, m+1] sketch buffer; sets ``present``."""
         reduced = reduced.reshape(self.num_domains, self.sketch_size + 1).double()
         self.present = (reduced[:, -1] > 0).cpu().numpy()
-        sketch = reduced[:, :-1] * scale
+        if self._scaled is None or self._scaled.device != reduced.device:  # kept: no fresh pages per step
+            self._scaled = torch.empty(self.num_domains, self.sketch_size, dtype=torch.float64, device=reduced.device)
+        sketch = torch.mul(reduced[:, :-1], scale, out=self._scaled)
         return symmetric((sketch @ sketch.t()).cpu().numpy())
 
     def reduce(self, group=None, scale: float = 1.0) -> torch.Tensor:
