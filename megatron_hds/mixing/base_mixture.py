@@ -51,6 +51,7 @@ class BaseMixture:
         self.quality = np.zeros(self.natural.size)  # Q
         self.learnability = Learnability(self.natural, fit_interval=config.fit_interval)
         self.smoothed = self.natural.copy()  # b
+        self._log_natural = np.log(self.natural)
         self.weights = self.output()
 
     def output(self) -> np.ndarray:
@@ -82,7 +83,7 @@ class BaseMixture:
         tilt = (self.steps["align"] * np.clip(zscore(self.influence), -2.0, 2.0)
                 + self.steps["learnability"] * np.clip(self.learnability.scores, -1.0, 1.0)
                 + self.steps["quality"] * np.clip(zscore(self.quality), -2.0, 2.0))
-        logits = np.log(self.natural) + ramp * tilt
+        logits = self._log_natural + ramp * tilt
         target = np.exp(logits - logits.max())
         target /= target.sum()
         mix = self.config.mixture_smoothing

@@ -200,8 +200,8 @@ class SignalCollector:
         else:
             gram = self.probe.alignment_matrix(scale=scale)
         norms, change = self.norm_tracker.norms_from_squares(reduced_share[split:])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratios = np.where(norms > 0, change / norms, 0.0)
+        ratios = np.zeros_like(norms)
+        np.divide(change, norms, out=ratios, where=norms > 0)  # (no division by 0: no warning to silence)
         extra = {"weight_norms": norms, "weight_change_norms": change, "update_ratios": ratios}
         if step_ok and np.all(np.isfinite(gram)):
             gradients = DomainGradients(gram, self._counts)

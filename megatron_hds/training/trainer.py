@@ -215,7 +215,9 @@ class Trainer:
         start = time.perf_counter() - self._signals_time
         next_weights = None
         if self.scheduler is not None:
-            total = float(np.nansum(domain_loss * domain_tokens) / max(domain_tokens.sum(), 1))
+            products = domain_loss * domain_tokens
+            products[np.isnan(products)] = 0.0  # np.nansum's own replacement, without its wrappers
+            total = float(np.add.reduce(products) / max(domain_tokens.sum(), 1))
             next_weights = self.scheduler.observe(StepSignals(
                 iteration=self.iteration, train_iters=self.config.train.train_iters, weights=plan.weights.copy(),
                 domain_loss=domain_loss, domain_tokens=domain_tokens,
