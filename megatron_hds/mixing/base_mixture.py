@@ -26,7 +26,7 @@ import numpy as np
 from megatron_hds.mixing.base import StepSignals, lift_to_floor
 from megatron_hds.mixing.config import HDSConfig
 from megatron_hds.mixing.learnability import Learnability
-from megatron_hds.mixing.timeline import mean_and_std
+from megatron_hds.mixing.timeline import clamp, mean_and_std
 
 
 def zscore(values: np.ndarray) -> np.ndarray:
@@ -80,9 +80,9 @@ class BaseMixture:
     def mix(self, iteration: int) -> np.ndarray:
         """The base mixture of the next step from the running scores."""
         ramp = min(1.0, iteration / self.ramp_steps)
-        tilt = (self.steps["align"] * np.clip(zscore(self.influence), -2.0, 2.0)
-                + self.steps["learnability"] * np.clip(self.learnability.scores, -1.0, 1.0)
-                + self.steps["quality"] * np.clip(zscore(self.quality), -2.0, 2.0))
+        tilt = (self.steps["align"] * clamp(zscore(self.influence), 2.0)
+                + self.steps["learnability"] * clamp(self.learnability.scores, 1.0)
+                + self.steps["quality"] * clamp(zscore(self.quality), 2.0))
         logits = self._log_natural + ramp * tilt
         target = np.exp(logits - logits.max())
         target /= target.sum()

@@ -25,7 +25,7 @@ from megatron_hds.mixing.base_mixture import BaseMixture, zscore
 from megatron_hds.mixing.config import MixingConfig
 from megatron_hds.mixing.rewards import HolisticReward
 from megatron_hds.mixing.sac import SACAgent
-from megatron_hds.mixing.timeline import AgentTimeline, StateBuilder
+from megatron_hds.mixing.timeline import AgentTimeline, StateBuilder, clamp
 
 # Per-domain state groups HDS adds to the reference ones: influence, learnability, quality, log(base / natural).
 HDS_DOMAIN_GROUPS = 4
@@ -88,7 +88,7 @@ class HDSScheduler(AgentTimeline):
     def _explore(self, action: np.ndarray) -> np.ndarray:
         """action plus small Gaussian noise (std --hds-exploration x the bound), kept inside the box."""
         noise = self.rng.normal(size=len(self.natural)) * self.config.exploration * self.bound
-        return np.clip(action + noise, -0.999 * self.bound, 0.999 * self.bound)
+        return clamp(action + noise, 0.999 * self.bound)
 
     def _warmup_action(self, state) -> np.ndarray:
         return self._explore(self._initial_action()) if self.uses_agent else self._initial_action()

@@ -44,6 +44,7 @@ class SketchTables:
         self._scales_job = 0  # the ticket of a pending scales function (0: none)
         self._batch: List[tuple] = []  # not yet handed to the worker: (slot, turn or None if raw, row, tensor)
         self._own: List[Optional[torch.Tensor]] = [None] * len(self.params)  # the worker's product buffers
+        self._queued = [False] * len(self.params)  # which parameters have a product in the batch
         self._worker = OrderedWorker("probe-sketch", self)
 
     @staticmethod
@@ -89,7 +90,7 @@ class SketchTables:
     def add(self, slot: int, row: torch.Tensor, grad: torch.Tensor) -> None:
         """row[bucket(j)] += grad_j x scale_j x sign_j over parameter `slot`'s elements j."""
         self.wait_for_scales()
-        if any(queued == slot for queued, *_ in self._batch):  # a new backward before the batch filled up
+        if self._queued[slot]:  # a new backward before the batch filled up
             self._flush()
         if self.offload and self.params[slot].grad is not None:
             # Autograd adds this gradient into .grad without touching it (it would reuse it as .grad,
@@ -107,6 +108,7 @@ class SketchTables:
             self._batch.append((slot, turn, row, product))
         # One job per micro-batch (a backward gives every probed parameter one gradient): waking the
         # worker costs the hook more than queueing.
+        self._queued[slot] = True
         if len(self._batch) == len(self.params):
             self._flush()
 
@@ -114,6 +116,7 @@ class SketchTables:
         """Hand the queued scatters (and multiplies) to the worker, in hook order."""
         if self._batch:
             batch, self._batch = self._batch, []
+            self._queued = [False] * len(self.params)
             ticket = self._worker.submit(self._scatter, [(slot, row, x, turn is None) for slot, turn, row, x in batch])
             for slot, turn, _, _ in batch:
                 if turn is not None:
