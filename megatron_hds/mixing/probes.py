@@ -221,6 +221,9 @@ class GradientProbe:
         self._rows = [self._buffer[d, :width] for d in range(num_domains)]
         self._scaled: Optional[torch.Tensor] = None  # gram_from_reduced's scaled sketch
         self._handles = [p.register_hook(self._make_hook(slot)) for slot, (_, p) in enumerate(self.named)]
+        if self._tables is not None and self._tables.offload:  # (sketch_table.py: a gradient that becomes .grad)
+            self._handles += [p.register_post_accumulate_grad_hook(lambda _, slot=slot: self._tables.after_accumulate(slot))
+                              for slot, (_, p) in enumerate(self.named)]
         self.present: Optional[np.ndarray] = None
 
     @property
@@ -325,6 +328,8 @@ class GradientProbe:
     def _make_hook(self, slot: int):
         def hook(grad: torch.Tensor) -> None:
             d = self._domain_for(slot)
+            if self._tables is not None:
+                self._tables.before_accumulate(slot)
             if d is None:
                 return
             self._accumulate(slot, d, grad.detach())
@@ -334,7 +339,8 @@ class GradientProbe:
         """Add one backward's gradient of parameter `slot` to row d (and count the call)."""
         row = self._rows[d]
         if self._tables is not None:  # torch sketch: (grad x scale x sign) scattered to its buckets
-            self._tables.add(slot, row, grad)
+            more = self._step_domains is not None and self._calls[slot] < len(self._step_domains)
+            self._tables.add(slot, row, grad, more)
         else:
             if self._scales is not None:
                 grad = grad * self._scales[slot]

@@ -6,11 +6,15 @@ a backward costs one multiply (grad x scale x sign, into a scratch buffer kept a
 and one scatter-add into the domain's row. scatter_add_ adds in index order, like index_add_,
 so the sketch is the same bit for bit; it is faster on CPU.
 
-On CPU the scatter, the costlier half, runs on a worker thread while the backward goes on: the
-product is in a buffer of its own (two per parameter, used in turn, each reused only once its
-scatter has finished), the jobs run one at a time in the order of the hooks, so every row adds
-up its terms in the same order as inline, and ``drain()`` waits for them before anything reads
-the sketch. A ``set_scales`` given a function runs it on the same worker, after the step's
+On CPU the work runs on a worker thread while the backward goes on, one job per micro-batch,
+the jobs one at a time in the order of the hooks, so every row adds up its terms in the same
+order as inline; ``drain()`` waits for them before anything reads the sketch. The worker also
+multiplies where it can read the gradient without a copy: a gradient autograd adds into an
+existing .grad is left untouched; one that becomes .grad (a parameter's first backward of the
+step) is read from .grad after accumulation, and the parameter's next backward waits for that
+read before autograd adds into .grad (it assumes no other hook changes gradients in place).
+Only a step's last first-gradient is multiplied in the hook, into a buffer of its own (two per
+parameter, used in turn, each reused once its scatter has finished). A ``set_scales`` given a function runs it on the same worker, after the step's
 scatters, and the next backward waits for it: the per-step preconditioner (collector.py) costs
 the training step only the copy of Adam's second moments it starts from.
 """
@@ -45,6 +49,9 @@ class SketchTables:
         self._batch: List[tuple] = []  # not yet handed to the worker: (slot, turn or None if raw, row, tensor)
         self._own: List[Optional[torch.Tensor]] = [None] * len(self.params)  # the worker's product buffers
         self._queued = [False] * len(self.params)  # which parameters have a product in the batch
+        self._deferred: List[Optional[torch.Tensor]] = [None] * len(self.params)  # rows awaiting .grad
+        self._reads_grad = [False] * len(self.params)  # a queued job reads the parameter's .grad
+        self._reading = [0] * len(self.params)  # the ticket of a job reading the parameter's .grad
         self._worker = OrderedWorker("probe-sketch", self)
 
     @staticmethod
@@ -87,8 +94,9 @@ class SketchTables:
         self.scales = scales
 
     # -- one backward
-    def add(self, slot: int, row: torch.Tensor, grad: torch.Tensor) -> None:
-        """row[bucket(j)] += grad_j x scale_j x sign_j over parameter `slot`'s elements j."""
+    def add(self, slot: int, row: torch.Tensor, grad: torch.Tensor, more: bool = False) -> None:
+        """row[bucket(j)] += grad_j x scale_j x sign_j over parameter `slot`'s elements j (called by
+        the parameter's gradient hook; `more`: another backward of it follows in this step)."""
         self.wait_for_scales()
         if self._queued[slot]:  # a new backward before the batch filled up
             self._flush()
@@ -96,6 +104,11 @@ class SketchTables:
             # Autograd adds this gradient into .grad without touching it (it would reuse it as .grad,
             # without a copy, only while .grad is unset): the worker may read it, multiply included.
             self._batch.append((slot, None, row, grad))
+        elif self.offload and more:
+            # Autograd is about to make this gradient .grad itself (holding it would cost a copy):
+            # after_accumulate hands .grad to the worker, and the next backward's hook waits for it.
+            self._deferred[slot] = row
+            return
         else:
             turn = self._turn[slot]
             self._turn[slot] ^= 1
@@ -112,6 +125,25 @@ class SketchTables:
         if len(self._batch) == len(self.params):
             self._flush()
 
+    def before_accumulate(self, slot: int) -> None:
+        """Every backward's gradient hook calls this first (probed or not): a job still reading the
+        parameter's .grad must finish before autograd adds this gradient into it."""
+        if self._reads_grad[slot]:
+            self._flush()
+        if self._reading[slot]:
+            self._worker.wait(self._reading[slot])
+            self._reading[slot] = 0
+
+    def after_accumulate(self, slot: int) -> None:
+        """The post-accumulate-grad hook: queue a deferred gradient, now the parameter's .grad."""
+        row, self._deferred[slot] = self._deferred[slot], None
+        if row is not None:
+            self._batch.append((slot, None, row, self.params[slot].grad))
+            self._reads_grad[slot] = True
+            self._queued[slot] = True
+            if len(self._batch) == len(self.params):
+                self._flush()
+
     def _flush(self) -> None:
         """Hand the queued scatters (and multiplies) to the worker, in hook order."""
         if self._batch:
@@ -121,6 +153,8 @@ class SketchTables:
             for slot, turn, _, _ in batch:
                 if turn is not None:
                     self._users[slot][turn] = ticket
+                elif self._reads_grad[slot]:
+                    self._reading[slot], self._reads_grad[slot] = ticket, False
 
     def _scatter(self, jobs) -> None:
         """On the worker: the queued scatters; `raw` ones are gradients still to multiply."""
@@ -147,4 +181,5 @@ class SketchTables:
         self._flush()
         self._scales_job = 0
         self._users = [[0, 0] for _ in self.params]
+        self._reading = [0] * len(self.params)
         self._worker.wait()

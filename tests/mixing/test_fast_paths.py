@@ -6,6 +6,7 @@ compares with torch.equal / np.array_equal: a change of the numbers fails here, 
 a tolerance test.
 """
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -94,6 +95,28 @@ def test_probe_sketch_equals_the_plain_hook_bit_for_bit(scales_as):
         ref.buffer.zero_()
     if scales_as != "none":
         assert all(s is t for s, t in zip(probe._scales, scales))
+
+
+@pytest.mark.parametrize("domains", [[1, None], [None, 3, None], [0, 0, 2]])
+def test_a_slow_worker_still_reads_each_gradient_before_autograd_adds_the_next(monkeypatch, domains):
+    """A first gradient that autograd turns into .grad is read by the worker from .grad: every
+    later backward (probed or not) waits for that read before adding into it."""
+    from megatron_hds.mixing import sketch_table
+
+    scatter = sketch_table.SketchTables._scatter
+
+    def slow(self, jobs):
+        time.sleep(0.05)  # far slower than the backward of the next micro-batch
+        scatter(self, jobs)
+
+    monkeypatch.setattr(sketch_table.SketchTables, "_scatter", slow)
+    model = _model()
+    probe = GradientProbe(select_matrices(model, PROBED), ROWS, mode="sketch", sketch_size=SKETCH, seed=3)
+    ref = _ReferenceSketch(probe, domains)
+    probe.begin_step(domains)
+    model.zero_grad(set_to_none=True)
+    forward_backward(model, _micro_batches(model.config, len(domains)))
+    assert torch.equal(probe.buffer, ref.buffer)
 
 
 def test_probe_without_the_worker_gives_the_same_sketch():
