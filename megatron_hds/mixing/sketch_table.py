@@ -13,10 +13,11 @@ multiplies where it can read the gradient without a copy: a gradient autograd ad
 existing .grad is left untouched; one that becomes .grad (a parameter's first backward of the
 step) is read from .grad after accumulation, and the parameter's next backward waits for that
 read before autograd adds into .grad (it assumes no other hook changes gradients in place).
-Only a step's last first-gradient is multiplied in the hook, into a buffer of its own (two per
-parameter, used in turn, each reused once its scatter has finished). A ``set_scales`` given a function runs it on the same worker, after the step's
-scatters, and the next backward waits for it: the per-step preconditioner (collector.py) costs
-the training step only the copy of Adam's second moments it starts from.
+The hook itself multiplies only a gradient that is its parameter's first and last of the step
+(one micro-batch), into a buffer of its own (two per parameter, used in turn, each reused once
+its scatter has finished), and everything off CPU. A ``set_scales`` given a function runs it on
+the same worker, after the step's scatters, and the next backward waits for it: the collector
+applies its per-step preconditioner (computed on its own worker during the step) that way.
 """
 
 from __future__ import annotations
