@@ -222,7 +222,7 @@ class GradientProbe:
         self._scaled: Optional[torch.Tensor] = None  # gram_from_reduced's scaled sketch
         self._handles = [p.register_hook(self._make_hook(slot)) for slot, (_, p) in enumerate(self.named)]
         if self._tables is not None and self._tables.offload:  # (sketch_table.py: a gradient that becomes .grad)
-            self._handles += [p.register_post_accumulate_grad_hook(lambda _, slot=slot: self._tables.after_accumulate(slot))
+            self._handles += [p.register_post_accumulate_grad_hook(self._make_post_hook(slot))
                               for slot, (_, p) in enumerate(self.named)]
         self.present: Optional[np.ndarray] = None
 
@@ -334,6 +334,11 @@ class GradientProbe:
                 return
             self._accumulate(slot, d, grad.detach())
         return hook
+
+    def _make_post_hook(self, slot: int):
+        def post_hook(param: torch.Tensor) -> None:
+            self._tables.after_accumulate(slot)
+        return post_hook
 
     def _accumulate(self, slot: int, d: int, grad: torch.Tensor) -> None:
         """Add one backward's gradient of parameter `slot` to row d (and count the call)."""
