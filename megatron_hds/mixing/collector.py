@@ -133,8 +133,12 @@ class SignalCollector:
         self.probe.begin_step([None if r < 0 else int(r) for r in local])
         self._export = None  # a copy of an earlier sketch
         # Nothing changes the weights or Adam's moments before this step's optimizer step: what
-        # before_optimizer_step needs of them is taken on the worker while the passes run.
-        self._prepared = 0 if self._optimizer is None else self._worker.submit(self._before_step, self._optimizer)
+        # before_optimizer_step needs of them is taken on the worker while the passes run (on CPU;
+        # on a GPU it is a few kernel launches, left in order on the training thread's stream).
+        if self._optimizer is not None and self.norm_tracker.device.type == "cpu":
+            self._prepared = self._worker.submit(self._before_step, self._optimizer)
+        else:
+            self._prepared = 0
         if self.quality is not None:
             result = []
             self._quality_job = (plan, self._worker.submit(lambda: result.append(self._domain_quality(plan))), result)
