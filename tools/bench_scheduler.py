@@ -22,6 +22,11 @@ update runs from the first timed step (otherwise it waits for batch_size transit
 The methods hds-overlap and acodm-overlap run with --mixing-overlap-update: the agent's
 update runs on a worker thread during the next step; its time is reported as "agent update
 (worker thread)" and what the step pays for it as "wait for overlapped update".
+On CPU part of the signals' work also runs on worker threads during the step (the probes'
+multiplies and scatters, W_{t-1} and the Adam preconditioner, the samples' quality;
+mixing/sketch_table.py, mixing/collector.py): the parts count what the training thread spends
+(its hooks, and its waits for those threads); "step minus static" is the end-to-end view,
+worker threads' contention for the GIL and the second core included.
 
 Part B (agent alone): SACAgent at D=22 with the reference network sizes (state dim
 3D + 2L + 1 = 85 with L=9, MLP hidden (256, 256), batch 32, buffer pre-filled with random
@@ -143,36 +148,39 @@ class Timers:
         setattr(obj, attr, timed)
 
 
-# The probe's hooks are built inside GradientProbe.__init__ from self._make_hook; a timer
-# around _make_hook's result (set up before the Trainer is built) times every hook call.
+# The probe's hooks are built inside GradientProbe.__init__ from self._make_hook (gradient hooks)
+# and self._make_post_hook (post-accumulate hooks, with the CPU sketch tables); timers around
+# their results (set up before the Trainer is built) time every hook call.
 _ACTIVE_TIMERS: list = [None]
 
 
 def _install_hook_timer() -> None:
     from megatron_hds.mixing.probes import GradientProbe
 
-    if getattr(GradientProbe._make_hook, "_bench_timed", False):
-        return
-    original = GradientProbe._make_hook
+    for attr in ("_make_hook", "_make_post_hook"):
+        if not getattr(getattr(GradientProbe, attr), "_bench_timed", False):
+            setattr(GradientProbe, attr, _timed_hook_factory(getattr(GradientProbe, attr)))
 
+
+def _timed_hook_factory(original):
     def make_hook(self, slot):
         hook = original(self, slot)
         timers = _ACTIVE_TIMERS[0]
 
-        def timed(grad):
+        def timed(arg):
             if timers is None or not timers.enabled:
-                return hook(grad)
+                return hook(arg)
             _sync()
             start = time.perf_counter()
             try:
-                return hook(grad)
+                return hook(arg)
             finally:
                 _sync()
                 timers.add("probe hooks (in backward)", time.perf_counter() - start)
         return timed
 
     make_hook._bench_timed = True
-    GradientProbe._make_hook = make_hook
+    return make_hook
 
 
 def machine_info() -> list:

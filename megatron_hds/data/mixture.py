@@ -418,12 +418,11 @@ class MixtureSampler:
         this, not by w: with every domain observed every step, dividing by w would over-credit
         the domains the mixture draws least."""
         cfg = self.config
-        w = self.effective_weights(weights)
         n_mb = cfg.num_micro_batches
         if cfg.layout == "mixed":
-            return 1.0 - (1.0 - w) ** (n_mb * cfg.micro_batch_size)
+            return 1.0 - (1.0 - self.effective_weights(weights)) ** (n_mb * cfg.micro_batch_size)
         if cfg.layout == "single_domain":
-            return 1.0 - (1.0 - w) ** n_mb
+            return 1.0 - (1.0 - self.effective_weights(weights)) ** n_mb
         if n_mb >= cfg.num_domains:  # hds: one probe micro-batch per domain
             return np.ones(cfg.num_domains)
         probed = np.zeros(cfg.num_domains)

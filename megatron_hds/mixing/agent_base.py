@@ -17,6 +17,9 @@ from megatron_hds.mixing.action_map import ActionMap, effective_floor
 from megatron_hds.mixing.config import AgentConfig
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 @dataclass(frozen=True)
 class AgentShape:
     """What an agent depends on besides its configuration: sizes that come from the run."""
@@ -163,11 +166,12 @@ class ReplayAgent:
         """Given actions as a [batch, D] float32 tensor (for log-probabilities and Q values)."""
         return torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device).reshape(batch, -1)
 
-    def _action(self, a: torch.Tensor, single: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(action, floored simplex weights) as act() returns them, unbatched when one state came in."""
+    def _action(self, a: torch.Tensor, single: bool, weights: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(action, floored simplex weights, or None if not `weights`) as act() returns them,
+        unbatched when one state came in."""
         a = a.cpu().numpy()
         a = a[0] if single else a
-        return a, self.action_map.weights(a)
+        return a, self.action_map.weights(a) if weights else None
 
     def add_transition(self, state, logits, reward, next_state) -> bool:
         """Store (s, u, r, s'); refuse (return False, count) one with a NaN/Inf anywhere."""
@@ -179,8 +183,8 @@ class ReplayAgent:
         if s.size != shape.state_dim or s2.size != shape.state_dim or u.size != shape.num_domains or r.size != 1:
             raise ValueError(f"transition shapes s={s.shape} u={u.shape} r={r.shape} s'={s2.shape} do not match "
                              f"state_dim={shape.state_dim}, num_domains={shape.num_domains} and a scalar reward")
-        finite32 = np.finfo(np.float32).max  # what overflows to inf in the float32 buffer is refused too
-        if not all(np.all(np.isfinite(x)) and np.all(np.abs(x) <= finite32) for x in (s, u, r, s2)):
+        # Finite and not overflowing to inf in the float32 buffer (NaN and inf fail the comparison), in one pass.
+        if not np.all(np.abs(np.concatenate([s, u, r.reshape(1), s2])) <= _FLOAT32_MAX):
             self.rejected_transitions += 1
             return False
         self.buffer.add(s, u, float(r), s2)

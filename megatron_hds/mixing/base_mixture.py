@@ -26,12 +26,13 @@ import numpy as np
 from megatron_hds.mixing.base import StepSignals, lift_to_floor
 from megatron_hds.mixing.config import HDSConfig
 from megatron_hds.mixing.learnability import Learnability
+from megatron_hds.mixing.timeline import clamp, mean_and_std
 
 
 def zscore(values: np.ndarray) -> np.ndarray:
     """(x - mean) / std across the domains; zeros when they do not differ."""
-    std = values.std()
-    return np.zeros_like(values) if not std > 1e-12 else (values - values.mean()) / std
+    mean, std = mean_and_std(values)
+    return np.zeros_like(values) if not std > 1e-12 else (values - mean) / std
 
 
 class BaseMixture:
@@ -50,6 +51,7 @@ class BaseMixture:
         self.quality = np.zeros(self.natural.size)  # Q
         self.learnability = Learnability(self.natural, fit_interval=config.fit_interval)
         self.smoothed = self.natural.copy()  # b
+        self._log_natural = np.log(self.natural)
         self.weights = self.output()
 
     def output(self) -> np.ndarray:
@@ -78,10 +80,10 @@ class BaseMixture:
     def mix(self, iteration: int) -> np.ndarray:
         """The base mixture of the next step from the running scores."""
         ramp = min(1.0, iteration / self.ramp_steps)
-        tilt = (self.steps["align"] * np.clip(zscore(self.influence), -2.0, 2.0)
-                + self.steps["learnability"] * np.clip(self.learnability.scores, -1.0, 1.0)
-                + self.steps["quality"] * np.clip(zscore(self.quality), -2.0, 2.0))
-        logits = np.log(self.natural) + ramp * tilt
+        tilt = (self.steps["align"] * clamp(zscore(self.influence), 2.0)
+                + self.steps["learnability"] * clamp(self.learnability.scores, 1.0)
+                + self.steps["quality"] * clamp(zscore(self.quality), 2.0))
+        logits = self._log_natural + ramp * tilt
         target = np.exp(logits - logits.max())
         target /= target.sum()
         mix = self.config.mixture_smoothing

@@ -6,7 +6,7 @@ The loop calls, on every rank:
                                    each backward to its domain and half);
   before_optimizer_step(optimizer) right before the optimizer step (the norm tracker's W_{t-1},
                                    the probes' preconditioner for the next step);
-  local_share()                    this rank's share of the step's one world all-reduce;
+  local_share(reserve)             this rank's share of the step's one world all-reduce;
   finish(reduced share, plan, ok)  the scheduler's extra inputs (StepSignals.extra).
 Schedulers that learn nothing from these (static, uniform, ODM) get ``NoSignals``, whose share
 is empty, so the loop has no special cases.
@@ -32,6 +32,7 @@ from megatron_hds.data.quality import load_quality
 from megatron_hds.mixing.config import ProbeConfig
 from megatron_hds.mixing.influence import DomainGradients, alignment_scores, influence_scores
 from megatron_hds.mixing.probes import GradientProbe, WeightNormTracker, select_matrices, selected_names
+from megatron_hds.mixing.worker import OrderedWorker
 from megatron_hds.parallel.state import ParallelState
 
 QUALITY_REFERENCE_SAMPLES = 1024  # samples per domain behind its quality mean and spread
@@ -48,11 +49,21 @@ class NoSignals:
     def before_optimizer_step(self, optimizer) -> None:
         pass
 
-    def local_share(self) -> Optional[torch.Tensor]:
+    def local_share(self, reserve: int = 0) -> Optional[torch.Tensor]:
         return None
 
     def finish(self, reduced_share, plan, step_ok: bool) -> dict:
         return {}
+
+
+def adam_preconditioners(moments, params) -> list:
+    """P^(1/2) = (sqrt(v_hat) + eps)^(-1/2) per parameter, in its dtype, from (v, bias correction,
+    eps) (Optimizer.adam_second_moment): adam_denominator's operations (in place after the first)."""
+    out = []
+    for (v, correction, eps), p in zip(moments, params):
+        denominator = torch.div(v, correction).sqrt_().add_(eps).to(p.device).view_as(p)
+        out.append(denominator.rsqrt_().to(p.dtype))
+    return out
 
 
 def half_rows(plan) -> np.ndarray:
@@ -101,6 +112,16 @@ class SignalCollector:
             self.quality_reference = [self._reference(d, q, seed) for d, q in zip(train_sets, self.quality)]
         self._counts = np.zeros(2 * num_domains)
         self._local_micro_batches = 1
+        # What needs only the step's start (its plan; the weights and Adam's moments the last optimizer
+        # step left) is computed on a worker thread while the step's passes run: the same numbers.
+        self._worker = OrderedWorker("mixing-signals", self)
+        self._optimizer = None  # the optimizer of the last before_optimizer_step
+        self._prepared = 0  # the ticket of this step's _before_step job (0: none)
+        self._next_scales = None  # the preconditioner _before_step computed
+        self._quality_job = None  # (plan, ticket, result holder) of this step's quality job
+        self._reserve = 2 * num_domains  # the entries the training loop reserves (loss sums, token counts)
+        self._export = None  # (share, wait) with the sketch being copied into it
+        self._share = None  # the share's buffer (local_share's result is valid until the next step's)
 
     # -- the step ----------------------------------------------------------------------------
     def begin_step(self, plan, dp_rank: int) -> None:
@@ -110,24 +131,66 @@ class SignalCollector:
         self._local_micro_batches = plan.num_micro_batches // plan.data_parallel_size
         local = rows[first:first + self._local_micro_batches]
         self.probe.begin_step([None if r < 0 else int(r) for r in local])
+        self._export = None  # a copy of an earlier sketch
+        # Nothing changes the weights or Adam's moments before this step's optimizer step: what
+        # before_optimizer_step needs of them is taken on the worker while the passes run (on CPU;
+        # on a GPU it is a few kernel launches, left in order on the training thread's stream).
+        if self._optimizer is not None and self.norm_tracker.device.type == "cpu":
+            self._prepared = self._worker.submit(self._before_step, self._optimizer)
+        else:
+            self._prepared = 0
+        if self.quality is not None:
+            result = []
+            self._quality_job = (plan, self._worker.submit(lambda: result.append(self._domain_quality(plan))), result)
+
+    def _before_step(self, optimizer) -> None:
+        """W_{t-1} for the norms; the next step's preconditioner from the optimizer's second
+        moments before this step's update (this step's Adam update is the one the next step's
+        gradients follow); None before the first step, or with a sharded optimizer."""
+        self.norm_tracker.snapshot()
+        params = [p for _, p in self.probe.named]
+        moments = [optimizer.adam_second_moment(p) for p in params]
+        self._next_scales = None if any(m is None for m in moments) else adam_preconditioners(moments, params)
 
     def before_optimizer_step(self, optimizer) -> None:
-        """W_{t-1} for the norms; the next step's preconditioner from the optimizer's second
-        moments (this step's Adam update is the one the next step's gradients follow)."""
-        self.norm_tracker.snapshot()
-        denominators = [optimizer.adam_denominator(p) for _, p in self.probe.named]
-        if any(d is None for d in denominators):  # before the first step, or a sharded optimizer
-            self.probe.set_scales(None)
+        """What the optimizer step overwrites: W_{t-1} and the next preconditioner (_before_step),
+        taken during the step by the worker (waited for here), or now without a begin_step. The
+        probe applies the preconditioner after this step's backwards (on its worker, with tables)."""
+        if self._prepared and optimizer is self._optimizer:
+            ticket, self._prepared = self._prepared, 0
+            self._worker.wait(ticket)
         else:
-            self.probe.set_scales([d.rsqrt().to(p.dtype) for d, (_, p) in zip(denominators, self.probe.named)])
+            self._before_step(optimizer)
+        self._optimizer = optimizer
+        scales = self._next_scales
+        self.probe.set_scales(None if scales is None else lambda: scales)
+        self._export = None
+        if self.probe.mode == "sketch":  # the backwards are done: the sketch's part of the share can be copied
+            sketch = self.probe.num_domains * (self.probe.width + 1)
+            size = self._reserve + sketch + 2 * len(self.norm_tracker.names)
+            if self._share is None or self._share.numel() != size:
+                # Kept across steps (the step is done with it by the next one): a fresh one cost a
+                # fresh mapping of its pages every step.
+                self._share = torch.empty(size, dtype=torch.float64, device=self.norm_tracker.device)
+            share = self._share
+            self._export = (share, self.probe.export_sketch(share[self._reserve:self._reserve + sketch]))
 
-    def local_share(self) -> torch.Tensor:
-        """[sketch buffer (sketch mode only) | norm squares], summed over the world by the loop."""
-        shares = []
-        if self.probe.mode == "sketch":
-            shares.append(self.probe.local_sketch().reshape(-1))
-        shares.append(self.norm_tracker.local_squares(world_share=True))
-        return torch.cat([s.double() for s in shares])
+    def local_share(self, reserve: int = 0) -> torch.Tensor:
+        """float64 [sketch buffer (sketch mode only) | norm squares], summed over the world by the
+        loop, after `reserve` uninitialised entries (room for the loss sums that share the all-reduce,
+        so the share is not copied again behind them)."""
+        squares = self.norm_tracker.local_squares(world_share=True)
+        export, self._export = self._export, None
+        if export is not None and reserve == self._reserve:  # the sketch, copied by before_optimizer_step
+            share, wait = export
+            wait()
+        else:
+            sketch = self.probe.local_sketch().reshape(-1) if self.probe.mode == "sketch" else squares[:0]
+            share = torch.empty(reserve + sketch.numel() + squares.numel(), dtype=torch.float64,
+                                device=squares.device)
+            share[reserve:reserve + sketch.numel()].copy_(sketch)  # converted to float64 by the copy
+        share[share.numel() - squares.numel():].copy_(squares)
+        return share
 
     def finish(self, reduced_share: torch.Tensor, plan, step_ok: bool) -> dict:
         """The scheduler's extra inputs from the world-reduced share (module docstring)."""
@@ -141,8 +204,8 @@ class SignalCollector:
         else:
             gram = self.probe.alignment_matrix(scale=scale)
         norms, change = self.norm_tracker.norms_from_squares(reduced_share[split:])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratios = np.where(norms > 0, change / norms, 0.0)
+        ratios = np.zeros_like(norms)
+        np.divide(change, norms, out=ratios, where=norms > 0)  # (no division by 0: no warning to silence)
         extra = {"weight_norms": norms, "weight_change_norms": change, "update_ratios": ratios}
         if step_ok and np.all(np.isfinite(gram)):
             gradients = DomainGradients(gram, self._counts)
@@ -150,8 +213,16 @@ class SignalCollector:
             extra["alignment"] = alignment_scores(gradients.mean_gram, gradients.present)
             extra["influence"] = influence_scores(gradients, self.natural_weights)
         if self.quality is not None:
-            extra["quality"] = self._domain_quality(plan)
+            extra["quality"] = self._step_quality(plan)
         return extra
+
+    def _step_quality(self, plan) -> np.ndarray:
+        """The quality begin_step started computing for this plan (computed here if it was not)."""
+        pending, self._quality_job = self._quality_job, None
+        if pending is not None and pending[0] is plan:
+            self._worker.wait(pending[1])
+            return pending[2][0]
+        return self._domain_quality(plan)
 
     # -- quality -------------------------------------------------------------------------------
     @staticmethod

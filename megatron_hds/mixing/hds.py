@@ -25,7 +25,7 @@ from megatron_hds.mixing.base_mixture import BaseMixture, zscore
 from megatron_hds.mixing.config import MixingConfig
 from megatron_hds.mixing.rewards import HolisticReward
 from megatron_hds.mixing.sac import SACAgent
-from megatron_hds.mixing.timeline import AgentTimeline, StateBuilder
+from megatron_hds.mixing.timeline import AgentTimeline, StateBuilder, clamp
 
 # Per-domain state groups HDS adds to the reference ones: influence, learnability, quality, log(base / natural).
 HDS_DOMAIN_GROUPS = 4
@@ -88,7 +88,7 @@ class HDSScheduler(AgentTimeline):
     def _explore(self, action: np.ndarray) -> np.ndarray:
         """action plus small Gaussian noise (std --hds-exploration x the bound), kept inside the box."""
         noise = self.rng.normal(size=len(self.natural)) * self.config.exploration * self.bound
-        return np.clip(action + noise, -0.999 * self.bound, 0.999 * self.bound)
+        return clamp(action + noise, 0.999 * self.bound)
 
     def _warmup_action(self, state) -> np.ndarray:
         return self._explore(self._initial_action()) if self.uses_agent else self._initial_action()
@@ -98,7 +98,7 @@ class HDSScheduler(AgentTimeline):
         over its whole box while the entropy term is large, and every step trains the model."""
         if not self.uses_agent:
             return self._initial_action()
-        return self._explore(self.agent.act(state, deterministic=True)[0])
+        return self._explore(self.agent.act(state, deterministic=True, weights=False)[0])
 
     def _weights(self, action) -> np.ndarray:
         """floor(softmax(log base + action)): the base mixture adjusted by the residual."""
@@ -116,7 +116,9 @@ class HDSScheduler(AgentTimeline):
         return self.weights.copy()
 
     def _log_fields(self) -> dict:
-        return {"alpha": self.agent.alpha, "residual": float(np.abs(self.action).mean())}
+        # An update's losses carry the temperature it left, which is the agent's still: no tensor op to read it.
+        alpha = self._losses["alpha"] if self._losses and "alpha" in self._losses else self.agent.alpha
+        return {"alpha": alpha, "residual": float(np.abs(self.action).mean())}
 
     def _extra_state(self) -> dict:
         return {"base": self.base.state_dict(), "base_in_force": self._base_in_force.tolist(),

@@ -34,6 +34,7 @@ from torch import nn
 
 from megatron_hds import kernels
 from megatron_hds.kernels.reference import count_sketch_hash, signed64
+from megatron_hds.mixing.sketch_table import SketchTables
 from megatron_hds.parallel.layers import is_tensor_parallel
 from megatron_hds.parallel.mappings import group_size
 from megatron_hds.parallel.state import ParallelState
@@ -153,7 +154,9 @@ class GradientProbe:
               bucket h(j) with sign s(j). Where the Triton kernel runs (CUDA 2-D matrices,
               kernels/sketch.py) h and s are computed on the fly and the probe's memory
               does not grow with the matrices; the torch path keeps a per-element table of
-              them (5 bytes/element, built once), faster than hashing on the fly there.
+              them (sketch_table.py: bucket, sign, the sign times the scale below and two
+              scratch buffers, 25 bytes/element for fp32, built once), faster than hashing on
+              the fly there; on CPU its scatters run on a worker thread during the backward.
     Telling the probe the domain, either:
       * ``begin_step(domains)`` before forward_backward with one domain (or None: mixed,
         not probed) per micro-batch in this rank's order. Each parameter counts its own
@@ -188,7 +191,8 @@ class GradientProbe:
         width = sketch_size if mode == "sketch" else sum(p.numel() for _, p in self.named)
         self.width = width
         # Last column: how many hook calls each domain received (presence after the reduce).
-        self.buffer = torch.zeros(num_domains, width + 1, dtype=torch.float32, device=device)
+        self._buffer = torch.zeros(num_domains, width + 1, dtype=torch.float32, device=device)
+        self._hook_counts = [0] * num_domains  # not yet in the buffer's last column (see `buffer`)
         # Sketch with the Triton kernel (hash on the fly) where it runs on every selected matrix.
         self.fused_sketch = (mode == "sketch" and bool(self.named) and all(p.dim() == 2 for _, p in self.named)
                              and kernels.choose_backend([p for _, p in self.named]) == "triton")
@@ -210,9 +214,52 @@ class GradientProbe:
         self._domain: Optional[int] = None
         self._step_domains: Optional[List[Optional[int]]] = None
         self._calls = [0] * len(self.named)
-        self._scales: Optional[List[torch.Tensor]] = None
+        self._own_scales: Optional[List[torch.Tensor]] = None  # the scales of the exact and Triton paths
+        self._tables = SketchTables(self.named, self._hashes) if mode == "sketch" and not self.fused_sketch else None
+        if self._tables is not None:
+            self._hashes = list(zip(self._tables.buckets, [sign for _, sign in self._hashes]))
+        self._rows = [self._buffer[d, :width] for d in range(num_domains)]
+        self._scaled: Optional[torch.Tensor] = None  # gram_from_reduced's scaled sketch
         self._handles = [p.register_hook(self._make_hook(slot)) for slot, (_, p) in enumerate(self.named)]
+        if self._tables is not None and self._tables.offload:  # (sketch_table.py: a gradient that becomes .grad)
+            self._handles += [p.register_post_accumulate_grad_hook(self._make_post_hook(slot))
+                              for slot, (_, p) in enumerate(self.named)]
         self.present: Optional[np.ndarray] = None
+
+    @property
+    def buffer(self) -> torch.Tensor:
+        """The [D, width + 1] accumulators: per-domain sums (sketch or exact), then the hook counts."""
+        if self._tables is not None:  # the scatters still running on the worker thread
+            self._tables.drain()
+        self._add_counts(self._take_counts())
+        return self._buffer
+
+    def _take_counts(self) -> Optional[List[int]]:
+        """The hook counts kept in Python since the last read (None: none), reset."""
+        if not any(self._hook_counts):
+            return None
+        counts, self._hook_counts = self._hook_counts, [0] * self.num_domains
+        return counts
+
+    def _add_counts(self, counts: Optional[List[int]]) -> None:
+        if counts is not None:
+            self._buffer[:, self.width].add_(torch.tensor(counts, dtype=self._buffer.dtype, device=self._buffer.device))
+
+    def export_sketch(self, out: torch.Tensor):
+        """Copy ``local_sketch()`` (flattened) into `out` once this step's backwards are accumulated:
+        on the worker thread that scatters them where there is one (call when the step's backwards
+        are done). Returns a function that waits for the copy."""
+        counts = self._take_counts()
+
+        def copy() -> None:
+            self._add_counts(counts)
+            out.copy_(self._buffer.view(-1))
+        if self._tables is not None and self._tables.offload:
+            return self._tables.run_after_scatters(copy)
+        if self._tables is not None:
+            self._tables.drain()
+        copy()
+        return lambda: None
 
     # -- domain bookkeeping
     def _check(self, d: Optional[int]) -> Optional[int]:
@@ -222,7 +269,10 @@ class GradientProbe:
 
     def reset(self) -> None:
         """Zero the accumulators (start of a step)."""
-        self.buffer.zero_()
+        if self._tables is not None:
+            self._tables.drain()
+        self._buffer.zero_()
+        self._hook_counts = [0] * self.num_domains
         self._calls = [0] * len(self.named)
         self.present = None
 
@@ -237,12 +287,33 @@ class GradientProbe:
         self._step_domains = None
         self._domain = self._check(domain)
 
-    def set_scales(self, scales: Optional[Sequence[torch.Tensor]]) -> None:
+    def set_scales(self, scales) -> None:
         """Multiply each selected parameter's gradient by scales[slot] (its shape) before it is
-        accumulated, from the next backward on; None turns the scaling off."""
-        if scales is not None and len(scales) != len(self.named):
+        accumulated, from the next backward on; None turns the scaling off. `scales` may also be
+        a function returning them: with the torch tables on CPU it runs on the worker thread that
+        scatters the sketches (the next backward waits for it), elsewhere it is called now."""
+        if self._tables is not None:
+            self._tables.set_scales(scales, self._check_scales)
+            return
+        scales = scales() if callable(scales) else scales
+        self._scales = None if scales is None else list(self._check_scales(scales))
+
+    def _check_scales(self, scales: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        if len(scales) != len(self.named):
             raise ValueError(f"{len(scales)} scales for {len(self.named)} probed parameters")
-        self._scales = None if scales is None else list(scales)
+        return scales
+
+    @property
+    def _scales(self) -> Optional[List[torch.Tensor]]:
+        """The scales in force (None: none)."""
+        if self._tables is not None:
+            self._tables.wait_for_scales()
+            return self._tables.scales
+        return self._own_scales
+
+    @_scales.setter
+    def _scales(self, scales: Optional[List[torch.Tensor]]) -> None:
+        self._own_scales = scales
 
     def _domain_for(self, slot: int) -> Optional[int]:
         if self._step_domains is None:
@@ -257,23 +328,33 @@ class GradientProbe:
     def _make_hook(self, slot: int):
         def hook(grad: torch.Tensor) -> None:
             d = self._domain_for(slot)
+            if self._tables is not None:
+                self._tables.before_accumulate(slot)
             if d is None:
                 return
-            grad = grad.detach()
+            self._accumulate(slot, d, grad.detach())
+        return hook
+
+    def _make_post_hook(self, slot: int):
+        def post_hook(param: torch.Tensor) -> None:
+            self._tables.after_accumulate(slot)
+        return post_hook
+
+    def _accumulate(self, slot: int, d: int, grad: torch.Tensor) -> None:
+        """Add one backward's gradient of parameter `slot` to row d (and count the call)."""
+        row = self._rows[d]
+        if self._tables is not None:  # torch sketch: (grad x scale x sign) scattered to its buckets
+            more = self._step_domains is not None and self._calls[slot] < len(self._step_domains)
+            self._tables.add(slot, row, grad, more)
+        else:
             if self._scales is not None:
                 grad = grad * self._scales[slot]
-            g = grad.reshape(-1)
-            row = self.buffer[d]
             if self.fused_sketch:
-                kernels.count_sketch_add(grad, row[:self.width], self._keys[slot], *self._placements[slot])
-            elif self.mode == "sketch":
-                bucket, sign = self._hashes[slot]
-                row[:self.width].index_add_(0, bucket, g.float() * sign)
+                kernels.count_sketch_add(grad, row, self._keys[slot], *self._placements[slot])
             else:
                 off = self._offsets[slot]
-                row[off:off + g.numel()].add_(g)
-            row[self.width] += 1
-        return hook
+                row[off:off + grad.numel()].add_(grad.reshape(-1))
+        self._hook_counts[d] += 1  # a Python int: a tensor op per hook cost more than the rest
 
     def remove(self) -> None:
         """Detach the hooks (the probe keeps its last accumulators)."""
@@ -293,7 +374,9 @@ class GradientProbe:
         """D x D float64 Gram of a world-summed [D, m+1] sketch buffer; sets ``present``."""
         reduced = reduced.reshape(self.num_domains, self.sketch_size + 1).double()
         self.present = (reduced[:, -1] > 0).cpu().numpy()
-        sketch = reduced[:, :-1] * scale
+        if self._scaled is None or self._scaled.device != reduced.device:  # kept: no fresh pages per step
+            self._scaled = torch.empty(self.num_domains, self.sketch_size, dtype=torch.float64, device=reduced.device)
+        sketch = torch.mul(reduced[:, :-1], scale, out=self._scaled)
         return symmetric((sketch @ sketch.t()).cpu().numpy())
 
     def reduce(self, group=None, scale: float = 1.0) -> torch.Tensor:
@@ -375,6 +458,10 @@ class WeightNormTracker:
                       if _contributes(p, self.state) and not getattr(p, "shared_embedding_duplicate", False)]
         self.device = named[0][1].device if named else self.state.device
         self.previous: Optional[List[torch.Tensor]] = None
+        self._diffs: Optional[List[torch.Tensor]] = None  # scratch for W - W_prev
+        local_slots = [s for s, _ in self.local]
+        self._slots = torch.tensor(local_slots + [s + len(self.names) for s in local_slots], dtype=torch.int64,
+                                   device=self.device)
 
     @torch.no_grad()
     def snapshot(self) -> None:
@@ -395,16 +482,32 @@ class WeightNormTracker:
         all-reduce). Finish with ``norms_from_squares``."""
         num = len(self.names)
         values = torch.zeros(2 * num, dtype=torch.float32, device=self.device)
+        if not self.local or (world_share and self.state.dp_rank != 0):
+            return values
         weights = [p.detach() for _, p in self.local]
-        if self.local and not (world_share and self.state.dp_rank != 0):
-            diffs = ([w.float() - prev for w, prev in zip(weights, self.previous)]
-                     if self.previous is not None else [])
-            squares = sum_of_squares(weights + diffs).to(self.device)
-            slots = torch.tensor([s for s, _ in self.local], dtype=torch.int64, device=self.device)
-            values[slots] = squares[:len(weights)]
-            if diffs:
-                values[slots + num] = squares[len(weights):]
+        if self.previous is not None and self._diffs is None:
+            self._diffs = [torch.empty_like(prev) for prev in self.previous]
+        if self.previous is not None and all(w.dtype == torch.float32 for w in weights) \
+                and kernels.choose_backend(weights) == "torch":
+            self._squares_in_place(weights, values)
+            return values
+        diffs = []
+        if self.previous is not None:  # W - W_prev in fp32 (a bf16 W is promoted exactly), into kept buffers
+            diffs = [torch.sub(w, prev, out=d) for w, prev, d in zip(weights, self.previous, self._diffs)]
+        squares = sum_of_squares(weights + diffs).to(self.device)
+        values.index_copy_(0, self._slots[:squares.numel()], squares)  # the weights' slots, then the changes'
         return values
+
+    def _squares_in_place(self, weights: List[torch.Tensor], values: torch.Tensor) -> None:
+        """The torch reference's sums of squares (x.float().pow(2).sum(); pow's square is x * x,
+        bit for bit), computed in each matrix's scratch buffer and summed straight into `values`:
+        no temporaries, and the scratch stays in cache between the two sums."""
+        num = len(self.names)
+        for (slot, _), w, prev, scratch in zip(self.local, weights, self.previous, self._diffs):
+            flat = scratch.view(-1)
+            torch.sum(torch.mul(w, w, out=scratch).view(-1), 0, out=values[slot])
+            torch.sub(w, prev, out=scratch)
+            torch.sum(flat.mul_(flat), 0, out=values[slot + num])
 
     def norms_from_squares(self, reduced: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
         """(norms [L], change_norms [L]) as float64 arrays from the reduced [2L] squares."""

@@ -94,6 +94,15 @@ class Actor(nn.Module):
             self.tokens = _TokenEncoder(sac, shape, extra_per_domain=0)
             self.head = nn.Linear(sac.token_dim, 2)  # shared across domain tokens
 
+    def mean(self, state: torch.Tensor) -> torch.Tensor:
+        """forward(state)[0] without the log-std (deterministic acting)."""
+        if self.encoder == "mlp":
+            x = state
+            for layer in self.net:  # the layers' own forward, without the module-call machinery (no hooks here)
+                x = layer.forward(x)
+            return x.chunk(2, dim=-1)[0]
+        return self.head(self.tokens(state)[:, 1:])[..., 0]
+
     def forward(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.encoder == "mlp":
             mean, raw = self.net(state).chunk(2, dim=-1)
@@ -183,17 +192,18 @@ class SACAgent(ReplayAgent):
         return self.action_map.squash(u), gaussian_log_prob(u, mean, log_std) - self.action_map.squash_log_det(u)
 
     @torch.no_grad()
-    def act(self, state, deterministic: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def act(self, state, deterministic: bool = False, weights: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(action a, weights w) for a state [state_dim] or a batch [B, state_dim]. a is the
         SAC action (float32, what add_transition expects: the logits, or the bounded
-        adjustment of the initial logits, ActionMap); w in float64. deterministic=True
-        returns squash(mean), no noise drawn."""
+        adjustment of the initial logits, ActionMap); w in float64 (None with weights=False,
+        for a caller that maps the action itself). deterministic=True returns squash(mean), no
+        noise drawn."""
         s, single = self._state_tensor(state)
         if deterministic:
-            a = self.action_map.squash(self.actor(s)[0])
+            a = self.action_map.squash(self.actor.mean(s))
         else:
             a, _ = self._sample(s)
-        return self._action(a, single)
+        return self._action(a, single, weights)
 
     @torch.no_grad()
     def log_prob(self, state, actions) -> np.ndarray:

@@ -31,14 +31,30 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from megatron_hds.mixing.base import StepSignals, lift_to_floor, normalized
 from megatron_hds.mixing.config import MixingConfig
+from megatron_hds.mixing.worker import OrderedWorker
 
 STATE_VERSION = 3  # 3: the redesigned HDS (base mixture, residual agent) and AC-ODM warm-up
+
+
+def mean_and_std(values: np.ndarray) -> tuple:
+    """(values.mean(), values.std()) of a float64 array, bit for bit: numpy's own operations
+    (pairwise sum / n; sqrt of the mean squared deviation), without its generic reduction
+    wrappers, which cost more than the arithmetic on a scheduler's few numbers."""
+    n = values.size
+    mean = np.add.reduce(values, axis=None) / n
+    deviations = np.subtract(values, mean)
+    np.square(deviations, out=deviations)
+    return mean, np.sqrt(np.add.reduce(deviations, axis=None) / n)
+
+
+def clamp(values: np.ndarray, bound: float) -> np.ndarray:
+    """np.clip(values, -bound, bound) (the same ufunc loop: min(max(x, lo), hi), NaN kept)."""
+    return np.minimum(np.maximum(values, -bound), bound)
 
 
 def zscore_clamped(values: np.ndarray, clip: float = 3.0) -> np.ndarray:
@@ -46,10 +62,10 @@ def zscore_clamped(values: np.ndarray, clip: float = 3.0) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         return values
-    std = values.std()
+    mean, std = mean_and_std(values)
     if not np.isfinite(std) or std < 1e-12:
         return np.zeros_like(values)
-    return np.clip((values - values.mean()) / std, -clip, clip)
+    return clamp((values - mean) / std, clip)
 
 
 class StateBuilder:
@@ -133,12 +149,13 @@ class AgentTimeline(ABC):
         self.weights = self._initial.copy()
         self.skipped_transitions = 0
         self._last = None
-        self._pending = None  # the overlapped update still running (a Future), if any
+        self._pending = None  # (ticket, result holder) of the overlapped update still running, if any
         # One worker thread for every overlapped update, started on first use: starting a thread per
-        # step cost the step about 0.4 ms of host time. Its thread is not a daemon, so the
-        # interpreter's exit waits for a running update instead of killing it inside torch.
-        self._worker = None
+        # step cost the step about 0.4 ms of host time, a ThreadPoolExecutor's submit still ~0.05 ms.
+        # The interpreter's exit waits for a running update instead of killing it inside torch (worker.py).
+        self._worker = OrderedWorker("mixing-agent-update", self)
         self._update_losses = None  # losses of the last finished overlapped update, not yet logged
+        self._losses = None  # the update losses this observe logs (what _log_fields may reuse)
 
     # ---- what subclasses define ------------------------------------------------------------
     def _initial_action(self) -> np.ndarray:
@@ -176,8 +193,9 @@ class AgentTimeline(ABC):
     def wait_for_update(self) -> None:
         """Let an overlapped update finish (re-raising its error); the agent is then idle."""
         if self._pending is not None:
-            pending, self._pending = self._pending, None
-            self._update_losses = pending.result()
+            (ticket, result), self._pending = self._pending, None
+            self._worker.wait(ticket)
+            self._update_losses = result[0]
 
     def bc_weight(self, step: int) -> float:
         """Weight of the behaviour-cloning term: 1 through warm-up, then fading to 0 over as many steps."""
@@ -205,13 +223,13 @@ class AgentTimeline(ABC):
         if acting or self.reweigh_every_step:
             self.weights = self._weights(self.action)
         # Read the agent for the log before an overlapped update starts changing it.
+        self._losses = losses
         self._last = {**parts, "total": total, **self._log_fields(),
                       "skipped_transitions": float(self.skipped_transitions),
                       **({k: float(v) for k, v in losses.items()} if losses else {})}
         if update is not None and self.overlap_update:
-            if self._worker is None:
-                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixing-agent-update")
-            self._pending = self._worker.submit(update)
+            result = []
+            self._pending = (self._worker.submit(lambda: result.append(update())), result)
         return np.asarray(self.weights, dtype=np.float64).copy()
 
     def last_reward(self) -> dict | None:

@@ -310,11 +310,10 @@ class TrainingOptimizer(ABC):
         """The tensor the inner AdamW steps for a model param (the param, or its fp32 master)."""
         return param
 
-    def adam_denominator(self, param: nn.Parameter) -> torch.Tensor | None:
-        """sqrt(v_hat) + eps for a model param: Adam's per-element step denominator (the param's
-        shape and device), or None before its first step, or where this rank does not hold the
-        param's whole state (the distributed optimizer). The data scheduler's gradient probes use
-        it to measure inner products in the metric Adam steps in."""
+    def adam_second_moment(self, param: nn.Parameter) -> tuple[torch.Tensor, float, float] | None:
+        """(exp_avg_sq, its bias correction 1 - beta2^step, eps) of a model param's Adam state, or
+        None before its first step, or where this rank does not hold the param's whole state (the
+        distributed optimizer). exp_avg_sq is the live tensor: the next step overwrites it."""
         if self.sharded_over_dp:
             return None
         stepped = self._stepped(param)
@@ -322,8 +321,18 @@ class TrainingOptimizer(ABC):
         if not state or "exp_avg_sq" not in state:
             return None
         group = next(g for g in self.optimizer.param_groups if any(p is stepped for p in g["params"]))
-        v_hat = state["exp_avg_sq"] / (1.0 - group["betas"][1] ** float(state["step"]))
-        return (v_hat.sqrt() + group["eps"]).to(param.device).view_as(param)
+        return state["exp_avg_sq"], 1.0 - group["betas"][1] ** float(state["step"]), group["eps"]
+
+    def adam_denominator(self, param: nn.Parameter) -> torch.Tensor | None:
+        """sqrt(v_hat) + eps for a model param: Adam's per-element step denominator (the param's
+        shape and device), or None (see adam_second_moment). The data scheduler's gradient probes
+        use it to measure inner products in the metric Adam steps in."""
+        moment = self.adam_second_moment(param)
+        if moment is None:
+            return None
+        exp_avg_sq, correction, eps = moment
+        v_hat = exp_avg_sq / correction
+        return (v_hat.sqrt() + eps).to(param.device).view_as(param)
 
     def reload_model_params(self) -> None:
         """Make the optimizer's copies of the weights (masters) equal the model params again,

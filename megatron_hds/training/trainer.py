@@ -56,6 +56,8 @@ def _world_barrier():
 
 def _broadcast_weights(weights: Optional[np.ndarray], num_domains: int, state: ParallelState) -> np.ndarray:
     """Global rank 0's weights on every rank: the step's one broadcast of D floats."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):  # one process: nothing to send
+        return np.array(weights, dtype=np.float64)
     tensor = torch.zeros(num_domains, dtype=torch.float64, device=state.device)
     if state.rank == 0:
         tensor.copy_(torch.as_tensor(weights, dtype=torch.float64))
@@ -196,7 +198,8 @@ class Trainer:
             # absorb them; the signals' first copy to the host would wait for them anyway.
             torch.get_device_module(state.device).synchronize(state.device)
         signals_start = time.perf_counter()
-        reduced, reduced_share = all_reduce_domain_sums(sums, state, self.collector.local_share())
+        share = self.collector.local_share(reserve=sums.numel())  # the sums go in front: no copy of the share
+        reduced, reduced_share = all_reduce_domain_sums(sums, state, share, extra_after_sums=True)
         domain_loss, domain_tokens = split_means(reduced)
         if self.config.train.check_for_nan_in_loss_and_grad:
             check_finite(self.iteration + 1, self.domains.names, domain_loss, domain_tokens, result.grad_norm)
@@ -212,7 +215,9 @@ class Trainer:
         start = time.perf_counter() - self._signals_time
         next_weights = None
         if self.scheduler is not None:
-            total = float(np.nansum(domain_loss * domain_tokens) / max(domain_tokens.sum(), 1))
+            products = domain_loss * domain_tokens
+            products[np.isnan(products)] = 0.0  # np.nansum's own replacement, without its wrappers
+            total = float(np.add.reduce(products) / max(domain_tokens.sum(), 1))
             next_weights = self.scheduler.observe(StepSignals(
                 iteration=self.iteration, train_iters=self.config.train.train_iters, weights=plan.weights.copy(),
                 domain_loss=domain_loss, domain_tokens=domain_tokens,
