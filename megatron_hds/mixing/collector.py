@@ -46,6 +46,9 @@ class NoSignals:
     def begin_step(self, plan, dp_rank: int) -> None:
         pass
 
+    def end_backwards(self) -> None:
+        pass
+
     def before_optimizer_step(self, optimizer) -> None:
         pass
 
@@ -143,6 +146,11 @@ class SignalCollector:
             result = []
             self._quality_job = (plan, self._worker.submit(lambda: result.append(self._domain_quality(plan))), result)
 
+    def end_backwards(self) -> None:
+        """The step's backwards are done: the probe's reads of gradients finish before the gradient
+        all-reduce and clipping change them."""
+        self.probe.end_backwards()
+
     def _before_step(self, optimizer) -> None:
         """W_{t-1} for the norms; the next step's preconditioner from the optimizer's second
         moments before this step's update (this step's Adam update is the one the next step's
@@ -156,10 +164,10 @@ class SignalCollector:
         """What the optimizer step overwrites: W_{t-1} and the next preconditioner (_before_step),
         taken during the step by the worker (waited for here), or now without a begin_step. The
         probe applies the preconditioner after this step's backwards (on its worker, with tables)."""
-        if self._prepared and optimizer is self._optimizer:
-            ticket, self._prepared = self._prepared, 0
+        ticket, self._prepared = self._prepared, 0
+        if ticket:  # (waited for even when unused: it writes what _before_step would)
             self._worker.wait(ticket)
-        else:
+        if not ticket or optimizer is not self._optimizer:
             self._before_step(optimizer)
         self._optimizer = optimizer
         scales = self._next_scales

@@ -276,6 +276,11 @@ class GradientProbe:
         self._calls = [0] * len(self.named)
         self.present = None
 
+    def end_backwards(self) -> None:
+        """Call when the step's backwards are done, before anything changes the gradients."""
+        if self._tables is not None:
+            self._tables.end_backwards()
+
     def begin_step(self, domains: Sequence[Optional[int]]) -> None:
         """Reset, then attribute this rank's k-th backward of the step to domains[k] (None: skip)."""
         self.reset()

@@ -36,6 +36,7 @@ class SketchTables:
     """Hash tables, scaled signs and scratch buffers of the probed parameters (module docstring)."""
 
     def __init__(self, named: Sequence[Tuple[str, nn.Parameter]], hashes: Sequence[Tuple[torch.Tensor, torch.Tensor]]):
+        self.names = [name for name, _ in named]
         self.params = [p for _, p in named]
         self.buckets = [bucket.long() for bucket, _ in hashes]  # scatter_add_ takes int64 indices
         self.signs = [sign.view(p.shape) for p, (_, sign) in zip(self.params, hashes)]
@@ -65,7 +66,7 @@ class SketchTables:
         a function runs on the worker thread where there is one. `check` validates a list."""
         self.wait_for_scales()  # a previous function may still be reading its inputs
         if callable(scales) and self.offload:
-            self._flush()  # (not needed for the numbers: the scatters read no multiplier; keeps jobs in step order)
+            self._flush()  # the queued raw gradients of this step are multiplied by this step's multipliers
             self._scales_job = self._worker.submit(lambda: self._apply(scales(), check))
             return
         if self.offload:
@@ -171,6 +172,21 @@ class SketchTables:
             self._own[slot] = torch.empty_like(mult)
         return self._own[slot]
 
+    def end_backwards(self) -> None:
+        """The step's backwards are done: wait for the jobs still reading a .grad, which the gradient
+        all-reduce and clipping change next. A gradient still deferred means a parameter got fewer
+        backwards than the step has micro-batches: its .grad would be read after those changes."""
+        late = [self.names[slot] for slot, row in enumerate(self._deferred) if row is not None]
+        if late:
+            raise RuntimeError(f"the gradient probe expected one backward per micro-batch, but {', '.join(late)} "
+                               "got fewer this step")
+        if any(self._reads_grad):
+            self._flush()
+        for slot, ticket in enumerate(self._reading):
+            if ticket:
+                self._worker.wait(ticket)
+                self._reading[slot] = 0
+
     def run_after_scatters(self, fn):
         """Run fn on the worker after the scatters submitted so far; returns a function waiting for it."""
         self._flush()
@@ -180,6 +196,8 @@ class SketchTables:
     def drain(self) -> None:
         """Wait for every job (re-raising a job's error): the rows are then complete."""
         self._flush()
+        self._deferred = [None] * len(self.params)  # (an aborted step's: never to be read)
+        self._reads_grad = [False] * len(self.params)
         self._scales_job = 0
         self._users = [[0, 0] for _ in self.params]
         self._reading = [0] * len(self.params)

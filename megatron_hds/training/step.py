@@ -52,7 +52,8 @@ def all_reduce_domain_sums(sums: torch.Tensor, state: ParallelState, extra: torc
         dist.all_reduce(flat)
     reduced_extra = None if extra is None else (flat[sums.numel():] if extra_after_sums
                                                 else flat[sums.numel():].view(extra.shape))
-    return flat[:sums.numel()].double().cpu().numpy(), reduced_extra
+    # (a copy: `flat` may be the collector's share, reused next step)
+    return flat[:sums.numel()].double().cpu().numpy().copy(), reduced_extra
 
 
 def split_means(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -177,6 +177,7 @@ class Trainer:
         reducer = self.grad_reducer
         forward_backward(self.model, micro_batches, loss_fn=self._loss_fn,
                          before_last_backward=reducer.arm if reducer.overlap else None)
+        self.collector.end_backwards()
         sharded = self.optimizer.sharded_over_dp
         if reducer.overlap:  # buckets reduced during backward hold the gradients before finalize
             reducer.allreduce()

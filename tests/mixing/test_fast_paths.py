@@ -220,3 +220,44 @@ def test_ordered_worker_runs_in_order_and_reraises():
     del owner  # the worker's thread stops with its owner
     thread.join(timeout=10)
     assert not thread.is_alive() and threading.current_thread() is threading.main_thread()
+
+
+
+def test_the_last_gradient_is_read_before_the_all_reduce_changes_it(monkeypatch):
+    """A parameter with one backward where the step expected three: the worker reads that backward's
+    gradient from .grad, and nothing later waits for the read. end_backwards (called by the trainer
+    before the gradient all-reduce and clipping) does, so .grad changed after it changes nothing."""
+    from megatron_hds.mixing import sketch_table
+
+    scatter = sketch_table.SketchTables._scatter
+    monkeypatch.setattr(sketch_table.SketchTables, "_scatter", lambda self, jobs: (time.sleep(0.05), scatter(self, jobs)))
+    model = _model()
+    probe = GradientProbe(select_matrices(model, PROBED), ROWS, mode="sketch", sketch_size=SKETCH, seed=3)
+    ref = _ReferenceSketch(probe, [1])
+    probe.begin_step([1, 2, 3])
+    model.zero_grad(set_to_none=True)
+    forward_backward(model, _micro_batches(model.config, 1))
+    probe.end_backwards()
+    for _, p in probe.named:
+        p.grad.mul_(100.0)  # what the all-reduce and clipping do in place
+    assert torch.equal(probe.buffer, ref.buffer)
+
+
+def test_a_gradient_never_accumulated_into_grad_is_refused_and_forgotten():
+    """autograd.grad runs the gradient hooks but never stores .grad, so a read deferred to .grad would
+    never happen: end_backwards refuses the step, and the next step starts clean."""
+    model = _model()
+    probe = GradientProbe(select_matrices(model, PROBED), ROWS, mode="sketch", sketch_size=SKETCH, seed=3)
+    probe.begin_step([1, 2])
+    batch = _micro_batches(model.config, 1)[0]
+    loss = model(tokens=batch["tokens"], labels=batch["labels"]).mean()
+    torch.autograd.grad(loss, [p for _, p in probe.named])
+    with pytest.raises(RuntimeError, match="fewer"):
+        probe.end_backwards()
+    domains = [1, 2]
+    ref = _ReferenceSketch(probe, domains)
+    probe.begin_step(domains)
+    model.zero_grad(set_to_none=True)
+    forward_backward(model, _micro_batches(model.config, 2))
+    probe.end_backwards()
+    assert torch.equal(probe.buffer, ref.buffer)  # the refused step's deferred read is gone
