@@ -61,7 +61,7 @@ class NoSignals:
 
 def adam_preconditioners(moments, params) -> list:
     """P^(1/2) = (sqrt(v_hat) + eps)^(-1/2) per parameter, in its dtype, from (v, bias correction,
-    eps) (Optimizer.adam_second_moment): adam_denominator's operations (in place after the first)."""
+    eps) (Optimizer.adam_second_moment), computed in place after the first division."""
     out = []
     for (v, correction, eps), p in zip(moments, params):
         denominator = torch.div(v, correction).sqrt_().add_(eps).to(p.device).view_as(p)

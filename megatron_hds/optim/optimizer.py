@@ -323,17 +323,6 @@ class TrainingOptimizer(ABC):
         group = next(g for g in self.optimizer.param_groups if any(p is stepped for p in g["params"]))
         return state["exp_avg_sq"], 1.0 - group["betas"][1] ** float(state["step"]), group["eps"]
 
-    def adam_denominator(self, param: nn.Parameter) -> torch.Tensor | None:
-        """sqrt(v_hat) + eps for a model param: Adam's per-element step denominator (the param's
-        shape and device), or None (see adam_second_moment). The data scheduler's gradient probes
-        use it to measure inner products in the metric Adam steps in."""
-        moment = self.adam_second_moment(param)
-        if moment is None:
-            return None
-        exp_avg_sq, correction, eps = moment
-        v_hat = exp_avg_sq / correction
-        return (v_hat.sqrt() + eps).to(param.device).view_as(param)
-
     def reload_model_params(self) -> None:
         """Make the optimizer's copies of the weights (masters) equal the model params again,
         after model weights were loaded without optimizer state. No-op without copies."""

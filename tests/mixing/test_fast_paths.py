@@ -158,8 +158,10 @@ def test_adam_preconditioners_equal_the_denominators():
         forward_backward(model, [batch])
         optimizer.step(1.0)
     params = [p for _, p in select_matrices(model, PROBED)]
-    want = [optimizer.adam_denominator(p).rsqrt().to(p.dtype) for p in params]
-    got = adam_preconditioners([optimizer.adam_second_moment(p) for p in params], params)
+    # The plain formula: P^(1/2) = (sqrt(v / correction) + eps)^(-1/2), out of place.
+    moments = [optimizer.adam_second_moment(p) for p in params]
+    want = [((v / c).sqrt() + eps).view_as(p).rsqrt().to(p.dtype) for (v, c, eps), p in zip(moments, params)]
+    got = adam_preconditioners(moments, params)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
