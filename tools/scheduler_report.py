@@ -9,6 +9,7 @@ import os
 import platform
 import sys
 
+import mixture_headroom
 import scheduler_comparison as sc
 from megatron_hds.atomic_io import write_text_atomic
 
@@ -102,6 +103,32 @@ def target_section(curves: dict, by_seed: dict, reference: str, baselines: list)
     return lines
 
 
+def headroom_section(curves: dict, by_seed: dict, reference: str, baselines: list) -> list:
+    """What any fixed mixture could gain here (tools/mixture_headroom.py), against what the target
+    asks; needs static's runs, checked against uniform's when they exist."""
+    best = sc.best_baseline(curves, reference, baselines)
+    step, needed = mixture_headroom.needed_gain(curves[best])
+    contrast = "uniform" if "uniform" in by_seed else None
+    try:
+        h = mixture_headroom.headroom(by_seed["static"], by_seed.get(contrast), contrast)
+    except ValueError as why:
+        return ["## Headroom: what any fixed mixture could gain here", "", f"Not estimated: {why}"]
+    shares = ", ".join(f"{d} {s:.3f} ({t:.3f})" for d, s, t in zip(h.domains, h.best_shares, h.shares))
+    lines = ["## Headroom: what any fixed mixture could gain here", "",
+             "Losses in nats of the natural mixture's validation loss. The model and its assumptions: "
+             "tools/mixture_headroom.py.", "",
+             f"- The target asks {reference} to be {needed:.4f} nats ({_fmt(math.expm1(needed), percent=True)} "
+             f"perplexity) below {best}'s seed-mean curve at step {step}.",
+             f"- Own-domain model fitted to static's runs: the best fixed mixture gains {h.best_gain:.4f} nats "
+             f"over static at equal steps, with the sample shares (static's in brackets): {shares}."]
+    if h.contrast:
+        lines += [f"- Check against {h.contrast}: the model predicts {h.contrast} - static = "
+                  f"{h.predicted_contrast:+.4f} nats; measured {h.measured_contrast:+.4f} (per-seed std "
+                  f"{_fmt(h.contrast_sd, 4)} over {h.contrast_seeds} seeds, so a paired mean over these seeds "
+                  f"resolves about {_fmt(2 * h.contrast_sd / math.sqrt(max(h.contrast_seeds, 1)), 4)} nats)."]
+    return lines
+
+
 def domain_tables(runs: dict) -> list:
     domains = list(dict.fromkeys(d for records in runs.values() for d in sc.final_domain_ppl(records)))
     per_domain = {m: sc.final_domain_ppl(records) for m, records in runs.items()}
@@ -160,6 +187,8 @@ def write_report(output_dir: str, by_seed: dict, header: dict, reference: str, b
     if reference in runs and any(b in runs for b in baselines):
         lines += ["", *paired_table(by_seed, reference, baselines), "",
                   *target_section(curves, by_seed, reference, baselines)]
+        if "static" in by_seed:
+            lines += ["", *headroom_section(curves, by_seed, reference, baselines)]
     lines += ["", *domain_tables(runs)]
     rewards = reward_tables(runs)
     if rewards:
