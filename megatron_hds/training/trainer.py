@@ -381,8 +381,9 @@ class _Window:
 
     def add(self, seconds, domain_loss, domain_tokens, plan, result, scheduler_time) -> None:
         num_domains = domain_tokens.size
-        self.sums[:num_domains] += np.nan_to_num(domain_loss) * domain_tokens
-        self.sums[num_domains:] += domain_tokens
+        if not result.skipped:  # as Megatron: a skipped step's (non-finite) loss is counted, not averaged
+            self.sums[:num_domains] += np.nan_to_num(domain_loss) * domain_tokens  # NaN only where no tokens
+            self.sums[num_domains:] += domain_tokens
         self.samples += np.asarray(plan.domain_sample_counts)
         self.steps += 1
         self.time += seconds

@@ -80,6 +80,9 @@ def test_without_the_check_the_step_is_skipped_and_training_goes_on(demo_manifes
     records = {r["iteration"]: r for r in read_metrics(save)["train"]}
     assert records[POISONED_STEP]["skipped_iterations"] == 1 and records[4]["skipped_iterations"] == 0
     assert math.isnan(records[POISONED_STEP]["grad_norm"]) and math.isfinite(records[4]["grad_norm"])
+    # The skipped step's loss is left out of the logged average, not zero-filled into it: its
+    # window (one step) averaged nothing, and the next one is finite.
+    assert math.isnan(records[POISONED_STEP]["loss"]) and math.isfinite(records[4]["loss"])
 
 
 def test_the_flag_is_on_by_default_and_megatron_spellings_parse(demo_manifest, tmp_path):
