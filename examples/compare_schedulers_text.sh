@@ -7,7 +7,7 @@
 #   bash examples/compare_schedulers_text.sh
 #
 # Builds the corpus in DATA_DIR first when it is missing (apt-get downloads of Debian
-# packages, ~15 minutes on 2 cores). Rerunning resumes: finished runs are kept, unfinished
+# packages, about 4 minutes on 2 cores). Rerunning resumes: finished runs are kept, unfinished
 # ones resume from their last checkpoint, and the report is rewritten. Arguments go on to
 # tools/compare_schedulers.py: `bash examples/compare_schedulers_text.sh --report-only`
 # rewrites the report from the finished runs without training.
