@@ -9,7 +9,8 @@ each domain's validation loss depends only on the tokens drawn from its own doma
     L_i = c_i - b_i ln(s_i N),
 
 s_i the domain's share of the samples, N the samples seen. b_i is read off the static runs'
-seed-mean per-domain curves as the drop per e-fold of steps over a window of the run. The
+seed-mean per-domain curves as the drop per e-fold of steps over a window of the run (0 for a
+domain whose loss does not fall there: saturated, it gets no share and costs nothing to cut). The
 natural mixture's loss sum_i pi_i L_i is then lowered most, at equal steps, by the shares
 s* ∝ pi_i b_i (the maximiser of sum_i pi_i b_i ln s_i on the simplex), by
 
@@ -50,7 +51,7 @@ class Headroom:
 
     domains: tuple
     natural: np.ndarray  # pi, renormalised over ``domains``
-    slopes: np.ndarray  # b_i over MAIN_WINDOW
+    slopes: np.ndarray  # b_i over MAIN_WINDOW; 0 for a domain whose loss did not fall (saturated)
     shares: np.ndarray  # static's realised sample shares
     best_shares: np.ndarray  # s*
     best_gain: float  # the best fixed mixture's gain over static at equal steps (MAIN_WINDOW)
@@ -62,7 +63,9 @@ class Headroom:
         if missing:
             raise ValueError(f"no samples of {', '.join(missing)}: the model cannot predict their loss")
         other = np.array([shares[d] for d in self.domains])
-        return float(-(self.natural @ (self.slopes * np.log(other / other.sum() / self.shares))))
+        learning = self.slopes > 0
+        ratio = other[learning] / other.sum() / self.shares[learning]
+        return float(-(self.natural[learning] @ (self.slopes[learning] * np.log(ratio))))
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,8 @@ def loss_slopes(records_by_seed: Sequence[Mapping[str, list]], domains: Sequence
 
 def _best(natural: np.ndarray, slopes: np.ndarray, shares: np.ndarray) -> tuple[np.ndarray, float]:
     best = natural * slopes / (natural * slopes).sum()
-    return best, float(natural @ (slopes * np.log(best / shares)))
+    learning = slopes > 0  # a saturated domain (b = 0) gets no share and its loss does not change
+    return best, float(natural[learning] @ (slopes[learning] * np.log(best[learning] / shares[learning])))
 
 
 def fit(static_by_seed: Mapping[int, Mapping[str, list]]) -> Headroom:
@@ -145,9 +149,10 @@ def fit(static_by_seed: Mapping[int, Mapping[str, list]]) -> Headroom:
     gains, main = {}, None
     for window in WINDOWS:
         slopes, steps = loss_slopes(runs, domains, window)
-        if not np.all(slopes > 0):  # also catches NaN
-            raise ValueError(f"every domain's validation loss must fall over steps {steps[0]}..{steps[1]} of the "
-                             f"static runs: {dict(zip(domains, slopes.round(4).tolist()))}")
+        if not np.all(np.isfinite(slopes)) or not np.any(slopes > 0):
+            raise ValueError(f"no domain's validation loss falls over steps {steps[0]}..{steps[1]} of the static "
+                             f"runs: {dict(zip(domains, slopes.round(4).tolist()))}")
+        slopes = np.maximum(slopes, 0.0)  # a loss that does not fall: a saturated domain (noise around flat)
         best, gains[steps] = _best(pi, slopes, shares)
         if window == MAIN_WINDOW:
             main = (slopes, best, gains[steps])

@@ -84,11 +84,26 @@ def test_needed_gain_takes_the_last_step_within_the_ratio_on_statics_curve():
     assert nats == pytest.approx(math.log(static.values[list(steps).index(1850)] / 30.0))
 
 
+def test_a_saturated_domain_gets_no_share_and_costs_nothing_to_cut():
+    records = _records(STATIC)
+    for r in records["eval"]:
+        r["domain_loss"]["B"] = 5.0 + 1e-4 * r["iteration"] / 1000  # flat, or rising a little
+    h = mixture_headroom.fit({1: records})
+    assert h.slopes[1] == 0.0 and h.best_shares[1] == 0.0
+    learning = np.array([True, False, True])
+    best = NATURAL[learning] * SLOPES[learning] / (NATURAL[learning] * SLOPES[learning]).sum()
+    np.testing.assert_allclose(h.best_shares[learning], best, rtol=1e-9)
+    # B's static share is freed for A and C: the gain counts only what they win.
+    expected = float(NATURAL[learning] @ (SLOPES[learning] * np.log(best / STATIC[learning])))
+    assert h.best_gain == pytest.approx(expected, rel=1e-9) and h.best_gain > 0
+    assert h.predicted_change({"A": 0.5, "B": 0.01, "C": 0.49}) < 0  # cutting B costs nothing
+
+
 def test_bad_runs_are_named():
     records = _records(STATIC)
     for r in records["eval"]:
-        r["domain_loss"]["B"] = 5.0
-    with pytest.raises(ValueError, match="'B': 0.0"):
+        r["domain_loss"] = {d: 5.0 for d in DOMAINS}
+    with pytest.raises(ValueError, match="no domain's validation loss falls"):
         mixture_headroom.fit({1: records})
     records = _records(STATIC)
     del records["eval"][-1]["domain_loss"]["C"]
