@@ -195,6 +195,28 @@ def mean_weights(records_by_seed: Sequence[Mapping[str, list]], first: float = 0
     return {d: float(np.mean([w.get(d, 0.0) for w in picked])) for d in domains}
 
 
+def generalisation_gaps(records_by_seed: Sequence[Mapping[str, list]], last_fraction: float = 0.1
+                        ) -> dict[str, float]:
+    """Per domain, the final validation loss minus the training loss over the last
+    ``last_fraction`` of the run (nats), averaged over seeds. Training losses are taken before
+    each update, so on material the model has not seen they estimate the held-out loss; a large
+    gap means the domain's training material is being memorised (it repeats), and its
+    training-side signals (loss decrease, gradients) overstate what the domain teaches."""
+    gaps: dict[str, list] = {}
+    for records in records_by_seed:
+        evals = eval_records(records, "valid")
+        train = [r for r in records.get("train", []) if r.get("domain_loss")]
+        if not evals or not train:
+            continue
+        late = _window(train, 1.0 - last_fraction, 1.0)
+        for domain, valid_loss in evals[-1]["domain_loss"].items():
+            losses = [r["domain_loss"][domain] for r in late
+                      if math.isfinite(r["domain_loss"].get(domain, math.nan))]
+            if losses:
+                gaps.setdefault(domain, []).append(valid_loss - float(np.mean(losses)))
+    return {d: float(np.mean(v)) for d, v in gaps.items()}
+
+
 def reward_means(records_by_seed: Sequence[Mapping[str, list]], first: float = 0.0, last: float = 1.0
                  ) -> dict[str, float]:
     """Reward components (align, quality, norm, total, ...) averaged like :func:`mean_weights`

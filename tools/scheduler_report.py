@@ -152,6 +152,18 @@ def domain_tables(runs: dict) -> list:
     return lines
 
 
+def generalisation_table(runs: dict) -> list:
+    gaps = {m: sc.generalisation_gaps(records) for m, records in runs.items()}
+    domains = list(dict.fromkeys(d for g in gaps.values() for d in g))
+    if not domains:
+        return []
+    lines = ["## Generalisation gap per domain (mean over seeds)", "",
+             "Final validation loss minus the training loss of the run's last tenth, in nats. A gap that grows "
+             "with a domain's weight means its training material repeats and is being memorised: the "
+             "training-side signals of the learning schedulers then overstate what the domain teaches.", ""]
+    return lines + _table(["domain", *runs], [[d, *(_fmt(gaps[m].get(d), 3) for m in runs)] for d in domains])
+
+
 def reward_tables(runs: dict) -> list:
     rewards = {m: (sc.reward_means(r, 0.0, 0.1), sc.reward_means(r, 0.8, 1.0)) for m, r in runs.items()}
     rewards = {m: v for m, v in rewards.items() if v[0] or v[1]}
@@ -200,6 +212,9 @@ def write_report(output_dir: str, by_seed: dict, header: dict, reference: str, b
         if "static" in by_seed:
             lines += ["", *headroom_section(curves, by_seed, reference, baselines)]
     lines += ["", *domain_tables(runs)]
+    gaps = generalisation_table(runs)
+    if gaps:
+        lines += ["", *gaps]
     rewards = reward_tables(runs)
     if rewards:
         lines += ["", *rewards]

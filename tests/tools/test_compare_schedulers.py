@@ -114,6 +114,22 @@ def test_spread_and_windows():
     assert scheduler_comparison.step_times([records]) == (pytest.approx(1.5), pytest.approx(0.01))  # first record left out
 
 
+def test_generalisation_gap_is_the_final_validation_loss_minus_the_late_training_loss():
+    # Domain "a" is memorised: its training loss falls to 1.0 while validation stays at 3.0.
+    train = [{"iteration": i, "domain_loss": {"a": 4.0 - 0.3 * k, "b": 3.0 if k % 2 else math.nan}}
+             for k, i in enumerate(range(10, 110, 10))]
+    evals = [{"split": "valid", "iteration": 50, "domain_loss": {"a": 3.5, "b": 3.5}},
+             {"split": "valid", "iteration": 100, "domain_loss": {"a": 3.0, "b": 3.25}},
+             {"split": "test", "iteration": 100, "domain_loss": {"a": 9.0, "b": 9.0}}]
+    records = {"train": train, "eval": evals}
+    gaps = scheduler_comparison.generalisation_gaps([records], last_fraction=0.2)
+    assert gaps["a"] == pytest.approx(3.0 - np.mean([4.0 - 0.3 * 8, 4.0 - 0.3 * 9]))
+    assert gaps["b"] == pytest.approx(0.25)  # an unsampled window (NaN) is left out, not read as 0
+    other = {"train": [dict(r, domain_loss={"a": 2.0, "b": 3.0}) for r in train], "eval": evals}
+    assert scheduler_comparison.generalisation_gaps([records, other], 0.2)["a"] == pytest.approx(
+        np.mean([gaps["a"], 1.0]))  # the mean over seeds
+
+
 # ---- the tool, end to end -----------------------------------------------------------------
 TINY = {"SEQ_LENGTH": "32", "GLOBAL_BATCH": "4", "MICRO_BATCH": "2", "EVAL_ITERS": "2", "LOG_INTERVAL": "2",
         "DEMO_MODEL_ARGS": "--num-layers 2 --hidden-size 32 --num-attention-heads 4 --seq-length 32",
