@@ -424,6 +424,11 @@ class PretrainConfig:
     def __post_init__(self):
         if self.downstream_eval.interval and not self.train.save:
             raise ValueError("--downstream-eval-interval evaluates saved checkpoints: it needs --save")
+        if (self.mixing.method == "hds" and self.mixing.hds.learnability_source == "valid"
+                and not (self.train.eval_interval and self.train.eval_iters)):
+            raise ValueError(f"--hds-learnability-source valid reads the losses of the periodic validation: it needs "
+                             f"--eval-interval > 0 (got {self.train.eval_interval}) and --eval-iters > 0 (got "
+                             f"{self.train.eval_iters})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

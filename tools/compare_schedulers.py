@@ -74,6 +74,8 @@ METHODS = {
     "hds-no-align": "--mixing hds --hds-reward quality,norm",
     "hds-no-quality": "--mixing hds --hds-reward align,norm",
     "hds-no-norm": "--mixing hds --hds-reward align,quality",
+    # A design under test: learnability from the validation losses, which memorised material cannot lower.
+    "hds-heldout": "--mixing hds --hds-learnability-source valid",
 }
 BASELINES = ("static", "uniform", "odm", "odm-released", "acodm")
 DEFAULT_METHODS = ("static", "uniform", "odm", "odm-released", "acodm", "hds", "hds-base")

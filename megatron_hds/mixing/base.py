@@ -47,6 +47,9 @@ class MixtureScheduler(Protocol):
     def last_reward(self) -> dict | None:
         """Reward components of the last observation (learning schedulers), for logging."""
 
+    # Optional: observe_evaluation(iteration, domain_loss) receives the per-domain validation
+    # losses of each periodic evaluation (HDS with --hds-learnability-source valid).
+
     def state_dict(self) -> dict:
         """Everything needed to continue exactly after a resume."""
 

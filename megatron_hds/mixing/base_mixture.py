@@ -8,7 +8,9 @@ Each step, from the signals of the step just taken:
           systematic part of about 0.1 standard deviations, with a lag-1 autocorrelation of
           about 0.1), so the average spans hundreds of steps (decay 0.995).
     Q  <- running average of the within-domain quality z-scores of the drawn samples
-    lam = learnability scores from online scaling-law fits (mixing/learnability.py)
+    lam = learnability scores (mixing/learnability.py): scaling laws fitted online to the
+          training losses, or (--hds-learnability-source valid) the recent slope of the
+          validation losses, which repeated, memorised material cannot lower
     target = softmax(log pi + r * (eta_u clip(z(U), -2, 2) + eta_l clip(lam, -1, 1) + eta_q clip(z(Q), -2, 2)))
     b  <- (1 - s) b + s target                       (smoothing in time)
     base = floor((1 - a) b + a pi)                    (a share of pi always in)
@@ -25,7 +27,7 @@ import numpy as np
 
 from megatron_hds.mixing.base import StepSignals, lift_to_floor
 from megatron_hds.mixing.config import HDSConfig
-from megatron_hds.mixing.learnability import Learnability
+from megatron_hds.mixing.learnability import HeldOutLearnability, Learnability
 from megatron_hds.mixing.timeline import clamp, mean_and_std
 
 
@@ -49,7 +51,10 @@ class BaseMixture:
                       "learnability": config.learnability_step}
         self.influence = np.zeros(self.natural.size)  # U
         self.quality = np.zeros(self.natural.size)  # Q
-        self.learnability = Learnability(self.natural, fit_interval=config.fit_interval)
+        if config.learnability_source == "valid":
+            self.learnability = HeldOutLearnability(self.natural, window=config.learnability_window)
+        else:
+            self.learnability = Learnability(self.natural, fit_interval=config.fit_interval)
         self.smoothed = self.natural.copy()  # b
         self._log_natural = np.log(self.natural)
         self.weights = self.output()
@@ -77,6 +82,10 @@ class BaseMixture:
         shares = np.asarray(signals.domain_samples, dtype=np.float64)
         self.learnability.observe(signals.iteration, signals.domain_loss, shares / max(shares.sum(), 1.0))
 
+    def observe_evaluation(self, iteration: int, domain_loss: np.ndarray) -> None:
+        """The trainer's periodic validation losses per domain (NaN: not evaluated)."""
+        self.learnability.observe_evaluation(iteration, domain_loss)
+
     def mix(self, iteration: int) -> np.ndarray:
         """The base mixture of the next step from the running scores."""
         ramp = min(1.0, iteration / self.ramp_steps)
@@ -93,11 +102,16 @@ class BaseMixture:
 
     def state_dict(self) -> dict:
         return {"influence": self.influence.tolist(), "quality": self.quality.tolist(),
-                "smoothed": self.smoothed.tolist(), "learnability": self.learnability.state_dict()}
+                "smoothed": self.smoothed.tolist(), "learnability": self.learnability.state_dict(),
+                "learnability_source": self.config.learnability_source}
 
     def load_state_dict(self, state: dict) -> None:
         self.influence = np.asarray(state["influence"], dtype=np.float64)
         self.quality = np.asarray(state["quality"], dtype=np.float64)
         self.smoothed = np.asarray(state["smoothed"], dtype=np.float64)
+        saved = state.get("learnability_source", "train")
+        if saved != self.config.learnability_source:
+            raise ValueError(f"the checkpoint's HDS learnability was estimated from the {saved} losses; "
+                             f"--hds-learnability-source {self.config.learnability_source} cannot continue it")
         self.learnability.load_state_dict(state["learnability"])
         self.weights = self.output()

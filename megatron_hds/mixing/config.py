@@ -22,6 +22,7 @@ REWARD_COMPONENTS = ("align", "quality", "norm")
 PROBE_MODES = ("sketch", "exact")
 ENCODERS = ("mlp", "domain_tokens")
 HDS_AGENTS = ("sac", "none")
+LEARNABILITY_SOURCES = ("train", "valid")
 
 
 def _positive_int(owner: str, name: str, value) -> None:
@@ -213,11 +214,21 @@ class HDSConfig:
     ramp_fraction: float = option(0.1, help="share of the run over which the base mixture's steps grow from 0 to "
                                             "their full size (early gradients and fits say little)")
     fit_interval: int = option(200, help="steps between the per-domain scaling-law fits")
+    learnability_source: str = option("train", choices=LEARNABILITY_SOURCES,
+                                      help="train: scaling laws fitted to the training losses (ADO); valid: the "
+                                           "recent slope of the validation losses of the periodic evaluation "
+                                           "(needs --eval-interval and validation data), which memorised, "
+                                           "repeated material cannot lower")
+    learnability_window: float = option(0.4, help="with --hds-learnability-source valid: the share of the steps so "
+                                                  "far whose evaluations the slope is fitted on")
     exploration: float = option(0.3, help="std of the Gaussian noise added to the residual the agent plays (its "
                                           "policy's mean; the base during warm-up), in units of --hds-residual-bound")
 
     def __post_init__(self):
         _choice("HDSConfig", "agent", self.agent, HDS_AGENTS)
+        _choice("HDSConfig", "learnability_source", self.learnability_source, LEARNABILITY_SOURCES)
+        if not 0.0 < self.learnability_window <= 1.0:
+            raise ValueError(f"HDSConfig.learnability_window={self.learnability_window!r} is invalid: expected (0, 1]")
         for name in ("residual_bound",):
             _positive_float("HDSConfig", name, getattr(self, name))
         for name in ("influence_step", "learnability_step", "quality_step", "exploration"):

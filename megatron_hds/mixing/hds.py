@@ -115,6 +115,10 @@ class HDSScheduler(AgentTimeline):
         self._last = {**parts, "total": total}
         return self.weights.copy()
 
+    def observe_evaluation(self, iteration: int, domain_loss: np.ndarray) -> None:
+        """The trainer's validation losses per domain after ``iteration`` steps."""
+        self.base.observe_evaluation(iteration, domain_loss)
+
     def _log_fields(self) -> dict:
         # An update's losses carry the temperature it left, which is the agent's still: no tensor op to read it.
         alpha = self._losses["alpha"] if self._losses and "alpha" in self._losses else self.agent.alpha

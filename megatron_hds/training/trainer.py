@@ -94,11 +94,7 @@ class Trainer:
         if empty:
             raise ValueError(f"domains {empty} have no training sample of {model_cfg.seq_length + 1} tokens in "
                              f"their train split ({config.data.split}): add data or leave them out")
-        self.held_out = {
-            split: build_held_out_set(split, datasets[split], self.domains.names, train.eval_iters,
-                                      train.micro_batch_size, state.dp_size)
-            for split in ("valid", "test")
-        }
+        self.held_out = self._held_out_sets(datasets)
 
         self.model = GPTModel(model_cfg, state, seed=train.seed, dtype=torch_dtype(optim.precision))
         self.optimizer = build_optimizer(self.model, optim.lr, optim.weight_decay,
@@ -251,6 +247,7 @@ class Trainer:
                     window = _Window(len(self.domains.names))
                 if cfg.eval_interval and self.iteration % cfg.eval_interval == 0:
                     last_eval = self._evaluate("valid")
+                    self._tell_scheduler(last_eval)
                 # The wall clock differs per rank: agreed with the signals in one collective.
                 out_of_time = bool(cfg.exit_duration_in_mins and
                                    time.monotonic() - self._start_time >= 60 * cfg.exit_duration_in_mins)
@@ -299,6 +296,21 @@ class Trainer:
             batch_hash=window.batch_hash,
             skipped_iterations=window.skipped,
         )
+
+    def _held_out_sets(self, datasets: dict) -> dict:
+        """The fixed validation and test samples, split -> HeldOutSet."""
+        train, mixing = self.config.train, self.config.mixing
+        held_out = {split: build_held_out_set(split, datasets[split], self.domains.names, train.eval_iters,
+                                              train.micro_batch_size, self.state.dp_size) for split in ("valid", "test")}
+        if (mixing.method, mixing.hds.learnability_source) == ("hds", "valid") and not any(held_out["valid"].counts):
+            raise ValueError("--hds-learnability-source valid reads the validation losses: there is no validation data")
+        return held_out
+
+    def _tell_scheduler(self, evaluated: Optional[dict]) -> None:
+        """A scheduler that reads held-out losses (observe_evaluation) gets the validation's."""
+        observe = getattr(self.scheduler, "observe_evaluation", None)
+        if observe is not None and evaluated:
+            observe(self.iteration, np.array([evaluated.get(n, np.nan) for n in self.domains.names]))
 
     def _evaluate(self, split: str) -> Optional[dict]:
         held_out = self.held_out[split]

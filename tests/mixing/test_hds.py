@@ -1,5 +1,6 @@
 """HDS: state vectors, the holistic reward (each component unbiased and informative), the base
-mixture, the scaling-law learnability, and the scheduler's timeline (warm-up with behaviour
+mixture, the learnability (scaling laws of the training losses; slopes of the held-out ones),
+and the scheduler's timeline (warm-up with behaviour
 cloning, NaN signals, exact continuation, the overlapped update, the agent-free variant)."""
 
 import math
@@ -14,7 +15,7 @@ from megatron_hds.mixing.base_mixture import BaseMixture
 from megatron_hds.mixing.config import HDSConfig, RewardConfig
 from megatron_hds.mixing.hds import HDSScheduler
 from megatron_hds.mixing.influence import DomainGradients
-from megatron_hds.mixing.learnability import Learnability, fit_power_law
+from megatron_hds.mixing.learnability import HeldOutLearnability, Learnability, fit_power_law
 from megatron_hds.mixing.rewards import HolisticReward
 from megatron_hds.mixing.timeline import StateBuilder, zscore_clamped
 from tests.mixing.agents import mixing_config
@@ -112,6 +113,52 @@ def test_power_law_fit_and_learnability_prefer_the_domain_still_learning():
         losses = np.array([2 + 3 * step ** -0.3, 3 + 0.2 * step ** -0.3]) + rng.normal(size=2) * 0.05
         learnability.observe(int(step), losses, np.array([0.5, 0.5]))
     assert learnability.scores[0] > 0 > learnability.scores[1]
+
+
+def _memorised_and_learning(steps):
+    """Domain 0's material repeats: its training loss keeps falling (memorised) while its held-out
+    loss stalls from step 500 on; domain 1's training and held-out losses fall together."""
+    train = np.stack([3 + 2 * steps ** -0.3 - 0.0004 * np.maximum(steps - 500, 0), 3 + 2 * steps ** -0.3], axis=1)
+    held_out = np.stack([3.2 + 2 * np.minimum(steps, 500) ** -0.3, 3.2 + 2 * steps ** -0.3], axis=1)
+    return train, held_out
+
+
+def test_held_out_learnability_drops_a_memorised_domain_that_the_training_losses_favour():
+    steps = np.arange(1, 2001)
+    train, held_out = _memorised_and_learning(steps)
+    from_train, from_held_out = Learnability([0.5, 0.5], fit_interval=200), HeldOutLearnability([0.5, 0.5])
+    for step, train_loss, held_out_loss in zip(steps, train, held_out):
+        from_train.observe(int(step), train_loss, np.array([0.5, 0.5]))
+        from_held_out.observe(int(step), train_loss, np.array([0.5, 0.5]))
+        if step % 50 == 0:
+            from_train.observe_evaluation(int(step), held_out_loss)  # ignored: not its input
+            from_held_out.observe_evaluation(int(step), held_out_loss)
+    assert from_train.scores[0] > 0 > from_train.scores[1]  # the training losses reward memorising
+    assert from_held_out.scores[0] < 0 < from_held_out.scores[1]
+    # The slope is the fall of the held-out loss per step now: b / t of L = a - b log t.
+    assert from_held_out.slopes[1] == pytest.approx(0.3 * 2 * 2000 ** -1.3, rel=0.1)
+    assert from_held_out.slopes[0] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="step 1000 arrived after those of step 2000"):
+        from_held_out.observe_evaluation(1000, held_out[0])
+
+
+def test_held_out_learnability_continues_exactly_and_a_changed_source_is_refused():
+    steps = np.arange(1, 1001)
+    train, held_out = _memorised_and_learning(steps)
+    config = HDSConfig(learnability_source="valid", ramp_fraction=0.0)
+    a, b = BaseMixture(START[:2] / START[:2].sum(), config, 1000, 0.0), None
+    for step in steps:
+        if step == 500:
+            b = BaseMixture(a.natural, config, 1000, 0.0)
+            b.load_state_dict(a.state_dict())
+        for mixture in (a, b) if b is not None else (a,):
+            mixture.observe(_signals(int(step), train[step - 1], samples=(4, 4),
+                                     weights=(0.5, 0.5)))
+            if step % 50 == 0:
+                mixture.observe_evaluation(int(step), held_out[step - 1])
+    assert np.array_equal(a.mix(1000), b.mix(1000)) and a.learnability.scores[0] < 0
+    with pytest.raises(ValueError, match="estimated from the valid losses; --hds-learnability-source train"):
+        BaseMixture(a.natural, HDSConfig(), 1000, 0.0).load_state_dict(a.state_dict())
 
 
 def test_base_mixture_tilts_towards_influential_domains_and_stays_anchored():

@@ -107,6 +107,8 @@ def test_arguments_reject_bad_and_contradictory_flags(demo_manifest, capsys):
         (["--recompute-granularity", "full"], "needs recompute_method"),
         (["--recompute-method", "block"], "need recompute_granularity='full'"),
         (["--downstream-eval-interval", "2"], "needs --downstream-eval-tasks"),
+        (["--mixing", "hds", "--hds-learnability-source", "valid"], "needs --eval-interval > 0 (got 0)"),
+        (["--hds-learnability-window", "0"], "learnability_window=0.0 is invalid"),
         (["--downstream-eval-tasks", "hellaswag", "--downstream-eval-interval", "1"], "it needs --save"),
     ]:
         with pytest.raises(SystemExit):
@@ -197,16 +199,46 @@ def test_resume_with_a_different_dp_size_sees_the_same_batches(demo_manifest, tm
     _assert_same_steps(a, b, range(1, 5), exact=False)
 
 
+class HeldOutReadingScheduler(DriftingScheduler):
+    """Records the validation losses the trainer passes on."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.evaluations = []
+
+    def observe_evaluation(self, iteration, domain_loss):
+        self.evaluations.append((iteration, domain_loss.tolist()))
+
+
+def test_the_scheduler_gets_every_periodic_validation(demo_manifest, tmp_path):
+    torch.set_num_threads(1)
+    config = parse_args(_argv(demo_manifest, "--train-iters", "6", "--eval-interval", "2",
+                              "--save", str(tmp_path / "run")))
+    scheduler = HeldOutReadingScheduler(7, seed=3)
+    Trainer(config, ParallelState.from_config(config.parallel), scheduler=scheduler).train()
+    evals = [r for r in read_metrics(str(tmp_path / "run" / "metrics.jsonl"))["eval"] if r["split"] == "valid"]
+    names = list(evals[0]["domain_loss"])
+    assert len(names) == 7 and scheduler.evaluations == [(r["iteration"], [r["domain_loss"][n] for n in names])
+                                                         for r in evals] and len(evals) == 3
+    config = parse_args(_argv(demo_manifest, "--train-iters", "6", "--eval-interval", "2", "--split", "100,0,0",
+                              "--mixing", "hds", "--hds-learnability-source", "valid"))
+    with pytest.raises(ValueError, match="reads the validation losses: there is no validation data"):
+        Trainer(config, ParallelState.from_config(config.parallel))
+
+
 LEARNING = ["--mixing-warmup-fraction", "0.25", "--hds-batch-size", "4", "--hds-hidden-sizes", "32", "32",
             "--hds-sketch-size", "256", "--hds-lr", "1e-3", "--odm-warmup-steps", "1"]
 
 
-@pytest.mark.parametrize("method", ["hds", "hds-overlap", "acodm", "odm", "uniform"])
+VARIANTS = {"overlap": ["--mixing-overlap-update"],  # learnability from every step's validation, fitted from step 4
+            "valid": ["--hds-learnability-source", "valid", "--hds-learnability-window", "1", "--eval-interval", "1"]}
+
+
+@pytest.mark.parametrize("method", ["hds", "hds-overlap", "hds-valid", "acodm", "odm", "uniform"])
 def test_each_mixing_method_trains_checkpoints_and_resumes_exactly(demo_manifest, tmp_path, method):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    overlap = ["--mixing-overlap-update"] if method.endswith("-overlap") else []
-    method = method.removesuffix("-overlap")
-    common = ["--mixing", method, *overlap, *LEARNING, "--train-iters", "8"]
+    method, _, variant = method.partition("-")
+    common = ["--mixing", method, *VARIANTS.get(variant, []), *LEARNING, "--train-iters", "8"]
     _train(_argv(demo_manifest, *common, "--save", straight), builtin_scheduler=True)
     _train(_argv(demo_manifest, *common, "--save", resumed, "--exit-interval", "4"), builtin_scheduler=True)
     _train(_argv(demo_manifest, *common, "--save", resumed, "--load", resumed), builtin_scheduler=True)
