@@ -76,6 +76,10 @@ METHODS = {
     "hds-no-norm": "--mixing hds --hds-reward align,quality",
     # A design under test: learnability from the validation losses, which memorised material cannot lower.
     "hds-heldout": "--mixing hds --hds-learnability-source valid",
+    # A design under test: influence measured against validation gradients, which memorised material
+    # does not align with; with and without the time-slope learnability.
+    "hds-heldout-influence": "--mixing hds --hds-influence-target valid",
+    "hds-influence-only": "--mixing hds --hds-influence-target valid --hds-learnability-step 0",
 }
 BASELINES = ("static", "uniform", "odm", "odm-released", "acodm")
 DEFAULT_METHODS = ("static", "uniform", "odm", "odm-released", "acodm", "hds", "hds-base")

@@ -3,7 +3,8 @@ three perspectives' signals. HDS's agent acts as a bounded residual around it (h
 
 Each step, from the signals of the step just taken:
     U  <- running average of the influence z-scores (mixing/influence.py: first-order drop of the
-          natural-mixture loss per unit of weight, Adam-preconditioned, mean gradients). One
+          natural-mixture loss per unit of weight, Adam-preconditioned, mean gradients; with
+          --hds-influence-target valid, of its validation loss, every influence_interval steps). One
           step's scores are mostly sampling noise (measured on the real-text benchmark: a
           systematic part of about 0.1 standard deviations, with a lag-1 autocorrelation of
           about 0.1), so the average spans hundreds of steps (decay 0.995).
@@ -74,8 +75,12 @@ class BaseMixture:
         influence = signals.extra.get("influence")
         gradients = signals.extra.get("gradients")
         if influence is not None and gradients is not None:
-            seen = gradients.split
-            self.influence[seen] = decay * self.influence[seen] + (1.0 - decay) * influence[seen]
+            if self.config.influence_target == "valid":
+                # Measured every influence_interval steps only: the same span of steps in the average.
+                seen, step_decay = gradients.present, decay ** self.config.influence_interval
+            else:
+                seen, step_decay = gradients.split, decay
+            self.influence[seen] = step_decay * self.influence[seen] + (1.0 - step_decay) * influence[seen]
         quality = np.asarray(signals.extra.get("quality", np.full(self.natural.size, np.nan)), dtype=np.float64)
         seen = np.isfinite(quality)
         self.quality[seen] = decay * self.quality[seen] + (1.0 - decay) * quality[seen]
@@ -103,7 +108,8 @@ class BaseMixture:
     def state_dict(self) -> dict:
         return {"influence": self.influence.tolist(), "quality": self.quality.tolist(),
                 "smoothed": self.smoothed.tolist(), "learnability": self.learnability.state_dict(),
-                "learnability_source": self.config.learnability_source}
+                "learnability_source": self.config.learnability_source,
+                "influence_target": self.config.influence_target}
 
     def load_state_dict(self, state: dict) -> None:
         self.influence = np.asarray(state["influence"], dtype=np.float64)
@@ -113,5 +119,9 @@ class BaseMixture:
         if saved != self.config.learnability_source:
             raise ValueError(f"the checkpoint's HDS learnability was estimated from the {saved} losses; "
                              f"--hds-learnability-source {self.config.learnability_source} cannot continue it")
+        saved = state.get("influence_target", "train")
+        if saved != self.config.influence_target:
+            raise ValueError(f"the checkpoint's HDS influence was measured against the {saved} gradients; "
+                             f"--hds-influence-target {self.config.influence_target} cannot continue it")
         self.learnability.load_state_dict(state["learnability"])
         self.weights = self.output()

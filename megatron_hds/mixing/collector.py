@@ -3,7 +3,8 @@ loop: per-domain gradient probes, the weight-norm tracker and the quality sideca
 
 The loop calls, on every rank:
   begin_step(plan, dp_rank)        before the forward/backward passes (the probes' hooks attribute
-                                   each backward to its domain and half);
+                                   each backward to its domain and half); with a validation
+                                   gradient pass first, end_held_out() after its backwards;
   before_optimizer_step(optimizer) right before the optimizer step (the norm tracker's W_{t-1},
                                    the probes' preconditioner for the next step);
   local_share(reserve)             this rank's share of the step's one world all-reduce;
@@ -14,7 +15,8 @@ is empty, so the loop has no special cases.
 The signals, in StepSignals.extra (arrays have one entry per domain):
   gradients            DomainGradients: inner products of per-domain MEAN gradients (influence.py)
   alignment            the reference alignment scores (AC-ODM's reward)
-  influence            z-scored first-order drop of the natural-mixture loss per unit of weight
+  influence            z-scored first-order drop of the natural-mixture loss per unit of weight (with
+                       held_out_rows: of its validation loss, only on steps with a validation pass)
   weight_norms, weight_change_norms, update_ratios   ||W_l||, ||W_l - W_l^prev||, their ratio
   quality              per domain, the mean within-domain z-score of the MTLD of the samples drawn
                        (NaN where none): how good the drawn samples were for their domain, so a
@@ -30,7 +32,8 @@ import torch
 
 from megatron_hds.data.quality import load_quality
 from megatron_hds.mixing.config import ProbeConfig
-from megatron_hds.mixing.influence import DomainGradients, alignment_scores, influence_scores
+from megatron_hds.mixing.influence import (DomainGradients, alignment_scores, held_out_influence_scores,
+                                           influence_scores)
 from megatron_hds.mixing.probes import GradientProbe, WeightNormTracker, select_matrices, selected_names
 from megatron_hds.mixing.worker import OrderedWorker
 from megatron_hds.parallel.state import ParallelState
@@ -43,7 +46,10 @@ class NoSignals:
 
     num_matrices = 0
 
-    def begin_step(self, plan, dp_rank: int) -> None:
+    def begin_step(self, plan, dp_rank: int, held_out=None) -> None:
+        pass
+
+    def end_held_out(self) -> None:
         pass
 
     def end_backwards(self) -> None:
@@ -94,14 +100,19 @@ class SignalCollector:
     """
 
     def __init__(self, model, state: ParallelState, probe: ProbeConfig, natural_weights, seed: int,
-                 train_sets=None):
+                 train_sets=None, held_out_rows: bool = False):
         num_layers = model.config.num_layers
         self.natural_weights = np.asarray(natural_weights, dtype=np.float64)
         num_domains = self.natural_weights.size
+        self.num_domains = num_domains
         self.num_matrices = min(probe.norm_matrices, num_layers)
         self.state = state
         probed = selected_names(num_layers, count=min(probe.probe_matrices, num_layers), placement="late")
-        self.probe = GradientProbe(select_matrices(model, probed), 2 * num_domains, mode=probe.mode,
+        # Rows 2d, 2d+1: domain d's training halves; with held_out_rows, row 2D + d: its validation
+        # samples' gradient (a step that begins with a validation pass, begin_step(held_out=...)).
+        self.held_out_rows = held_out_rows
+        rows = (3 if held_out_rows else 2) * num_domains
+        self.probe = GradientProbe(select_matrices(model, probed), rows, mode=probe.mode,
                                    sketch_size=probe.sketch_size, seed=seed, state=state)
         names = selected_names(num_layers, count=self.num_matrices, placement="spread")
         self.norm_tracker = WeightNormTracker(select_matrices(model, names), state, names=names)
@@ -113,7 +124,7 @@ class SignalCollector:
             except FileNotFoundError as error:
                 raise FileNotFoundError(f"the learning schedulers need each dataset's MTLD sidecar: {error}") from None
             self.quality_reference = [self._reference(d, q, seed) for d, q in zip(train_sets, self.quality)]
-        self._counts = np.zeros(2 * num_domains)
+        self._counts = np.zeros(rows)
         self._local_micro_batches = 1
         # What needs only the step's start (its plan; the weights and Adam's moments the last optimizer
         # step left) is computed on a worker thread while the step's passes run: the same numbers.
@@ -127,13 +138,21 @@ class SignalCollector:
         self._share = None  # the share's buffer (local_share's result is valid until the next step's)
 
     # -- the step ----------------------------------------------------------------------------
-    def begin_step(self, plan, dp_rank: int) -> None:
+    def begin_step(self, plan, dp_rank: int, held_out=None) -> None:
+        """held_out (with held_out_rows): (per-domain counts of the step's validation micro-batches over
+        the world, the domains of this rank's in order); their backwards run before the step's own."""
         rows = half_rows(plan)
         self._counts = np.bincount(rows[rows >= 0], minlength=self._counts.size).astype(np.float64)
         first = plan.micro_batches_for(dp_rank).first
         self._local_micro_batches = plan.num_micro_batches // plan.data_parallel_size
-        local = rows[first:first + self._local_micro_batches]
-        self.probe.begin_step([None if r < 0 else int(r) for r in local])
+        local = [None if r < 0 else int(r) for r in rows[first:first + self._local_micro_batches]]
+        if held_out is not None:
+            if not self.held_out_rows:
+                raise ValueError("a validation gradient pass needs a collector built with held_out_rows=True")
+            counts, local_domains = held_out
+            self._counts[2 * self.num_domains:] = counts
+            local = [2 * self.num_domains + int(d) for d in local_domains] + local
+        self.probe.begin_step(local)
         self._export = None  # a copy of an earlier sketch
         # Nothing changes the weights or Adam's moments before this step's optimizer step: what
         # before_optimizer_step needs of them is taken on the worker while the passes run (on CPU;
@@ -145,6 +164,12 @@ class SignalCollector:
         if self.quality is not None:
             result = []
             self._quality_job = (plan, self._worker.submit(lambda: result.append(self._domain_quality(plan))), result)
+
+    def end_held_out(self) -> None:
+        """The validation backwards are done: their gradients are read before the optimizer's
+        zero_grad clears them for the step's own."""
+        self.probe.end_backwards()
+        self.probe.buffer  # (waits for the scatters that read them)
 
     def end_backwards(self) -> None:
         """The step's backwards are done: the probe's reads of gradients finish before the gradient
@@ -216,10 +241,15 @@ class SignalCollector:
         np.divide(change, norms, out=ratios, where=norms > 0)  # (no division by 0: no warning to silence)
         extra = {"weight_norms": norms, "weight_change_norms": change, "update_ratios": ratios}
         if step_ok and np.all(np.isfinite(gram)):
-            gradients = DomainGradients(gram, self._counts)
+            train = 2 * self.num_domains
+            gradients = DomainGradients(gram[:train, :train], self._counts[:train])
             extra["gradients"] = gradients
             extra["alignment"] = alignment_scores(gradients.mean_gram, gradients.present)
-            extra["influence"] = influence_scores(gradients, self.natural_weights)
+            if not self.held_out_rows:
+                extra["influence"] = influence_scores(gradients, self.natural_weights)
+            elif self._counts[train:].any():  # (a step with a validation pass)
+                extra["influence"] = held_out_influence_scores(gradients, gram[:train, train:], self._counts[train:],
+                                                               self.natural_weights)
         if self.quality is not None:
             extra["quality"] = self._step_quality(plan)
         return extra

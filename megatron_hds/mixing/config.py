@@ -23,6 +23,7 @@ PROBE_MODES = ("sketch", "exact")
 ENCODERS = ("mlp", "domain_tokens")
 HDS_AGENTS = ("sac", "none")
 LEARNABILITY_SOURCES = ("train", "valid")
+INFLUENCE_TARGETS = ("train", "valid")
 
 
 def _positive_int(owner: str, name: str, value) -> None:
@@ -205,6 +206,14 @@ class HDSConfig:
     residual_bound: float = option(0.5, help="the agent moves each domain's log-weight by at most this around the "
                                              "base mixture")
     influence_step: float = option(0.3, help="log-weight per unit of (clipped, z-scored) inter-domain influence")
+    influence_target: str = option("train", choices=INFLUENCE_TARGETS,
+                                   help="the gradients the influence is measured against: train: the step's own "
+                                        "training gradients of every domain; valid: gradients of validation samples "
+                                        "of every domain (an extra pass every --hds-influence-interval steps), which "
+                                        "memorised, repeated training material does not align with")
+    influence_interval: int = option(8, help="with --hds-influence-target valid: steps between the validation "
+                                             "gradient passes (one micro-batch per domain each); the influence is "
+                                             "updated on those steps")
     learnability_step: float = option(0.5, help="log-weight per unit of (clipped) scaling-law learnability")
     quality_step: float = option(0.0, help="log-weight per unit of (clipped, z-scored) within-domain sample quality")
     score_smoothing: float = option(0.995, help="decay of the running averages of the influence and quality scores "
@@ -242,6 +251,8 @@ class HDSConfig:
         if not 0.0 < self.mixture_smoothing <= 1.0:
             raise ValueError(f"HDSConfig.mixture_smoothing={self.mixture_smoothing!r} is invalid: expected (0, 1]")
         _positive_int("HDSConfig", "fit_interval", self.fit_interval)
+        _choice("HDSConfig", "influence_target", self.influence_target, INFLUENCE_TARGETS)
+        _positive_int("HDSConfig", "influence_interval", self.influence_interval)
 
 
 @dataclass

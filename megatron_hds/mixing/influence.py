@@ -16,6 +16,10 @@ Two scores:
   domain's own term is kept: training on a domain lowers its own loss. Its product
   <g_i, g_i> is taken across the two halves, so the noise of a few samples does not inflate it
   (E <g_i^A, g_i^B> = ||E g_i||^2, whereas E ||g_i||^2 adds the sampling variance).
+- ``held_out_influence_scores``: the same drop measured on the natural mixture's VALIDATION loss,
+  u_i = <P g_i, sum_k pi_k h_k> with h_k the gradient of domain k's validation samples (DoGE's
+  estimate with a held-out target, --hds-influence-target valid): a domain whose training
+  samples are memorised gains no credit for lowering their own loss.
 """
 
 from __future__ import annotations
@@ -90,6 +94,33 @@ def influence_scores(gradients: DomainGradients, target_weights: np.ndarray, cli
     products[np.diag_indices(idx.size)] = gradients.cross_self[idx]
     weights = np.asarray(target_weights, dtype=np.float64)[idx]
     raw = products @ (weights / weights.sum())
+    return _zscore(raw, idx, num, clip)
+
+
+def held_out_influence_scores(gradients: DomainGradients, cross: np.ndarray, held_out_counts: np.ndarray,
+                              target_weights: np.ndarray, clip: float = 3.0) -> np.ndarray:
+    """z-scored u_i = sum_k pi_k <g_i, h_k> over the domains drawn this step (0 elsewhere): h_k the mean
+    gradient of domain k's validation samples, pi the target mixture renormalised over the domains
+    with one. Training material that repeats is memorised: its gradients keep a component that
+    fits those very samples, which the two training halves share (they inflate the self term of
+    ``influence_scores``) and held-out samples do not.
+
+    cross: [2D, D] inner products of the training half sums (rows as in DomainGradients) with the
+    validation sums; held_out_counts: [D] micro-batches summed into each validation sum."""
+    num = gradients.num_domains
+    cross = np.asarray(cross, dtype=np.float64)
+    counts = np.asarray(held_out_counts, dtype=np.float64)
+    if cross.shape != (2 * num, num) or counts.shape != (num,):
+        raise ValueError(f"cross products of shape {cross.shape} and validation counts of shape {counts.shape} do "
+                         f"not match {num} domains (expected ({2 * num}, {num}) and ({num},))")
+    whole = cross.reshape(num, 2, num).sum(axis=1)  # a domain's training sum x each validation sum
+    targets = np.flatnonzero((counts > 0) & np.isfinite(whole).all(axis=0))
+    idx = np.flatnonzero(gradients.present)
+    if idx.size < 2 or targets.size == 0:
+        return np.zeros(num)
+    means = whole[np.ix_(idx, targets)] / np.outer(gradients.counts[idx], counts[targets])
+    weights = np.asarray(target_weights, dtype=np.float64)[targets]
+    raw = means @ (weights / weights.sum())
     return _zscore(raw, idx, num, clip)
 
 

@@ -67,9 +67,10 @@ class HolisticReward:
     def components(self, signals: StepSignals, base: np.ndarray, influence=None) -> dict:
         """Every component (also the ones not paid, for logging), before normalisation; NaN where
         unmeasured. ``influence``: the estimate of the influence scores to pay (default: the
-        step's own)."""
+        step's own), paid on every step whose gradients were measured (a step without a validation
+        pass included, under --hds-influence-target valid)."""
         shares = realised_shares(signals)
-        if influence is None or signals.extra.get("influence") is None:
+        if influence is None or signals.extra.get("gradients") is None:
             influence = signals.extra.get("influence")
         deviation = np.asarray(signals.weights, dtype=np.float64) - base
         out = {"align": float(np.dot(deviation, influence)) if influence is not None else math.nan}

@@ -94,6 +94,8 @@ class Trainer:
         if empty:
             raise ValueError(f"domains {empty} have no training sample of {model_cfg.seq_length + 1} tokens in "
                              f"their train split ({config.data.split}): add data or leave them out")
+        # HDS's influence measured against validation gradients (--hds-influence-target valid).
+        self._validation_gradients = (config.mixing.method, config.mixing.hds.influence_target) == ("hds", "valid")
         self.held_out = self._held_out_sets(datasets)
 
         self.model = GPTModel(model_cfg, state, seed=train.seed, dtype=torch_dtype(optim.precision))
@@ -109,7 +111,7 @@ class Trainer:
         self.collector = NoSignals()
         if config.mixing.method in LEARNING_METHODS:
             self.collector = SignalCollector(self.model, state, config.mixing.probe, self.domains.natural_weights,
-                                             train.seed, self.train_sets)
+                                             train.seed, self.train_sets, held_out_rows=self._validation_gradients)
         self.sampler = MixtureSampler(MixtureConfig(
             domain_names=tuple(self.domains.names), domain_sizes=tuple(len(d) for d in self.train_sets),
             global_batch_size=train.global_batch_size, micro_batch_size=train.micro_batch_size,
@@ -169,7 +171,15 @@ class Trainer:
                          for domains, indices in rank_batch]
 
         self.optimizer.zero_grad()
-        self.collector.begin_step(plan, state.dp_rank)
+        validation = self._validation_gradient_batches()
+        self.collector.begin_step(plan, state.dp_rank, held_out=None if validation is None else validation[0])
+        if validation is not None:
+            # The probes read these gradients; the optimizer never sees them (cleared below).
+            passes = validation[1]
+            if passes:  # undo forward_backward's 1 / micro-batches: one micro-batch's gradient each
+                forward_backward(self.model, passes, loss_fn=lambda out, batch: self._loss_fn(out, batch) * len(passes))
+            self.collector.end_held_out()
+            self.optimizer.zero_grad()
         reducer = self.grad_reducer
         forward_backward(self.model, micro_batches, loss_fn=self._loss_fn,
                          before_last_backward=reducer.arm if reducer.overlap else None)
@@ -205,6 +215,26 @@ class Trainer:
         self.iteration += 1
         self.consumed_samples += self.config.train.global_batch_size
         return plan, result, domain_loss, domain_tokens, extra
+
+    def _validation_gradient_batches(self):
+        """On every --hds-influence-interval-th step of HDS with --hds-influence-target valid: one
+        micro-batch of validation samples per domain, domain k's on DP rank k mod dp (the same on
+        every rank of a replica), drawn from (seed, iteration, domain), so a resumed run draws the same.
+        Returns ((per-domain micro-batch counts, this rank's domains), this rank's micro-batches), or
+        None on the other steps."""
+        if not self._validation_gradients or self.iteration % self.config.mixing.hds.influence_interval:
+            return None
+        state, size = self.state, self.config.train.micro_batch_size
+        datasets = self.held_out["valid"].datasets
+        domains = [d for d, dataset in enumerate(datasets) if len(dataset)]
+        counts = np.zeros(len(datasets))
+        counts[domains] = 1
+        mine = domains[state.dp_rank::state.dp_size]
+        scratch = torch.zeros(2 * len(datasets), dtype=torch.float32, device=state.device)  # (losses unused)
+        batches = [load_micro_batch(datasets, np.full(size, d), np.random.default_rng(
+            [self.config.train.seed, self.iteration, d]).integers(len(datasets[d]), size=size), state.device, scratch)
+            for d in mine]
+        return (counts, mine), batches
 
     def observe(self, plan, domain_loss, domain_tokens, extra) -> float:
         """Rank 0's scheduler sees the step; the next weights reach every rank. Returns the time the
@@ -304,6 +334,9 @@ class Trainer:
                                               train.micro_batch_size, self.state.dp_size) for split in ("valid", "test")}
         if (mixing.method, mixing.hds.learnability_source) == ("hds", "valid") and not any(held_out["valid"].counts):
             raise ValueError("--hds-learnability-source valid reads the validation losses: there is no validation data")
+        if self._validation_gradients and not any(len(d) for d in held_out["valid"].datasets):
+            raise ValueError("--hds-influence-target valid reads gradients of validation samples: there is no "
+                             "validation data")
         return held_out
 
     def _tell_scheduler(self, evaluated: Optional[dict]) -> None:

@@ -13,7 +13,8 @@ import torch
 from megatron_hds.config import ModelConfig
 from megatron_hds.mixing.collector import SignalCollector, half_rows
 from megatron_hds.mixing.config import ProbeConfig
-from megatron_hds.mixing.influence import DomainGradients, alignment_scores, influence_scores
+from megatron_hds.mixing.influence import (DomainGradients, alignment_scores, held_out_influence_scores,
+                                           influence_scores)
 from megatron_hds.model.gpt import GPTModel
 from megatron_hds.optim import build_optimizer
 from megatron_hds.parallel.schedules import forward_backward
@@ -157,6 +158,68 @@ def test_a_domain_seen_once_has_no_cross_half_term_and_is_not_scored():
     gradients = _gradients_from_halves(halves, [1, 0, 1, 1, 1, 1])
     assert gradients.split.tolist() == [False, True, True]
     assert influence_scores(gradients, NATURAL)[0] == 0.0
+
+
+def test_a_memorised_domain_gains_influence_from_its_training_halves_but_not_from_held_out_gradients():
+    """Three domains with orthogonal, equally large generalising gradients; domain 2's training
+    samples repeat, so both of its training halves also carry a shared memorising component m,
+    which its validation samples lack. The training-side self term <g_2^A, g_2^B> counts ||m||^2 and
+    ranks domain 2 first; measured against the validation gradients it is last (its pi is least)."""
+    true = np.eye(3, 4)
+    memorised = 3.0 * np.eye(4)[3]
+    training = true.copy()
+    training[2] += memorised
+    halves = np.repeat(training, 2, axis=0)  # one micro-batch per half
+    gradients = _gradients_from_halves(halves, [1] * 6)
+    assert np.argmax(influence_scores(gradients, NATURAL)) == 2
+    held_out = held_out_influence_scores(gradients, halves @ true.T, np.ones(3), NATURAL)
+    assert np.argmin(held_out) == 2 and np.argmax(held_out) == 0  # raw pi_i ||g_i||^2: 0.5, 0.3, 0.2
+    # Counts divide: the same validation gradient summed over two micro-batches scores the same.
+    assert np.allclose(held_out_influence_scores(gradients, 2 * halves @ true.T, np.full(3, 2.0), NATURAL), held_out)
+    # A validation domain without a micro-batch drops out of the target (here domain 0's): raw 0, 0.6, 0.4.
+    only = held_out_influence_scores(gradients, halves @ true.T, np.array([0.0, 1.0, 1.0]), NATURAL)
+    assert only[0] < only[2] < only[1]
+    with pytest.raises(ValueError, match="do not match 3 domains"):
+        held_out_influence_scores(gradients, halves @ true[:2].T, np.ones(2), NATURAL)
+
+
+def test_the_collector_measures_training_gradients_against_a_validation_pass():
+    """begin_step(held_out=...) attributes the first backwards to validation rows: the influence is the
+    by-hand <g_i, sum_k pi_k h_k> from each micro-batch's own gradient, and a step without a
+    validation pass has no influence (only the alignment)."""
+    model = GPTModel(ModelConfig(**CONFIG), ParallelState.single("cpu"), seed=3)
+    collector = SignalCollector(model, ParallelState.single("cpu"), ProbeConfig(mode="exact"), NATURAL, seed=1,
+                                held_out_rows=True)
+    train, valid = _samples(6, seed=1), _samples(3, seed=2)
+    plan = _Plan(np.array([0, 1, 2, 0, 1, 2]), NATURAL)
+
+    def own_gradient(sample):
+        model.zero_grad(set_to_none=True)
+        forward_backward(model, [_batch(sample)])
+        return torch.cat([p.grad.reshape(-1) for _, p in collector.probe.named]).double().numpy()
+    g = np.array([own_gradient(x) for x in train])
+    h = np.array([own_gradient(x) for x in valid])
+    mean_train = (g[:3] + g[3:]) / 2
+    expected = mean_train @ (NATURAL @ h)
+
+    collector.begin_step(plan, 0, held_out=(np.ones(3), [0, 1, 2]))
+    model.zero_grad(set_to_none=True)
+    forward_backward(model, [_batch(x) for x in valid], loss_fn=lambda out, b: out.mean() * 3)
+    collector.end_held_out()
+    model.zero_grad(set_to_none=True)
+    forward_backward(model, [_batch(x) for x in train])
+    extra = collector.finish(collector.local_share(), plan, step_ok=True)
+    z = (expected - expected.mean()) / expected.std()
+    assert np.allclose(extra["influence"], z, atol=1e-6)
+    # The optimizer's gradients are the training micro-batches' alone.
+    grads = torch.cat([p.grad.reshape(-1) for _, p in collector.probe.named]).double().numpy()
+    assert np.allclose(grads, g.mean(axis=0), rtol=1e-4, atol=1e-7)  # (float32 sums in another order)
+
+    collector.begin_step(plan, 0)
+    model.zero_grad(set_to_none=True)
+    forward_backward(model, [_batch(x) for x in train])
+    extra = collector.finish(collector.local_share(), plan, step_ok=True)
+    assert "influence" not in extra and "alignment" in extra
 
 
 def test_probes_measure_inner_products_in_adams_metric():

@@ -231,10 +231,43 @@ LEARNING = ["--mixing-warmup-fraction", "0.25", "--hds-batch-size", "4", "--hds-
 
 
 VARIANTS = {"overlap": ["--mixing-overlap-update"],  # learnability from every step's validation, fitted from step 4
-            "valid": ["--hds-learnability-source", "valid", "--hds-learnability-window", "1", "--eval-interval", "1"]}
+            "valid": ["--hds-learnability-source", "valid", "--hds-learnability-window", "1", "--eval-interval", "1"],
+            # validation gradient passes at iterations 0, 3 and 6: the resume at 4 falls between two
+            "vgrad": ["--hds-influence-target", "valid", "--hds-influence-interval", "3"]}
 
 
-@pytest.mark.parametrize("method", ["hds", "hds-overlap", "hds-valid", "acodm", "odm", "uniform"])
+def test_validation_gradient_passes_feed_the_influence_and_never_the_optimizer(demo_manifest, tmp_path):
+    """--hds-influence-target valid: a validation pass every interval steps gives the scheduler an
+    influence on those steps only, and the model after a step with one is the model after the same
+    step without (its gradients are the training micro-batches' alone)."""
+    torch.set_num_threads(1)
+    common = ["--mixing", "hds", *LEARNING, "--hidden-dropout", "0", "--attention-dropout", "0"]
+    seen = []
+    models = {}
+    for target in ("train", "valid"):
+        config = parse_args(_argv(demo_manifest, *common, "--train-iters", "5",
+                                  "--hds-influence-target", target, "--hds-influence-interval", "2"))
+        trainer = Trainer(config, ParallelState.from_config(config.parallel))
+        observe = trainer.scheduler.observe
+        trainer.scheduler.observe = lambda signals: (seen.append((signals.iteration, "influence" in signals.extra)),
+                                                     observe(signals))[1]
+        for step in range(5 if target == "valid" else 1):
+            plan, _, loss, tokens, extra = trainer.train_step()
+            trainer.observe(plan, loss, tokens, extra)
+            if step == 0:
+                models[target] = {k: v.clone() for k, v in trainer.model.state_dict().items() if torch.is_tensor(v)}
+    assert trainer.collector.probe.num_domains == 3 * 7
+    # passes at iterations 0, 2 and 4 (the scheduler sees each after its step)
+    assert seen == [(1, True)] + [(1, True), (2, False), (3, True), (4, False), (5, True)]
+    assert models["train"].keys() == models["valid"].keys()
+    assert all(torch.equal(models["train"][k], models["valid"][k]) for k in models["train"])
+    config = parse_args(_argv(demo_manifest, "--mixing", "hds", "--split", "100,0,0", "--train-iters", "2",
+                              "--hds-influence-target", "valid"))
+    with pytest.raises(ValueError, match="reads gradients of validation samples: there is no validation data"):
+        Trainer(config, ParallelState.from_config(config.parallel))
+
+
+@pytest.mark.parametrize("method", ["hds", "hds-overlap", "hds-valid", "hds-vgrad", "acodm", "odm", "uniform"])
 def test_each_mixing_method_trains_checkpoints_and_resumes_exactly(demo_manifest, tmp_path, method):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     method, _, variant = method.partition("-")
