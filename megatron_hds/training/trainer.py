@@ -171,6 +171,7 @@ class Trainer:
                          for domains, indices in rank_batch]
 
         self.optimizer.zero_grad()
+        validation_start = time.perf_counter()
         validation = self._validation_gradient_batches()
         self.collector.begin_step(plan, state.dp_rank, held_out=None if validation is None else validation[0])
         if validation is not None:
@@ -180,6 +181,7 @@ class Trainer:
                 forward_backward(self.model, passes, loss_fn=lambda out, batch: self._loss_fn(out, batch) * len(passes))
             self.collector.end_held_out()
             self.optimizer.zero_grad()
+        validation_time = time.perf_counter() - validation_start  # the scheduler's cost too
         reducer = self.grad_reducer
         forward_backward(self.model, micro_batches, loss_fn=self._loss_fn,
                          before_last_backward=reducer.arm if reducer.overlap else None)
@@ -211,7 +213,7 @@ class Trainer:
         if self.config.train.check_for_nan_in_loss_and_grad:
             check_finite(self.iteration + 1, self.domains.names, domain_loss, domain_tokens, result.grad_norm)
         extra = self.collector.finish(reduced_share, plan, step_ok=not result.skipped)
-        self._signals_time = time.perf_counter() - signals_start
+        self._signals_time = time.perf_counter() - signals_start + validation_time
         self.iteration += 1
         self.consumed_samples += self.config.train.global_batch_size
         return plan, result, domain_loss, domain_tokens, extra

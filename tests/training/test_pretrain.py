@@ -289,11 +289,14 @@ def test_each_mixing_method_trains_checkpoints_and_resumes_exactly(demo_manifest
 
 
 @pytest.mark.parametrize("layout,world", [(["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
-                                               "--sequence-parallel"], 4), (["--mixing-overlap-update"], 2)],
-                         ids=["tp2pp2sp", "dp2-overlap"])
+                                               "--sequence-parallel"], 4), (["--mixing-overlap-update"], 2),
+                                             (["--pipeline-model-parallel-size", "2", "--hds-influence-target", "valid",
+                                               "--hds-influence-interval", "2"], 4)],
+                         ids=["tp2pp2sp", "dp2-overlap", "pp2dp2-validation-gradients"])
 def test_hds_weights_are_identical_on_every_rank(demo_manifest, tmp_path, layout, world):
-    """Under TP=2/PP=2 (with sequence parallelism) and DP=2 (with the agent's update overlapping
-    the next step on rank 0), every rank draws with the same weights."""
+    """Under TP=2/PP=2 (with sequence parallelism), DP=2 (with the agent's update overlapping
+    the next step on rank 0) and PP=2 x DP=2 with validation gradient passes (each replica runs
+    its share of the domains through the pipeline), every rank draws with the same weights."""
     argv = _argv(demo_manifest, "--mixing", "hds", *LEARNING, "--train-iters", "6", *layout, "--log-dir", str(tmp_path))
     results = run_distributed(_train, world, argv, 0.0, True)
     histories = [r["weight_history"] for r in results]
