@@ -74,12 +74,15 @@ METHODS = {
     "hds-no-align": "--mixing hds --hds-reward quality,norm",
     "hds-no-quality": "--mixing hds --hds-reward align,norm",
     "hds-no-norm": "--mixing hds --hds-reward align,quality",
-    # A design under test: learnability from the validation losses, which memorised material cannot lower.
-    "hds-heldout": "--mixing hds --hds-learnability-source valid",
-    # A design under test: influence measured against validation gradients, which memorised material
-    # does not align with; with and without the time-slope learnability.
-    "hds-heldout-influence": "--mixing hds --hds-influence-target valid",
-    "hds-influence-only": "--mixing hds --hds-influence-target valid --hds-learnability-step 0",
+    # The default before 2026-12-03 (influence from training gradients, learnability from the training
+    # losses), and what the designs tried since add to it or take from the default.
+    "hds-previous": "--mixing hds --hds-influence-target train --hds-learnability-step 0.5",
+    "hds-base-previous": "--mixing hds --hds-agent none --hds-influence-target train --hds-learnability-step 0.5",
+    "hds-heldout": "--mixing hds --hds-influence-target train --hds-learnability-step 0.5 "
+                   "--hds-learnability-source valid",
+    "hds-with-learnability": "--mixing hds --hds-learnability-step 0.5",
+    # Ablation of the held-out target: the influence read from the step's training gradients.
+    "hds-train-gradients": "--mixing hds --hds-influence-target train",
 }
 BASELINES = ("static", "uniform", "odm", "odm-released", "acodm")
 DEFAULT_METHODS = ("static", "uniform", "odm", "odm-released", "acodm", "hds", "hds-base")

@@ -206,7 +206,7 @@ class HDSConfig:
     residual_bound: float = option(0.5, help="the agent moves each domain's log-weight by at most this around the "
                                              "base mixture")
     influence_step: float = option(0.3, help="log-weight per unit of (clipped, z-scored) inter-domain influence")
-    influence_target: str = option("train", choices=INFLUENCE_TARGETS,
+    influence_target: str = option("valid", choices=INFLUENCE_TARGETS,
                                    help="the gradients the influence is measured against: train: the step's own "
                                         "training gradients of every domain; valid: gradients of validation samples "
                                         "of every domain (an extra pass every --hds-influence-interval steps), which "
@@ -214,7 +214,9 @@ class HDSConfig:
     influence_interval: int = option(8, help="with --hds-influence-target valid: steps between the validation "
                                              "gradient passes (one micro-batch per domain each); the influence is "
                                              "updated on those steps")
-    learnability_step: float = option(0.5, help="log-weight per unit of (clipped) scaling-law learnability")
+    learnability_step: float = option(0.0, help="log-weight per unit of (clipped) scaling-law learnability (off by "
+                                                "default: a time slope is not what a domain's share is worth, and "
+                                                "the held-out influence holds a domain's own learnable part)")
     quality_step: float = option(0.0, help="log-weight per unit of (clipped, z-scored) within-domain sample quality")
     score_smoothing: float = option(0.995, help="decay of the running averages of the influence and quality scores "
                                                 "(one step's scores are mostly sampling noise)")

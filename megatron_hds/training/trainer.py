@@ -338,7 +338,8 @@ class Trainer:
             raise ValueError("--hds-learnability-source valid reads the validation losses: there is no validation data")
         if self._validation_gradients and not any(len(d) for d in held_out["valid"].datasets):
             raise ValueError("--hds-influence-target valid reads gradients of validation samples: there is no "
-                             "validation data")
+                             "validation data (give some with --split or --valid-data-manifest, or measure the "
+                             "influence on the training gradients with --hds-influence-target train)")
         return held_out
 
     def _tell_scheduler(self, evaluated: Optional[dict]) -> None:

@@ -231,9 +231,11 @@ LEARNING = ["--mixing-warmup-fraction", "0.25", "--hds-batch-size", "4", "--hds-
 
 
 VARIANTS = {"overlap": ["--mixing-overlap-update"],  # learnability from every step's validation, fitted from step 4
-            "valid": ["--hds-learnability-source", "valid", "--hds-learnability-window", "1", "--eval-interval", "1"],
+            "valid": ["--hds-learnability-step", "0.5", "--hds-learnability-source", "valid",
+                      "--hds-learnability-window", "1", "--eval-interval", "1"],
             # validation gradient passes at iterations 0, 3 and 6: the resume at 4 falls between two
-            "vgrad": ["--hds-influence-target", "valid", "--hds-influence-interval", "3"]}
+            "vgrad": ["--hds-influence-target", "valid", "--hds-influence-interval", "3"],
+            "tgrad": ["--hds-influence-target", "train", "--hds-learnability-step", "0.5"]}
 
 
 def test_validation_gradient_passes_feed_the_influence_and_never_the_optimizer(demo_manifest, tmp_path):
@@ -267,7 +269,8 @@ def test_validation_gradient_passes_feed_the_influence_and_never_the_optimizer(d
         Trainer(config, ParallelState.from_config(config.parallel))
 
 
-@pytest.mark.parametrize("method", ["hds", "hds-overlap", "hds-valid", "hds-vgrad", "acodm", "odm", "uniform"])
+@pytest.mark.parametrize("method", ["hds", "hds-overlap", "hds-valid", "hds-vgrad", "hds-tgrad", "acodm", "odm",
+                                    "uniform"])
 def test_each_mixing_method_trains_checkpoints_and_resumes_exactly(demo_manifest, tmp_path, method):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     method, _, variant = method.partition("-")
