@@ -178,7 +178,14 @@ class Trainer:
             # The probes read these gradients; the optimizer never sees them (cleared below).
             passes = validation[1]
             if passes:  # undo forward_backward's 1 / micro-batches: one micro-batch's gradient each
-                forward_backward(self.model, passes, loss_fn=lambda out, batch: self._loss_fn(out, batch) * len(passes))
+                # In eval mode, as evaluated: no dropout, so no draw from the training's random streams,
+                # which DP ranks with different numbers of these passes would otherwise leave unequal.
+                self.model.eval()
+                try:
+                    forward_backward(self.model, passes,
+                                     loss_fn=lambda out, batch: self._loss_fn(out, batch) * len(passes))
+                finally:
+                    self.model.train()
             self.collector.end_held_out()
             self.optimizer.zero_grad()
         validation_time = time.perf_counter() - validation_start  # the scheduler's cost too

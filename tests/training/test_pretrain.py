@@ -241,9 +241,10 @@ VARIANTS = {"overlap": ["--mixing-overlap-update"],  # learnability from every s
 def test_validation_gradient_passes_feed_the_influence_and_never_the_optimizer(demo_manifest, tmp_path):
     """--hds-influence-target valid: a validation pass every interval steps gives the scheduler an
     influence on those steps only, and the model after a step with one is the model after the same
-    step without (its gradients are the training micro-batches' alone)."""
+    step without (its gradients are the training micro-batches' alone, and with dropout on, the passes
+    draw nothing from the training's random streams)."""
     torch.set_num_threads(1)
-    common = ["--mixing", "hds", *LEARNING, "--hidden-dropout", "0", "--attention-dropout", "0"]
+    common = ["--mixing", "hds", *LEARNING]
     seen = []
     models = {}
     for target in ("train", "valid"):
