@@ -4,7 +4,7 @@ loop: per-domain gradient probes, the weight-norm tracker and the quality sideca
 The loop calls, on every rank:
   begin_step(plan, dp_rank)        before the forward/backward passes (the probes' hooks attribute
                                    each backward to its domain and half); with a validation
-                                   gradient pass first, end_held_out() after its backwards;
+                                   gradient pass first, end_backwards() after its backwards too;
   before_optimizer_step(optimizer) right before the optimizer step (the norm tracker's W_{t-1},
                                    the probes' preconditioner for the next step);
   local_share(reserve)             this rank's share of the step's one world all-reduce;
@@ -47,9 +47,6 @@ class NoSignals:
     num_matrices = 0
 
     def begin_step(self, plan, dp_rank: int, held_out=None) -> None:
-        pass
-
-    def end_held_out(self) -> None:
         pass
 
     def end_backwards(self) -> None:
@@ -165,15 +162,9 @@ class SignalCollector:
             result = []
             self._quality_job = (plan, self._worker.submit(lambda: result.append(self._domain_quality(plan))), result)
 
-    def end_held_out(self) -> None:
-        """The validation backwards are done: their gradients are read before the optimizer's
-        zero_grad clears them for the step's own."""
-        self.probe.end_backwards()
-        self.probe.buffer  # (waits for the scatters that read them)
-
     def end_backwards(self) -> None:
-        """The step's backwards are done: the probe's reads of gradients finish before the gradient
-        all-reduce and clipping change them."""
+        """The step's backwards (or a validation pass's) are done: the probe's reads of gradients
+        finish before the gradient all-reduce and clipping, or zero_grad, change them."""
         self.probe.end_backwards()
 
     def _before_step(self, optimizer) -> None:

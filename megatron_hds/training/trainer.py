@@ -171,24 +171,9 @@ class Trainer:
                          for domains, indices in rank_batch]
 
         self.optimizer.zero_grad()
-        validation_start = time.perf_counter()
         validation = self._validation_gradient_batches()
         self.collector.begin_step(plan, state.dp_rank, held_out=None if validation is None else validation[0])
-        if validation is not None:
-            # The probes read these gradients; the optimizer never sees them (cleared below).
-            passes = validation[1]
-            if passes:  # undo forward_backward's 1 / micro-batches: one micro-batch's gradient each
-                # In eval mode, as evaluated: no dropout, so no draw from the training's random streams,
-                # which DP ranks with different numbers of these passes would otherwise leave unequal.
-                self.model.eval()
-                try:
-                    forward_backward(self.model, passes,
-                                     loss_fn=lambda out, batch: self._loss_fn(out, batch) * len(passes))
-                finally:
-                    self.model.train()
-            self.collector.end_held_out()
-            self.optimizer.zero_grad()
-        validation_time = time.perf_counter() - validation_start  # the scheduler's cost too
+        validation_time = 0.0 if validation is None else self._validation_gradient_pass(validation[1])
         reducer = self.grad_reducer
         forward_backward(self.model, micro_batches, loss_fn=self._loss_fn,
                          before_last_backward=reducer.arm if reducer.overlap else None)
@@ -244,6 +229,22 @@ class Trainer:
             [self.config.train.seed, self.iteration, d]).integers(len(datasets[d]), size=size), state.device, scratch)
             for d in mine]
         return (counts, mine), batches
+
+    def _validation_gradient_pass(self, passes) -> float:
+        """Forward and backward of this rank's validation micro-batches, whose gradients only the probes
+        read: the optimizer's are cleared after them. Returns its time (the scheduler's cost)."""
+        start = time.perf_counter()
+        if passes:  # undo forward_backward's 1 / micro-batches: one micro-batch's gradient each
+            # In eval mode, as evaluated: no dropout, so no draw from the training's random streams,
+            # which DP ranks with different numbers of these passes would otherwise leave unequal.
+            self.model.eval()
+            try:
+                forward_backward(self.model, passes, loss_fn=lambda out, batch: self._loss_fn(out, batch) * len(passes))
+            finally:
+                self.model.train()
+        self.collector.end_backwards()  # (the probes' reads of .grad finish before zero_grad)
+        self.optimizer.zero_grad()
+        return time.perf_counter() - start
 
     def observe(self, plan, domain_loss, domain_tokens, extra) -> float:
         """Rank 0's scheduler sees the step; the next weights reach every rank. Returns the time the

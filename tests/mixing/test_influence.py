@@ -205,13 +205,13 @@ def test_the_collector_measures_training_gradients_against_a_validation_pass():
     collector.begin_step(plan, 0, held_out=(np.ones(3), [0, 1, 2]))
     model.zero_grad(set_to_none=True)
     forward_backward(model, [_batch(x) for x in valid], loss_fn=lambda out, b: out.mean() * 3)
-    collector.end_held_out()
+    collector.end_backwards()
     model.zero_grad(set_to_none=True)
     forward_backward(model, [_batch(x) for x in train])
     extra = collector.finish(collector.local_share(), plan, step_ok=True)
     z = (expected - expected.mean()) / expected.std()
     assert np.allclose(extra["influence"], z, atol=1e-6)
-    # The optimizer's gradients are the training micro-batches' alone.
+    # The probes' hooks leave the gradients as autograd made them: the training micro-batches' mean.
     grads = torch.cat([p.grad.reshape(-1) for _, p in collector.probe.named]).double().numpy()
     assert np.allclose(grads, g.mean(axis=0), rtol=1e-4, atol=1e-7)  # (float32 sums in another order)
 
