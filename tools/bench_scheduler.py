@@ -296,6 +296,17 @@ class Run:
                 self.timers.wrap(agent, "act", "agent act", sync=False)
                 if overlapped:
                     self.timers.wrap(scheduler, "wait_for_update", "wait for overlapped update", sync=False)
+        # HDS's validation gradient passes (--hds-influence-target valid) run every few steps only, so a
+        # median would drop them: their times are kept apart and spread over their interval.
+        self.pass_interval = getattr(trainer, "_validation_pass_interval", None)
+        self.pass_times, self._pass_time = [], 0.0
+        if self.pass_interval is not None:
+            run_pass = trainer._validation_gradient_pass
+
+            def timed_pass(passes):
+                self._pass_time = run_pass(passes)  # (it returns its own time, part of the scheduler's)
+                return self._pass_time
+            trainer._validation_gradient_pass = timed_pass
         self.step_times, self.scheduler_times, self.parts = [], [], []
 
     def step(self, timed: bool, instrumented: bool) -> None:
@@ -310,11 +321,14 @@ class Run:
         _sync()
         elapsed = time.perf_counter() - start
         parts = self.timers.take()
+        pass_time, self._pass_time = self._pass_time, 0.0
+        if timed and pass_time:
+            self.pass_times.append(pass_time)
         if timed and instrumented:
             self.parts.append(parts)
         elif timed:
             self.step_times.append(elapsed)
-            self.scheduler_times.append(scheduler_time)
+            self.scheduler_times.append(scheduler_time - pass_time)
 
     def part_median_ms(self, name: str) -> float:
         return median_ms([p.get(name, 0.0) for p in self.parts])
@@ -348,7 +362,8 @@ def part_a(args, manifest: str) -> dict:
         sched_ms = median_ms(run.scheduler_times)
         in_step = [p.get("probe hooks (in backward)", 0.0) + p.get("norm snapshot (before optimizer)", 0.0)
                    for p in run.parts]
-        total = statistics.median(run.scheduler_times) + (statistics.median(in_step) if in_step else 0.0)
+        passes = statistics.median(run.pass_times) / run.pass_interval if run.pass_times else 0.0
+        total = statistics.median(run.scheduler_times) + (statistics.median(in_step) if in_step else 0.0) + passes
         results["methods"][run.method] = {
             "plain_steps": len(run.step_times),  # step and scheduler times come from these
             "instrumented_steps": len(run.parts),  # the parts come from these
@@ -360,6 +375,9 @@ def part_a(args, manifest: str) -> dict:
             "scheduler_incl_in_step_ms_median": 1e3 * total,
             "scheduler_incl_in_step_pct_of_static_step": 100.0 * total / base_step,
             "step_minus_static_ms": step_ms - 1e3 * base_step,
+            # validation gradient passes: one every pass_interval steps, pass_ms_median each
+            "pass_interval": run.pass_interval, "passes_timed": len(run.pass_times),
+            "pass_ms_median": median_ms(run.pass_times), "pass_ms_per_step": 1e3 * passes,
             "parts_ms_median": {name: run.part_median_ms(name)
                                 for name in dict.fromkeys(k for p in run.parts for k in p)},
             "agent": ({"hidden_sizes": list(cfg.agent.hidden_sizes), "batch_size": cfg.agent.batch_size,
@@ -407,8 +425,16 @@ def print_part_a(res: dict) -> None:
               f"{m['scheduler_incl_in_step_ms_median']:>13.2f} {m['scheduler_incl_in_step_pct_of_static_step']:>5.2f}%")
     print("  sched(observe) = Trainer.observe()'s returned time = scheduler_time_s in metrics.jsonl (signals after"
           " the optimizer step + scheduler.observe + weight broadcast)")
-    print("  sched+in-step  = that plus the probe hooks during backward and the norm snapshot (inside train_step)")
+    print("  sched+in-step  = that plus the probe hooks during backward and the norm snapshot (inside train_step),"
+          " plus HDS's validation gradient passes spread over their interval (below)")
     print("  step-static    = difference of medians, the end-to-end view (noisy: same order as the spread)")
+    for name, m in methods.items():
+        if m["pass_interval"] is not None:
+            print(f"  {name}: validation gradient passes every {m['pass_interval']} steps, "
+                  f"{m['pass_ms_median']:.1f} ms each (median of {m['passes_timed']}) = "
+                  f"{m['pass_ms_per_step']:.2f} ms per step" if m["passes_timed"] else
+                  f"  {name}: validation gradient passes every {m['pass_interval']} steps: none in the timed steps "
+                  "(raise --steps)")
     for name, m in methods.items():
         if not m["parts_ms_median"]:
             continue

@@ -4,7 +4,7 @@ three perspectives' signals. HDS's agent acts as a bounded residual around it (h
 Each step, from the signals of the step just taken:
     U  <- running average of the influence z-scores (mixing/influence.py: first-order drop of the
           natural-mixture loss per unit of weight, Adam-preconditioned, mean gradients; with
-          --hds-influence-target valid, of its validation loss, every influence_interval steps). One
+          --hds-influence-target valid, of its validation loss, every few steps: see the trainer). One
           step's scores are mostly sampling noise (measured on the real-text benchmark: a
           systematic part of about 0.1 standard deviations, with a lag-1 autocorrelation of
           about 0.1), so the average spans hundreds of steps (decay 0.995).
@@ -51,6 +51,7 @@ class BaseMixture:
                       "quality": config.quality_step if "quality" in components else 0.0,
                       "learnability": config.learnability_step}
         self.influence = np.zeros(self.natural.size)  # U
+        self._influenced_at = None  # the iteration of the last held-out influence measured
         self.quality = np.zeros(self.natural.size)  # Q
         if config.learnability_source == "valid":
             self.learnability = HeldOutLearnability(self.natural, window=config.learnability_window)
@@ -76,8 +77,12 @@ class BaseMixture:
         gradients = signals.extra.get("gradients")
         if influence is not None and gradients is not None:
             if self.config.influence_target == "valid":
-                # Measured every influence_interval steps only: the same span of steps in the average.
-                seen, step_decay = gradients.present, decay ** self.config.influence_interval
+                # Measured every few steps only: decayed by the steps since the last measurement, so
+                # the average spans the same steps whatever the interval (the first by the shortest).
+                elapsed = (self.config.influence_interval if self._influenced_at is None
+                           else signals.iteration - self._influenced_at)
+                self._influenced_at = signals.iteration
+                seen, step_decay = gradients.present, decay ** elapsed
             else:
                 seen, step_decay = gradients.split, decay
             self.influence[seen] = step_decay * self.influence[seen] + (1.0 - step_decay) * influence[seen]
@@ -109,7 +114,7 @@ class BaseMixture:
         return {"influence": self.influence.tolist(), "quality": self.quality.tolist(),
                 "smoothed": self.smoothed.tolist(), "learnability": self.learnability.state_dict(),
                 "learnability_source": self.config.learnability_source,
-                "influence_target": self.config.influence_target}
+                "influence_target": self.config.influence_target, "influenced_at": self._influenced_at}
 
     def load_state_dict(self, state: dict) -> None:
         self.influence = np.asarray(state["influence"], dtype=np.float64)
@@ -123,5 +128,6 @@ class BaseMixture:
         if saved != self.config.influence_target:
             raise ValueError(f"the checkpoint's HDS influence was measured against the {saved} gradients; "
                              f"--hds-influence-target {self.config.influence_target} cannot continue it")
+        self._influenced_at = state.get("influenced_at")  # (older checkpoints: the next decays by the interval)
         self.learnability.load_state_dict(state["learnability"])
         self.weights = self.output()

@@ -5,8 +5,7 @@ The loop calls, on every rank:
   begin_step(plan, dp_rank)        before the forward/backward passes (the probes' hooks attribute
                                    each backward to its domain and half); with a validation
                                    gradient pass first, end_backwards() after its backwards too;
-  before_optimizer_step(optimizer) right before the optimizer step (the norm tracker's W_{t-1},
-                                   the probes' preconditioner for the next step);
+  before_optimizer_step(optimizer) right before the optimizer step (the norm tracker's W_{t-1});
   local_share(reserve)             this rank's share of the step's one world all-reduce;
   finish(reduced share, plan, ok)  the scheduler's extra inputs (StepSignals.extra).
 Schedulers that learn nothing from these (static, uniform, ODM) get ``NoSignals``, whose share
@@ -91,13 +90,15 @@ class SignalCollector:
 
     Gradients of ``probe.probe_matrices`` late MLP output projections per domain and half
     (sketched or exact; multiplied elementwise by P^(1/2), P = 1 / (sqrt(v) + eps) from Adam's
-    second moments, so inner products are <P g_i, g_j>), Frobenius norms of ``probe.norm_matrices``
+    second moments as the step starts, so inner products are <P g_i, g_j>: a function of the
+    checkpointed optimizer state, so a resumed run measures what the straight one did), Frobenius
+    norms of ``probe.norm_matrices``
     MLP output projections spread over depth and of their change in the step, and (global rank
     0, where the scheduler lives) the within-domain quality of the step's samples.
     """
 
     def __init__(self, model, state: ParallelState, probe: ProbeConfig, natural_weights, seed: int,
-                 train_sets=None, held_out_rows: bool = False):
+                 train_sets=None, held_out_rows: bool = False, optimizer=None):
         num_layers = model.config.num_layers
         self.natural_weights = np.asarray(natural_weights, dtype=np.float64)
         num_domains = self.natural_weights.size
@@ -126,9 +127,9 @@ class SignalCollector:
         # What needs only the step's start (its plan; the weights and Adam's moments the last optimizer
         # step left) is computed on a worker thread while the step's passes run: the same numbers.
         self._worker = OrderedWorker("mixing-signals", self)
-        self._optimizer = None  # the optimizer of the last before_optimizer_step
-        self._prepared = 0  # the ticket of this step's _before_step job (0: none)
-        self._next_scales = None  # the preconditioner _before_step computed
+        self._optimizer = optimizer  # whose second moments precondition (else: the last before_optimizer_step's)
+        self._prepared = None  # this step's _before_step: its worker ticket, 0 if done already, None if not begun
+        self._step_scales = None  # the preconditioner _before_step computed for this step
         self._quality_job = None  # (plan, ticket, result holder) of this step's quality job
         self._reserve = 2 * num_domains  # the entries the training loop reserves (loss sums, token counts)
         self._export = None  # (share, wait) with the sketch being copied into it
@@ -151,13 +152,20 @@ class SignalCollector:
             local = [2 * self.num_domains + int(d) for d in local_domains] + local
         self.probe.begin_step(local)
         self._export = None  # a copy of an earlier sketch
-        # Nothing changes the weights or Adam's moments before this step's optimizer step: what
-        # before_optimizer_step needs of them is taken on the worker while the passes run (on CPU;
-        # on a GPU it is a few kernel launches, left in order on the training thread's stream).
-        if self._optimizer is not None and self.norm_tracker.device.type == "cpu":
-            self._prepared = self._worker.submit(self._before_step, self._optimizer)
-        else:
-            self._prepared = 0
+        # Nothing changes the weights or Adam's moments before this step's optimizer step: the step's
+        # preconditioner and W_{t-1} are taken from them on the worker while the forward passes run
+        # (on CPU; on a GPU it is a few kernel launches, left in order on the training thread's
+        # stream). The probes apply the preconditioner from this step's first backward on (with the
+        # torch tables the function runs on their worker, which waits for this job).
+        self._prepared = None
+        if self._optimizer is not None:
+            if self.norm_tracker.device.type == "cpu":
+                ticket = self._prepared = self._worker.submit(self._before_step, self._optimizer)
+                self.probe.set_scales(lambda: (self._worker.wait(ticket), self._step_scales)[1])
+            else:
+                self._before_step(self._optimizer)
+                self._prepared = 0
+                self.probe.set_scales(self._step_scales)
         if self.quality is not None:
             result = []
             self._quality_job = (plan, self._worker.submit(lambda: result.append(self._domain_quality(plan))), result)
@@ -168,26 +176,23 @@ class SignalCollector:
         self.probe.end_backwards()
 
     def _before_step(self, optimizer) -> None:
-        """W_{t-1} for the norms; the next step's preconditioner from the optimizer's second
-        moments before this step's update (this step's Adam update is the one the next step's
-        gradients follow); None before the first step, or with a sharded optimizer."""
+        """W_{t-1} for the norms; this step's preconditioner from the optimizer's second moments as
+        the step starts; None before the first optimizer step, or with a sharded optimizer."""
         self.norm_tracker.snapshot()
         params = [p for _, p in self.probe.named]
         moments = [optimizer.adam_second_moment(p) for p in params]
-        self._next_scales = None if any(m is None for m in moments) else adam_preconditioners(moments, params)
+        self._step_scales = None if any(m is None for m in moments) else adam_preconditioners(moments, params)
 
     def before_optimizer_step(self, optimizer) -> None:
-        """What the optimizer step overwrites: W_{t-1} and the next preconditioner (_before_step),
-        taken during the step by the worker (waited for here), or now without a begin_step. The
-        probe applies the preconditioner after this step's backwards (on its worker, with tables)."""
-        ticket, self._prepared = self._prepared, 0
-        if ticket:  # (waited for even when unused: it writes what _before_step would)
-            self._worker.wait(ticket)
-        if not ticket or optimizer is not self._optimizer:
+        """What the optimizer step overwrites, W_{t-1}: taken at begin_step (on CPU by the worker,
+        waited for here), or now if begin_step did not know the optimizer yet (then the preconditioner
+        starts with the next step)."""
+        prepared, self._prepared = self._prepared, None
+        if prepared:
+            self._worker.wait(prepared)
+        if prepared is None or optimizer is not self._optimizer:
             self._before_step(optimizer)
         self._optimizer = optimizer
-        scales = self._next_scales
-        self.probe.set_scales(None if scales is None else lambda: scales)
         self._export = None
         if self.probe.mode == "sketch":  # the backwards are done: the sketch's part of the share can be copied
             sketch = self.probe.num_domains * (self.probe.width + 1)

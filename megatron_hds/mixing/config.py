@@ -211,9 +211,13 @@ class HDSConfig:
                                         "training gradients of every domain; valid: gradients of validation samples "
                                         "of every domain (an extra pass every --hds-influence-interval steps), which "
                                         "memorised, repeated training material does not align with")
-    influence_interval: int = option(8, help="with --hds-influence-target valid: steps between the validation "
-                                             "gradient passes (one micro-batch per domain each); the influence is "
-                                             "updated on those steps")
+    influence_interval: int = option(8, help="with --hds-influence-target valid: the fewest steps between the "
+                                             "validation gradient passes (one sample per domain each); the "
+                                             "influence is updated on those steps")
+    influence_max_share: float = option(0.016, help="with --hds-influence-target valid: the most the validation "
+                                                    "passes may take, as a share of the training samples; the "
+                                                    "interval grows past --hds-influence-interval to keep within it "
+                                                    "(small global batches)")
     learnability_step: float = option(0.0, help="log-weight per unit of (clipped) scaling-law learnability (off by "
                                                 "default: a time slope is not what a domain's share is worth, and "
                                                 "the held-out influence holds a domain's own learnable part)")
@@ -255,6 +259,15 @@ class HDSConfig:
         _positive_int("HDSConfig", "fit_interval", self.fit_interval)
         _choice("HDSConfig", "influence_target", self.influence_target, INFLUENCE_TARGETS)
         _positive_int("HDSConfig", "influence_interval", self.influence_interval)
+        if not 0.0 < self.influence_max_share <= 1.0:
+            raise ValueError(f"HDSConfig.influence_max_share={self.influence_max_share!r} is invalid: expected (0, 1]")
+
+    def validation_pass_interval(self, num_domains: int, global_batch_size: int) -> int:
+        """Steps between the validation gradient passes: --hds-influence-interval, or more where one
+        sample per domain every that many steps would exceed --hds-influence-max-share of the
+        training samples (64 samples per step and 8 domains: 8; the demo's 16 and 7: 28)."""
+        ratio = num_domains / (self.influence_max_share * global_batch_size)
+        return max(self.influence_interval, math.ceil(ratio - 1e-9))  # (a ratio of 8 in floats is 8)
 
 
 @dataclass

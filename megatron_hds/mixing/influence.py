@@ -49,8 +49,9 @@ class DomainGradients:
             self.mean_gram = whole / np.outer(self.counts, self.counts)
             halves = pair[:, 0] * pair[:, 1]
             self.cross_self = np.diag(gram.reshape(self.num_domains, 2, self.num_domains, 2)[:, 0, :, 1]) / halves
-        finite = np.isfinite(self.mean_gram).all(axis=1) & np.isfinite(np.diag(self.mean_gram))
-        self.present = (self.counts > 0) & finite
+        drawn = self.counts > 0  # (an undrawn domain's column is 0 / 0: it must not hide the drawn ones)
+        finite = np.isfinite(self.mean_gram[:, drawn]).all(axis=1) & np.isfinite(np.diag(self.mean_gram))
+        self.present = drawn & finite
         self.split = self.present & (halves > 0) & np.isfinite(self.cross_self)  # both halves observed
 
 

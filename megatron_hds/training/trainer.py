@@ -97,6 +97,9 @@ class Trainer:
         # HDS's influence measured against validation gradients (--hds-influence-target valid).
         self._validation_gradients = (config.mixing.method, config.mixing.hds.influence_target) == ("hds", "valid")
         self.held_out = self._held_out_sets(datasets)
+        if self._validation_gradients:
+            self._validation_pass_interval = config.mixing.hds.validation_pass_interval(
+                sum(1 for d in self.held_out["valid"].datasets if len(d)), train.global_batch_size)
 
         self.model = GPTModel(model_cfg, state, seed=train.seed, dtype=torch_dtype(optim.precision))
         self.optimizer = build_optimizer(self.model, optim.lr, optim.weight_decay,
@@ -111,7 +114,8 @@ class Trainer:
         self.collector = NoSignals()
         if config.mixing.method in LEARNING_METHODS:
             self.collector = SignalCollector(self.model, state, config.mixing.probe, self.domains.natural_weights,
-                                             train.seed, self.train_sets, held_out_rows=self._validation_gradients)
+                                             train.seed, self.train_sets, held_out_rows=self._validation_gradients,
+                                             optimizer=self.optimizer)
         self.sampler = MixtureSampler(MixtureConfig(
             domain_names=tuple(self.domains.names), domain_sizes=tuple(len(d) for d in self.train_sets),
             global_batch_size=train.global_batch_size, micro_batch_size=train.micro_batch_size,
@@ -211,14 +215,15 @@ class Trainer:
         return plan, result, domain_loss, domain_tokens, extra
 
     def _validation_gradient_batches(self):
-        """On every --hds-influence-interval-th step of HDS with --hds-influence-target valid: one
-        micro-batch of validation samples per domain, domain k's on DP rank k mod dp (the same on
-        every rank of a replica), drawn from (seed, iteration, domain), so a resumed run draws the same.
-        Returns ((per-domain micro-batch counts, this rank's domains), this rank's micro-batches), or
-        None on the other steps."""
-        if not self._validation_gradients or self.iteration % self.config.mixing.hds.influence_interval:
+        """Every validation_pass_interval steps of HDS with --hds-influence-target valid: a micro-batch
+        of one validation sample per domain, domain k's on DP rank k mod dp (the same on every rank of a
+        replica), drawn from (seed, iteration, domain), so a resumed run draws the same. One sample: the
+        running average over the passes does the averaging, and the cost stays a small share of a
+        small global batch. Returns ((per-domain micro-batch counts, this rank's domains), this rank's
+        micro-batches), or None on the other steps."""
+        if not self._validation_gradients or self.iteration % self._validation_pass_interval:
             return None
-        state, size = self.state, self.config.train.micro_batch_size
+        state, size = self.state, 1
         datasets = self.held_out["valid"].datasets
         domains = [d for d, dataset in enumerate(datasets) if len(dataset)]
         counts = np.zeros(len(datasets))

@@ -161,6 +161,39 @@ def test_held_out_learnability_continues_exactly_and_a_changed_source_is_refused
         BaseMixture(a.natural, HDSConfig(), 1000, 0.0).load_state_dict(a.state_dict())
 
 
+def test_held_out_influence_decays_by_the_steps_since_its_last_measurement():
+    """Measured every few steps (a trainer's interval can exceed --hds-influence-interval): the running
+    average decays by the steps elapsed, the first measurement by the interval; a resumed mixture
+    takes the step of the last measurement from the checkpoint."""
+    config = HDSConfig(influence_target="valid", influence_interval=4, score_smoothing=0.9)
+    rng = np.random.default_rng(0)
+    measured = {1: rng.standard_normal(D), 5: rng.standard_normal(D), 12: rng.standard_normal(D)}
+    a, b, expected = BaseMixture(START, config, 100, 0.0), None, np.zeros(D)
+    for step in range(1, 13):
+        if step == 8:
+            b = BaseMixture(START, config, 100, 0.0)
+            b.load_state_dict(a.state_dict())
+        extra = {"influence": measured[step], "gradients": _gradients(rng)} if step in measured else {}
+        for mixture in (a, b) if b is not None else (a,):
+            mixture.observe(_signals(step, rng.random(D) + 2, **extra))
+    for elapsed, step in ((4, 1), (4, 5), (7, 12)):
+        expected = 0.9 ** elapsed * expected + (1 - 0.9 ** elapsed) * measured[step]
+    np.testing.assert_allclose(a.influence, expected, rtol=1e-13)
+    assert np.array_equal(a.influence, b.influence)
+
+
+def test_validation_pass_interval_keeps_the_passes_within_their_share():
+    config = HDSConfig()  # at least 8 steps; one sample per domain at most 1.6% of the training samples
+    assert config.validation_pass_interval(8, 64) == 8  # the experiments' shape: 8 / 512 = 1.6%
+    assert config.validation_pass_interval(7, 64) == 8
+    assert config.validation_pass_interval(7, 16) == 28  # the demo's: 7 / 448 = 1.56%
+    assert config.validation_pass_interval(22, 1152) == 8
+    assert HDSConfig(influence_max_share=1.0).validation_pass_interval(7, 8) == 8
+    assert HDSConfig(influence_interval=1, influence_max_share=0.3).validation_pass_interval(7, 8) == 3
+    with pytest.raises(ValueError, match=r"HDSConfig.influence_max_share=0.0 is invalid: expected \(0, 1\]"):
+        HDSConfig(influence_max_share=0.0)
+
+
 def test_base_mixture_tilts_towards_influential_domains_and_stays_anchored():
     config = HDSConfig(ramp_fraction=0.0, mixture_smoothing=1.0, natural_anchor=0.0)
     base = BaseMixture(START, config, train_iters=100, floor=0.0)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from megatron_hds.config import ModelConfig
-from megatron_hds.mixing.collector import SignalCollector, half_rows
+from megatron_hds.mixing.collector import SignalCollector, adam_preconditioners, half_rows
 from megatron_hds.mixing.config import ProbeConfig
 from megatron_hds.mixing.influence import (DomainGradients, alignment_scores, held_out_influence_scores,
                                            influence_scores)
@@ -42,12 +42,12 @@ class _Plan:
         return type("RankBatch", (), {"first": 0})()
 
 
-def _signals(domains, samples, mode="exact", optimizer_steps=0):
+def _signals(domains, samples, mode="exact", optimizer_steps=0, model=None):
     """The collector's extra signals for one step whose k-th micro-batch is samples[k] of domains[k]."""
-    model = GPTModel(ModelConfig(**CONFIG), ParallelState.single("cpu"), seed=3)
-    collector = SignalCollector(model, ParallelState.single("cpu"), ProbeConfig(mode=mode, sketch_size=4096),
-                                NATURAL, seed=1)
+    model = model or GPTModel(ModelConfig(**CONFIG), ParallelState.single("cpu"), seed=3)
     optimizer = build_optimizer(model, 1e-3, 0.0, (0.9, 0.999), 1e-8)
+    collector = SignalCollector(model, ParallelState.single("cpu"), ProbeConfig(mode=mode, sketch_size=4096),
+                                NATURAL, seed=1, optimizer=optimizer)
     for _ in range(optimizer_steps):  # give Adam second moments, so the probes precondition
         model.zero_grad(set_to_none=True)
         forward_backward(model, [_batch(s) for s in samples])
@@ -160,6 +160,19 @@ def test_a_domain_seen_once_has_no_cross_half_term_and_is_not_scored():
     assert influence_scores(gradients, NATURAL)[0] == 0.0
 
 
+def test_domains_not_drawn_this_step_leave_the_drawn_ones_scored():
+    """Fewer micro-batches than domains (the demo's 2 of 8 samples for 7 domains): the undrawn
+    domains are absent, the drawn ones present and scored as if the others did not exist."""
+    halves = [[1, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0], [0, 2, 1], [0, 2, 0]]
+    gradients = _gradients_from_halves(halves, [1, 1, 0, 0, 1, 1])
+    assert gradients.present.tolist() == [True, False, True]
+    assert gradients.split.tolist() == [True, False, True]
+    alone = _gradients_from_halves([halves[i] for i in (0, 1, 4, 5)], [1] * 4)
+    np.testing.assert_array_equal(influence_scores(gradients, NATURAL)[[0, 2]],
+                                  influence_scores(alone, NATURAL[[0, 2]] / NATURAL[[0, 2]].sum()))
+    assert influence_scores(gradients, NATURAL)[1] == 0.0 and np.any(influence_scores(gradients, NATURAL) != 0)
+
+
 def test_a_memorised_domain_gains_influence_from_its_training_halves_but_not_from_held_out_gradients():
     """Three domains with orthogonal, equally large generalising gradients; domain 2's training
     samples repeat, so both of its training halves also carry a shared memorising component m,
@@ -235,6 +248,28 @@ def test_probes_measure_inner_products_in_adams_metric():
     assert all(torch.all(s > 0) for s in scales)
     with pytest.raises(ValueError, match="scales for"):
         collector.probe.set_scales(scales[:1])
+
+
+@pytest.mark.parametrize("mode", ["exact", "sketch"])
+def test_the_preconditioner_is_adams_state_as_the_step_starts(mode):
+    """P comes from the second moments the last optimizer step left (what a checkpoint holds, so a
+    resumed run measures what the straight one did): the Gram equals the by-hand <P g_0, g_1> of the
+    domains' mean gradients with that P. One step staler, it did not, and a resumed run's first
+    step measured with no P at all."""
+    model = GPTModel(ModelConfig(**CONFIG), ParallelState.single("cpu"), seed=3)
+    x = _samples(4, seed=5)
+    extra, collector = _signals([0, 1, 0, 1], x, mode=mode, optimizer_steps=2, model=model)
+    params = [p for _, p in collector.probe.named]
+    scales = adam_preconditioners([collector._optimizer.adam_second_moment(p) for p in params], params)
+    collector.probe.remove()
+
+    def scaled_gradient(sample):
+        model.zero_grad(set_to_none=True)
+        forward_backward(model, [_batch(sample)])
+        return torch.cat([(p.grad * s).reshape(-1) for p, s in zip(params, scales)]).double()
+    g = [scaled_gradient(sample) for sample in x]
+    by_hand = float(torch.dot((g[0] + g[2]) / 2, (g[1] + g[3]) / 2))
+    assert extra["gradients"].mean_gram[0, 1] == pytest.approx(by_hand, rel=1e-4 if mode == "exact" else 0.3)
 
 
 class _Dataset:

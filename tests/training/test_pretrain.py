@@ -233,8 +233,11 @@ LEARNING = ["--mixing-warmup-fraction", "0.25", "--hds-batch-size", "4", "--hds-
 VARIANTS = {"overlap": ["--mixing-overlap-update"],  # learnability from every step's validation, fitted from step 4
             "valid": ["--hds-learnability-step", "0.5", "--hds-learnability-source", "valid",
                       "--hds-learnability-window", "1", "--eval-interval", "1"],
-            # validation gradient passes at iterations 0, 3 and 6: the resume at 4 falls between two
-            "vgrad": ["--hds-influence-target", "valid", "--hds-influence-interval", "3"],
+            # validation gradient passes at iterations 0, 3 and 6 (the share stretches the interval from 1
+            # to ceil(7 / (0.3 x 8)) = 3): the resume at 4 falls between two, and the influence's decay at 6
+            # needs the step of the pass before it from the checkpoint
+            "vgrad": ["--hds-influence-target", "valid", "--hds-influence-interval", "1",
+                      "--hds-influence-max-share", "0.3"],
             "tgrad": ["--hds-influence-target", "train", "--hds-learnability-step", "0.5"]}
 
 
@@ -242,26 +245,35 @@ def test_validation_gradient_passes_feed_the_influence_and_never_the_optimizer(d
     """--hds-influence-target valid: a validation pass every interval steps gives the scheduler an
     influence on those steps only, and the model after a step with one is the model after the same
     step without (its gradients are the training micro-batches' alone, and with dropout on, the passes
-    draw nothing from the training's random streams)."""
+    draw nothing from the training's random streams). The passes hold one sample per domain, and the
+    interval grows past --hds-influence-interval to keep them within --hds-influence-max-share."""
     torch.set_num_threads(1)
     common = ["--mixing", "hds", *LEARNING]
     seen = []
     models = {}
-    for target in ("train", "valid"):
-        config = parse_args(_argv(demo_manifest, *common, "--train-iters", "5",
-                                  "--hds-influence-target", target, "--hds-influence-interval", "2"))
+    for target in ("train", "valid", "valid-default-share"):
+        share = ["--hds-influence-max-share", "1"] if target == "valid" else []
+        config = parse_args(_argv(demo_manifest, *common, "--train-iters", "5", *share,
+                                  "--hds-influence-target", target.split("-")[0], "--hds-influence-interval", "2"))
         trainer = Trainer(config, ParallelState.from_config(config.parallel))
         observe = trainer.scheduler.observe
-        trainer.scheduler.observe = lambda signals: (seen.append((signals.iteration, "influence" in signals.extra)),
+        trainer.scheduler.observe = lambda signals: (seen.append((signals.iteration, "influence" in signals.extra and
+                                                                 bool(np.any(signals.extra["influence"])))),
                                                      observe(signals))[1]
-        for step in range(5 if target == "valid" else 1):
+        for step in range(1 if target == "train" else 5):
+            if target == "valid" and step == 0:
+                assert [tuple(batch["tokens"].shape) for batch in trainer._validation_gradient_batches()[1]] == \
+                    [(1, 32)] * 7  # one sample of each domain
             plan, _, loss, tokens, extra = trainer.train_step()
             trainer.observe(plan, loss, tokens, extra)
             if step == 0:
                 models[target] = {k: v.clone() for k, v in trainer.model.state_dict().items() if torch.is_tensor(v)}
     assert trainer.collector.probe.num_domains == 3 * 7
-    # passes at iterations 0, 2 and 4 (the scheduler sees each after its step)
-    assert seen == [(1, True)] + [(1, True), (2, False), (3, True), (4, False), (5, True)]
+    # passes at iterations 0, 2 and 4 (the scheduler sees each after its step), each scoring the 4 domains
+    # drawn (the training target scores none: one micro-batch per domain has no two halves); under the default share
+    # (0.016) 7 domains and 8 samples per step stretch the interval to ceil(7 / 0.128) = 55: only at 0
+    assert seen == [(1, False)] + [(1, True), (2, False), (3, True), (4, False), (5, True)] + \
+        [(1, True), (2, False), (3, False), (4, False), (5, False)]
     assert models["train"].keys() == models["valid"].keys()
     assert all(torch.equal(models["train"][k], models["valid"][k]) for k in models["train"])
     config = parse_args(_argv(demo_manifest, "--mixing", "hds", "--split", "100,0,0", "--train-iters", "2",
@@ -295,7 +307,7 @@ def test_each_mixing_method_trains_checkpoints_and_resumes_exactly(demo_manifest
 @pytest.mark.parametrize("layout,world", [(["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
                                                "--sequence-parallel"], 4), (["--mixing-overlap-update"], 2),
                                              (["--pipeline-model-parallel-size", "2", "--hds-influence-target", "valid",
-                                               "--hds-influence-interval", "2"], 4)],
+                                               "--hds-influence-interval", "2", "--hds-influence-max-share", "1"], 4)],
                          ids=["tp2pp2sp", "dp2-overlap", "pp2dp2-validation-gradients"])
 def test_hds_weights_are_identical_on_every_rank(demo_manifest, tmp_path, layout, world):
     """Under TP=2/PP=2 (with sequence parallelism), DP=2 (with the agent's update overlapping
