@@ -13,7 +13,7 @@ data_parallel then averages over DP, giving the mean over the global batch.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -65,7 +65,8 @@ def run_1f1b(num_stages: int, stage: int, num_microbatches: int, forward_step, b
 
 def forward_backward(model, micro_batches: List[MicroBatch], *, loss_fn: LossFn = masked_mean_loss,
                      forward_only: bool = False,
-                     before_last_backward: Optional[Callable[[], None]] = None) -> List[torch.Tensor]:
+                     before_last_backward: Optional[Callable[[], None]] = None,
+                     grad_only_for: Optional[Sequence[torch.Tensor]] = None) -> List[torch.Tensor]:
     """Run every micro-batch through this rank's stage; accumulate gradients unless forward_only.
 
     Each micro-batch is a dict with 'tokens' and 'labels' [b, s], and optionally 'loss_mask' [b, s],
@@ -75,6 +76,9 @@ def forward_backward(model, micro_batches: List[MicroBatch], *, loss_fn: LossFn 
     Returns the detached per-token losses [b, s] of each micro-batch on the last stage, [] elsewhere.
     ``before_last_backward`` runs just before the last micro-batch's backward, after which every
     gradient is final (GradientAllReducer.arm, for --overlap-grad-reduce).
+    ``grad_only_for``: this stage's parameters whose gradients are wanted; the backward computes
+    only those (and the gradient the pipeline sends upstream), skipping the others' weight
+    gradients and, on the first stage, everything below the lowest of them.
     """
     state = model.state
     num_microbatches = len(micro_batches)
@@ -97,7 +101,11 @@ def forward_backward(model, micro_batches: List[MicroBatch], *, loss_fn: LossFn 
     def backward_step(i: int, x, y: torch.Tensor, grad_y: Optional[torch.Tensor]):
         if i == num_microbatches - 1 and before_last_backward is not None:
             before_last_backward()  # backwards run in micro-batch order: this one is the last
-        torch.autograd.backward(y, grad_tensors=None if last else grad_y)
+        if grad_only_for is None:
+            torch.autograd.backward(y, grad_tensors=None if last else grad_y)
+        elif grad_only_for or x is not None:
+            wanted = [*grad_only_for, *([x] if x is not None else [])]
+            torch.autograd.backward(y, grad_tensors=None if last else grad_y, inputs=wanted)
         return x.grad if x is not None else None
 
     seq_len, micro_batch_size = micro_batches[0]["tokens"].shape[1], micro_batches[0]["tokens"].shape[0]

@@ -244,7 +244,9 @@ class Trainer:
             # which DP ranks with different numbers of these passes would otherwise leave unequal.
             self.model.eval()
             try:
-                forward_backward(self.model, passes, loss_fn=lambda out, batch: self._loss_fn(out, batch) * len(passes))
+                # Only the probed matrices' gradients are read: the rest of the backward is skipped.
+                forward_backward(self.model, passes, loss_fn=lambda out, batch: self._loss_fn(out, batch) * len(passes),
+                                 grad_only_for=[p for _, p in self.collector.probe.named])
             finally:
                 self.model.train()
         self.collector.end_backwards()  # (the probes' reads of .grad finish before zero_grad)

@@ -195,3 +195,30 @@ def test_compiled_layers_under_tensor_parallelism_match_single_process():
     reports = run_distributed(_compiled_worker, 2)
     for name in reports[0]:
         assert set().union(*(set(r[name][0]) for r in reports)) == set(reports[0][name][1]), name
+
+
+def _grad_only_for_worker(tp: int, pp: int, sequence_parallel: bool):
+    """The last layer's MLP output projection (on the stage that holds it) alone: the same gradient
+    as the full backward, bit for bit, and no gradient of any other parameter; the pipeline's
+    backward still reaches the first stage (whose parameters get none either)."""
+    torch.set_num_threads(1)
+    state = dataclasses.replace(ParallelState.build(tp, pp), sequence_parallel=sequence_parallel)
+    config = ModelConfig(**dict(CONFIGS["neox"], num_layers=4))
+    model = GPTModel(config, state, seed=SEED)
+    wanted = [p for n, p in model.named_parameters() if n == "layers.3.mlp.dense_4h_to_h.weight"]
+    tokens, labels = _data(config, 1, 4)[0]
+    micro = [dict(tokens=t, labels=l) for t, l in zip(tokens.split(2), labels.split(2))]
+    forward_backward(model, micro)
+    full = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    forward_backward(model, micro, grad_only_for=wanted)
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert set(got) == ({"layers.3.mlp.dense_4h_to_h.weight"} if wanted else set()), sorted(got)
+    assert all(torch.equal(g, full[n]) for n, g in got.items())
+    return sorted(got)
+
+
+@pytest.mark.parametrize("tp,pp,sequence_parallel", [(1, 1, False), (2, 2, True)], ids=["single", "tp2pp2sp"])
+def test_a_backward_for_some_parameters_gives_them_the_full_backwards_gradients(tp, pp, sequence_parallel):
+    reports = run_distributed(_grad_only_for_worker, tp * pp, tp, pp, sequence_parallel)
+    assert sum(len(r) for r in reports) == tp  # each TP rank of the last stage holds a shard
