@@ -209,7 +209,8 @@ class HDSConfig:
     influence_target: str = option("valid", choices=INFLUENCE_TARGETS,
                                    help="the gradients the influence is measured against: train: the step's own "
                                         "training gradients of every domain; valid: gradients of validation samples "
-                                        "of every domain (an extra pass every --hds-influence-interval steps), which "
+                                        "of every domain (an extra pass every few steps: --hds-influence-interval, "
+                                        "--hds-influence-max-share), which "
                                         "memorised, repeated training material does not align with")
     influence_interval: int = option(8, help="with --hds-influence-target valid: the fewest steps between the "
                                              "validation gradient passes (one sample per domain each); the "
