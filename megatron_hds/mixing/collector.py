@@ -92,9 +92,9 @@ class SignalCollector:
     (sketched or exact; multiplied elementwise by P^(1/2), P = 1 / (sqrt(v) + eps) from Adam's
     second moments as the step starts, so inner products are <P g_i, g_j>: a function of the
     checkpointed optimizer state, so a resumed run measures what the straight one did), Frobenius
-    norms of ``probe.norm_matrices``
-    MLP output projections spread over depth and of their change in the step, and (global rank
-    0, where the scheduler lives) the within-domain quality of the step's samples.
+    norms of ``probe.norm_matrices`` MLP output projections spread over depth and of their change
+    in the step, and (global rank 0, where the scheduler lives) the within-domain quality of the
+    step's samples.
     """
 
     def __init__(self, model, state: ParallelState, probe: ProbeConfig, natural_weights, seed: int,

@@ -223,15 +223,15 @@ class Trainer:
         micro-batches), or None on the other steps."""
         if not self._validation_gradients or self.iteration % self._validation_pass_interval:
             return None
-        state, size = self.state, 1
+        state = self.state
         datasets = self.held_out["valid"].datasets
         domains = [d for d, dataset in enumerate(datasets) if len(dataset)]
         counts = np.zeros(len(datasets))
         counts[domains] = 1
         mine = domains[state.dp_rank::state.dp_size]
         scratch = torch.zeros(2 * len(datasets), dtype=torch.float32, device=state.device)  # (losses unused)
-        batches = [load_micro_batch(datasets, np.full(size, d), np.random.default_rng(
-            [self.config.train.seed, self.iteration, d]).integers(len(datasets[d]), size=size), state.device, scratch)
+        batches = [load_micro_batch(datasets, np.full(1, d), np.random.default_rng(
+            [self.config.train.seed, self.iteration, d]).integers(len(datasets[d]), size=1), state.device, scratch)
             for d in mine]
         return (counts, mine), batches
 
