@@ -61,6 +61,7 @@ from megatron_hds.training.metrics import read_metrics
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(REPO_ROOT, "examples", "pretrain_gpt_hds.sh")
 DEMO_DATA_SCRIPT = os.path.join(REPO_ROOT, "examples", "build_demo_data.sh")
+ZSCORED = "--hds-influence-shrinkage none"  # the influence tilt of every run before the shrinkage (2026-12-03)
 # Each method is a --mixing choice and the flags that make it: the baselines at full strength,
 # HDS, "the same mixture without SAC", and HDS with one reward component (and its signal) left out.
 METHODS = {
@@ -74,15 +75,20 @@ METHODS = {
     "hds-no-align": "--mixing hds --hds-reward quality,norm",
     "hds-no-quality": "--mixing hds --hds-reward align,norm",
     "hds-no-norm": "--mixing hds --hds-reward align,quality",
+    # Ablation of the shrinkage: the influence's running average z-scored, a full tilt whatever the
+    # evidence (the default until the shrinkage, 2026-12-03).
+    "hds-zscored": f"--mixing hds {ZSCORED}",
+    "hds-base-zscored": f"--mixing hds --hds-agent none {ZSCORED}",
     # The default before 2026-12-03 (influence from training gradients, learnability from the training
-    # losses), and what the designs tried since add to it or take from the default.
-    "hds-previous": "--mixing hds --hds-influence-target train --hds-learnability-step 0.5",
-    "hds-base-previous": "--mixing hds --hds-agent none --hds-influence-target train --hds-learnability-step 0.5",
-    "hds-heldout": "--mixing hds --hds-influence-target train --hds-learnability-step 0.5 "
-                   "--hds-learnability-source valid",
-    "hds-with-learnability": "--mixing hds --hds-learnability-step 0.5",
+    # losses), and what the designs tried since add to it or take from it, all with the z-scored tilt.
+    "hds-previous": f"--mixing hds --hds-influence-target train --hds-learnability-step 0.5 {ZSCORED}",
+    "hds-base-previous": f"--mixing hds --hds-agent none --hds-influence-target train --hds-learnability-step 0.5 "
+                         f"{ZSCORED}",
+    "hds-heldout": f"--mixing hds --hds-influence-target train --hds-learnability-step 0.5 "
+                   f"--hds-learnability-source valid {ZSCORED}",
+    "hds-with-learnability": f"--mixing hds --hds-learnability-step 0.5 {ZSCORED}",
     # Ablation of the held-out target: the influence read from the step's training gradients.
-    "hds-train-gradients": "--mixing hds --hds-influence-target train",
+    "hds-train-gradients": f"--mixing hds --hds-influence-target train {ZSCORED}",
 }
 BASELINES = ("static", "uniform", "odm", "odm-released", "acodm")
 DEFAULT_METHODS = ("static", "uniform", "odm", "odm-released", "acodm", "hds", "hds-base")

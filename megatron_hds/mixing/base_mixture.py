@@ -8,11 +8,19 @@ Each step, from the signals of the step just taken:
           step's scores are mostly sampling noise (measured on the real-text benchmark: a
           systematic part of about 0.1 standard deviations, with a lag-1 autocorrelation of
           about 0.1), so the average spans hundreds of steps (decay 0.995).
+    u  = the estimate the tilt (and the agent's reward) uses: U shrunk towards its mean by
+          positive-part James-Stein, c = max(0, 1 - (D - 3) v / sum (U - mean U)^2), with v the
+          variance U would have if every score were noise (each score has variance at most 1,
+          and V tracks the sum of squared weights of the running average). Scores that are
+          noise give c near 0 and the natural mixture; a consistent ranking gives c near 1 and
+          U itself, on the scores' own scale. (--hds-influence-shrinkage none: u = z(U), which
+          rescales noise to a full tilt: at the real-text benchmark's end U's spread was that of
+          noise, and the mixtures differed from seed to seed.)
     Q  <- running average of the within-domain quality z-scores of the drawn samples
     lam = learnability scores (mixing/learnability.py): scaling laws fitted online to the
           training losses, or (--hds-learnability-source valid) the recent slope of the
           validation losses, which repeated, memorised material cannot lower
-    target = softmax(log pi + r * (eta_u clip(z(U), -2, 2) + eta_l clip(lam, -1, 1) + eta_q clip(z(Q), -2, 2)))
+    target = softmax(log pi + r * (eta_u clip(u, -2, 2) + eta_l clip(lam, -1, 1) + eta_q clip(z(Q), -2, 2)))
     b  <- (1 - s) b + s target                       (smoothing in time)
     base = floor((1 - a) b + a pi)                    (a share of pi always in)
 with r ramping from 0 to 1 over the first ramp_fraction of the run. Anchored, not cumulative:
@@ -38,6 +46,18 @@ def zscore(values: np.ndarray) -> np.ndarray:
     return np.zeros_like(values) if not std > 1e-12 else (values - mean) / std
 
 
+def james_stein(values: np.ndarray, noise_variance: float) -> np.ndarray:
+    """Positive-part James-Stein estimate of the domains' mean scores from their noisy averages
+    ``values`` (each with ``noise_variance``), shrunk towards the mean across domains."""
+    values = np.asarray(values, dtype=np.float64)
+    centred = values - values.mean()
+    spread = float(centred @ centred)
+    if values.size <= 3 or noise_variance <= 0.0:  # (James-Stein needs 4; fewer are not shrunk)
+        return values.copy()
+    keep = max(0.0, 1.0 - (values.size - 3) * noise_variance / spread) if spread > 0 else 0.0
+    return values.mean() + keep * centred
+
+
 class BaseMixture:
     """The base mixture and the running averages behind it."""
 
@@ -51,6 +71,7 @@ class BaseMixture:
                       "quality": config.quality_step if "quality" in components else 0.0,
                       "learnability": config.learnability_step}
         self.influence = np.zeros(self.natural.size)  # U
+        self.influence_noise = np.zeros(self.natural.size)  # V: sum of the squared weights of U's scores
         self._influenced_at = None  # the iteration of the last held-out influence measured
         self.quality = np.zeros(self.natural.size)  # Q
         if config.learnability_source == "valid":
@@ -85,7 +106,9 @@ class BaseMixture:
                 seen, step_decay = gradients.present, decay ** elapsed
             else:
                 seen, step_decay = gradients.split, decay
+            seen = seen & np.isfinite(influence)  # (a non-finite score would stay in the average for good)
             self.influence[seen] = step_decay * self.influence[seen] + (1.0 - step_decay) * influence[seen]
+            self.influence_noise[seen] = step_decay ** 2 * self.influence_noise[seen] + (1.0 - step_decay) ** 2
         quality = np.asarray(signals.extra.get("quality", np.full(self.natural.size, np.nan)), dtype=np.float64)
         seen = np.isfinite(quality)
         self.quality[seen] = decay * self.quality[seen] + (1.0 - decay) * quality[seen]
@@ -96,10 +119,19 @@ class BaseMixture:
         """The trainer's periodic validation losses per domain (NaN: not evaluated)."""
         self.learnability.observe_evaluation(iteration, domain_loss)
 
+    def influence_estimate(self) -> np.ndarray:
+        """u: the influence scores the tilt and the agent's reward use (module docstring)."""
+        if self.config.influence_shrinkage == "none":
+            return zscore(self.influence)
+        measured = self.influence_noise > 0
+        if not measured.any():
+            return np.zeros_like(self.influence)
+        return james_stein(self.influence, float(self.influence_noise[measured].mean()))
+
     def mix(self, iteration: int) -> np.ndarray:
         """The base mixture of the next step from the running scores."""
         ramp = min(1.0, iteration / self.ramp_steps)
-        tilt = (self.steps["align"] * clamp(zscore(self.influence), 2.0)
+        tilt = (self.steps["align"] * clamp(self.influence_estimate(), 2.0)
                 + self.steps["learnability"] * clamp(self.learnability.scores, 1.0)
                 + self.steps["quality"] * clamp(zscore(self.quality), 2.0))
         logits = self._log_natural + ramp * tilt
@@ -111,13 +143,20 @@ class BaseMixture:
         return self.weights.copy()
 
     def state_dict(self) -> dict:
-        return {"influence": self.influence.tolist(), "quality": self.quality.tolist(),
+        return {"influence": self.influence.tolist(), "influence_noise": self.influence_noise.tolist(),
+                "quality": self.quality.tolist(),
                 "smoothed": self.smoothed.tolist(), "learnability": self.learnability.state_dict(),
                 "learnability_source": self.config.learnability_source,
                 "influence_target": self.config.influence_target, "influenced_at": self._influenced_at}
 
     def load_state_dict(self, state: dict) -> None:
         self.influence = np.asarray(state["influence"], dtype=np.float64)
+        if "influence_noise" in state:
+            self.influence_noise = np.asarray(state["influence_noise"], dtype=np.float64)
+        else:  # (older checkpoints: the steady state of a long average, where it was measured)
+            per_score = self.config.influence_interval if self.config.influence_target == "valid" else 1
+            decay = self.config.score_smoothing ** per_score
+            self.influence_noise = np.where(self.influence != 0, (1.0 - decay) / (1.0 + decay), 0.0)
         self.quality = np.asarray(state["quality"], dtype=np.float64)
         self.smoothed = np.asarray(state["smoothed"], dtype=np.float64)
         saved = state.get("learnability_source", "train")

@@ -24,6 +24,7 @@ ENCODERS = ("mlp", "domain_tokens")
 HDS_AGENTS = ("sac", "none")
 LEARNABILITY_SOURCES = ("train", "valid")
 INFLUENCE_TARGETS = ("train", "valid")
+INFLUENCE_SHRINKAGES = ("james-stein", "none")
 
 
 def _positive_int(owner: str, name: str, value) -> None:
@@ -205,7 +206,8 @@ class HDSConfig:
                              "base mixture alone (the same mixture without SAC)")
     residual_bound: float = option(0.5, help="the agent moves each domain's log-weight by at most this around the "
                                              "base mixture")
-    influence_step: float = option(0.3, help="log-weight per unit of (clipped, z-scored) inter-domain influence")
+    influence_step: float = option(0.3, help="log-weight per unit of (clipped) inter-domain influence estimate "
+                                             "(--hds-influence-shrinkage)")
     influence_target: str = option("valid", choices=INFLUENCE_TARGETS,
                                    help="the gradients the influence is measured against: train: the step's own "
                                         "training gradients of every domain; valid: gradients of validation samples "
@@ -219,6 +221,12 @@ class HDSConfig:
                                                     "passes may take, as a share of the training samples; the "
                                                     "interval grows past --hds-influence-interval to keep within it "
                                                     "(small global batches)")
+    influence_shrinkage: str = option("james-stein", choices=INFLUENCE_SHRINKAGES,
+                                      help="how the running average of the influence scores becomes a tilt: "
+                                           "james-stein: shrunk towards its mean by the share its sampling noise "
+                                           "explains, and not rescaled, so scores that are noise leave the "
+                                           "natural mixture; none: z-scored across domains, a full tilt whatever "
+                                           "the evidence (the default until 2026-12-03)")
     learnability_step: float = option(0.0, help="log-weight per unit of (clipped) scaling-law learnability (off by "
                                                 "default: a time slope is not what a domain's share is worth, and "
                                                 "the held-out influence holds a domain's own learnable part)")
@@ -259,6 +267,7 @@ class HDSConfig:
             raise ValueError(f"HDSConfig.mixture_smoothing={self.mixture_smoothing!r} is invalid: expected (0, 1]")
         _positive_int("HDSConfig", "fit_interval", self.fit_interval)
         _choice("HDSConfig", "influence_target", self.influence_target, INFLUENCE_TARGETS)
+        _choice("HDSConfig", "influence_shrinkage", self.influence_shrinkage, INFLUENCE_SHRINKAGES)
         _positive_int("HDSConfig", "influence_interval", self.influence_interval)
         if not 0.0 < self.influence_max_share <= 1.0:
             raise ValueError(f"HDSConfig.influence_max_share={self.influence_max_share!r} is invalid: expected (0, 1]")

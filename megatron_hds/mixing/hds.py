@@ -21,7 +21,7 @@ import numpy as np
 from megatron_hds.mixing.action_map import effective_floor, weights_from_logits
 from megatron_hds.mixing.agent_base import AgentShape
 from megatron_hds.mixing.base import StepSignals, lift_to_floor, normalized
-from megatron_hds.mixing.base_mixture import BaseMixture, zscore
+from megatron_hds.mixing.base_mixture import BaseMixture
 from megatron_hds.mixing.config import MixingConfig
 from megatron_hds.mixing.rewards import HolisticReward
 from megatron_hds.mixing.sac import SACAgent
@@ -75,8 +75,9 @@ class HDSScheduler(AgentTimeline):
 
     def _reward(self, signals: StepSignals) -> tuple[dict, float]:
         self.base.observe(signals)
-        # The step's influence scores are mostly noise: the running average is the estimate paid.
-        parts = self.reward.components(signals, self._base_in_force, zscore(self.base.influence))
+        # The step's influence scores are mostly noise: the base mixture's estimate from their running
+        # average is the one paid.
+        parts = self.reward.components(signals, self._base_in_force, self.base.influence_estimate())
         return parts, self.reward.total(parts)
 
     def _next_state(self, signals: StepSignals) -> np.ndarray:

@@ -4,9 +4,10 @@ HDS's holistic reward has three components, one per perspective, each measured s
 it is informative and cannot be earned by concentrating the mixture (p = the realised
 sample shares of the step, b = the base mixture the agent acted around):
 - align:   sum_i (w_i - b_i) u_i, w the weights the step was drawn with, u the influence
-           z-scores (mixing/influence.py; HDS pays the z-scores of their running average, which
-           one step's noise does not drown): the first-order gain on the natural-mixture loss of
-           the agent's deviation from the base. Zero when the agent plays the base.
+           scores (mixing/influence.py; HDS pays the base mixture's estimate from their running
+           average, which one step's noise does not drown: base_mixture.py): the first-order
+           gain on the natural-mixture loss of the agent's deviation from the base. Zero when
+           the agent plays the base.
 - quality: sum_i p_i q_i, q_i the mean within-domain z-score of the MTLD of domain i's drawn
            samples: how good the samples were for their domains. Zero in expectation for any
            mixture (each domain is measured against itself), so no domain earns it by what it is.

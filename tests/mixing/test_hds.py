@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from megatron_hds.mixing.base import StepSignals
-from megatron_hds.mixing.base_mixture import BaseMixture
+from megatron_hds.mixing.base_mixture import BaseMixture, james_stein
 from megatron_hds.mixing.config import HDSConfig, RewardConfig
 from megatron_hds.mixing.hds import HDSScheduler
 from megatron_hds.mixing.influence import DomainGradients
@@ -194,18 +194,58 @@ def test_validation_pass_interval_keeps_the_passes_within_their_share():
         HDSConfig(influence_max_share=0.0)
 
 
-def test_base_mixture_tilts_towards_influential_domains_and_stays_anchored():
-    config = HDSConfig(ramp_fraction=0.0, mixture_smoothing=1.0, natural_anchor=0.0)
+@pytest.mark.parametrize("shrinkage", ["james-stein", "none"])
+def test_base_mixture_tilts_towards_influential_domains_and_stays_anchored(shrinkage):
+    config = HDSConfig(ramp_fraction=0.0, mixture_smoothing=1.0, natural_anchor=0.0, score_smoothing=0.5,
+                       influence_target="train", influence_shrinkage=shrinkage)
     base = BaseMixture(START, config, train_iters=100, floor=0.0)
     rng = np.random.default_rng(1)
     influence = np.array([2.0, 0.0, 0.0, -2.0])
     for step in range(1, 60):
         weights = base.update(_signals(step, rng.random(D) + 2, influence=influence, gradients=_gradients(rng)))
-    # z(U) = (1.41, 0, 0, -1.41): domain 0's weight against domain 1's grows by e^(0.3 x 1.41).
-    assert (weights[0] / weights[1]) / (START[0] / START[1]) == pytest.approx(math.exp(0.3 * math.sqrt(2)), rel=1e-3)
-    assert (weights[3] / weights[1]) / (START[3] / START[1]) == pytest.approx(math.exp(-0.3 * math.sqrt(2)), rel=1e-3)
+    # U = (2, 0, 0, -2). James-Stein keeps 1 - (4 - 3) v / 8 of it, v = (1 - 0.5)^2 / (1 - 0.5^2) the
+    # variance of an average of unit noise; none: z(U) = (1.41, 0, 0, -1.41). Domain 0's weight
+    # against domain 1's grows by e^(0.3 x u_0).
+    u0 = 2.0 * (1.0 - (1.0 / 3.0) / 8.0) if shrinkage == "james-stein" else math.sqrt(2)
+    assert (weights[0] / weights[1]) / (START[0] / START[1]) == pytest.approx(math.exp(0.3 * u0), rel=1e-9)
+    assert (weights[3] / weights[1]) / (START[3] / START[1]) == pytest.approx(math.exp(-0.3 * u0), rel=1e-9)
     # Anchored: however long the same evidence, the tilt is bounded (here e^(2 x 0.3 x 2) at most).
     assert np.max(np.abs(np.log(weights / START))) < 2 * 0.3 * 2 + 0.5 + 1e-9
+
+
+@pytest.mark.parametrize("target", ["train", "valid"])
+def test_influence_that_is_noise_leaves_the_natural_mixture(target):
+    """Scores with no systematic part (each measurement z-scored noise, as on the real-text benchmark's
+    held-out runs) must not tilt the mixture: the z-scored average gave them a full tilt, a different
+    mixture for every seed."""
+    natural = np.full(8, 1.0 / 8)
+    config = HDSConfig(ramp_fraction=0.0, influence_target=target, influence_interval=8)
+    shrunk = BaseMixture(natural, config, train_iters=3000, floor=0.0)
+    rescaled = BaseMixture(natural, HDSConfig(ramp_fraction=0.0, influence_target=target, influence_interval=8,
+                                              influence_shrinkage="none"), train_iters=3000, floor=0.0)
+    rng = np.random.default_rng(3)
+    halves = rng.standard_normal((16, 6))
+    gradients = DomainGradients(halves @ halves.T, np.ones(16))
+    largest = {"shrunk": 0.0, "rescaled": 0.0}
+    for step in range(1, 3001):
+        measured = target == "train" or step % 8 == 0
+        noise = rng.standard_normal(8)
+        extra = {"influence": (noise - noise.mean()) / noise.std(), "gradients": gradients} if measured else {}
+        signals = StepSignals(iteration=step, train_iters=3000, weights=natural, domain_loss=rng.random(8) + 2,
+                              domain_tokens=np.full(8, 256.0), domain_samples=np.full(8, 8), loss=2.5, extra=extra)
+        for name, mixture in (("shrunk", shrunk), ("rescaled", rescaled)):
+            weights = mixture.update(signals)
+            if step > 500:
+                largest[name] = max(largest[name], float(np.max(np.abs(np.log(weights / natural)))))
+    assert largest["rescaled"] > 0.5  # the old rule: noise tilted a domain by more than e^0.5
+    assert largest["shrunk"] < 0.15
+
+
+def test_james_stein_keeps_a_clear_ranking_and_drops_noise():
+    assert np.allclose(james_stein(np.array([1.0, -1.0, 0.5, -0.5]), 0.01), [0.996, -0.996, 0.498, -0.498])
+    assert np.allclose(james_stein(np.array([0.01, -0.01, 0.0, 0.0, 0.0]), 0.01), 0.0)  # spread below the noise
+    assert np.allclose(james_stein(np.array([3.0, 1.0, 2.0, 2.0]), 0.5), [2.75, 1.25, 2.0, 2.0])  # towards the mean
+    assert np.array_equal(james_stein(np.array([0.3, -0.3]), 1.0), [0.3, -0.3])  # too few domains to shrink
 
 
 def _scheduler(seed=0, overlap=False, agent="sac", **settings):
@@ -257,6 +297,7 @@ def test_nan_signals_never_reach_the_agent():
                                          gradients=_gradients(np.random.default_rng(0)), update_ratios=np.ones(L)))
     assert scheduler.skipped_transitions == 1 and len(scheduler.agent.buffer) == 3  # the 3 finite ones
     assert np.isfinite(weights).all() and weights.sum() == pytest.approx(1.0)
+    assert np.isfinite(scheduler.base.influence).all()  # a NaN score stays out of the running average
 
 
 @pytest.mark.parametrize("overlap", [False, True])
