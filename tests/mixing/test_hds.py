@@ -241,6 +241,18 @@ def test_influence_that_is_noise_leaves_the_natural_mixture(target):
     assert largest["shrunk"] < 0.15
 
 
+def test_a_checkpoint_without_the_influence_noise_continues_with_a_long_averages_noise():
+    """Checkpoints from before the shrinkage hold U only: the noise is that of a long average."""
+    config = HDSConfig(influence_target="valid", influence_interval=8, score_smoothing=0.995)
+    state = BaseMixture(START, config, 100, 0.0).state_dict()
+    state.pop("influence_noise")
+    state["influence"] = [0.2, -0.1, 0.0, -0.1]
+    resumed = BaseMixture(START, config, 100, 0.0)
+    resumed.load_state_dict(state)
+    decay = 0.995 ** 8
+    np.testing.assert_allclose(resumed.influence_noise, [(1 - decay) / (1 + decay)] * 2 + [0.0] + [(1 - decay) / (1 + decay)])
+
+
 def test_james_stein_keeps_a_clear_ranking_and_drops_noise():
     assert np.allclose(james_stein(np.array([1.0, -1.0, 0.5, -0.5]), 0.01), [0.996, -0.996, 0.498, -0.498])
     assert np.allclose(james_stein(np.array([0.01, -0.01, 0.0, 0.0, 0.0]), 0.01), 0.0)  # spread below the noise
