@@ -10,12 +10,16 @@ Each step, from the signals of the step just taken:
           about 0.1), so the average spans hundreds of steps (decay 0.995).
     u  = the estimate the tilt (and the agent's reward) uses: U shrunk towards its mean by
           positive-part James-Stein, c = max(0, 1 - (D - 3) v / sum (U - mean U)^2), with v the
-          variance U would have if every score were noise (each score has variance at most 1,
-          and V tracks the sum of squared weights of the running average). Scores that are
-          noise give c near 0 and the natural mixture; a consistent ranking gives c near 1 and
-          U itself, on the scores' own scale. (--hds-influence-shrinkage none: u = z(U), which
-          rescales noise to a full tilt: at the real-text benchmark's end U's spread was that of
-          noise, and the mixtures differed from seed to seed.)
+          variance U would have, about its mean, if every score were noise: each measurement's
+          z-scores have variance 1 and sum to 0, so v = V D / (D - 1), V the sum of the squared
+          weights the running average gave them. Not rescaled: the tilt is per unit of U, the
+          scores' own scale, so noise (U's spread about 0.14 on the real-text benchmark) tilts
+          little, c averaging about 2 / (D - 1) on top; a ranking that holds measurement after
+          measurement keeps c near 1 and tilts by U, up to a full tilt when it never varies; a
+          weak steady signal tilts in proportion to its size. (--hds-influence-shrinkage none:
+          u = z(U), which rescales any spread to a full tilt, noise included: at the real-text
+          benchmark's end U's spread was that of noise, and the mixtures differed from seed to
+          seed.) D counts the domains measured.
     Q  <- running average of the within-domain quality z-scores of the drawn samples
     lam = learnability scores (mixing/learnability.py): scaling laws fitted online to the
           training losses, or (--hds-learnability-source valid) the recent slope of the
@@ -46,16 +50,16 @@ def zscore(values: np.ndarray) -> np.ndarray:
     return np.zeros_like(values) if not std > 1e-12 else (values - mean) / std
 
 
-def james_stein(values: np.ndarray, noise_variance: float) -> np.ndarray:
-    """Positive-part James-Stein estimate of the domains' mean scores from their noisy averages
-    ``values`` (each with ``noise_variance``), shrunk towards the mean across domains."""
+def james_stein_keep(values: np.ndarray, noise_variance: float) -> float:
+    """The share c of the spread of ``values`` about their mean that positive-part James-Stein
+    keeps, given the variance of each one's noise about the mean (1 for fewer than 4 values,
+    which it cannot shrink)."""
     values = np.asarray(values, dtype=np.float64)
     centred = values - values.mean()
     spread = float(centred @ centred)
-    if values.size <= 3 or noise_variance <= 0.0:  # (James-Stein needs 4; fewer are not shrunk)
-        return values.copy()
-    keep = max(0.0, 1.0 - (values.size - 3) * noise_variance / spread) if spread > 0 else 0.0
-    return values.mean() + keep * centred
+    if values.size <= 3 or noise_variance <= 0.0:
+        return 1.0
+    return max(0.0, 1.0 - (values.size - 3) * noise_variance / spread) if spread > 0 else 0.0
 
 
 class BaseMixture:
@@ -72,6 +76,7 @@ class BaseMixture:
                       "learnability": config.learnability_step}
         self.influence = np.zeros(self.natural.size)  # U
         self.influence_noise = np.zeros(self.natural.size)  # V: sum of the squared weights of U's scores
+        self.influence_keep = 1.0  # c of the last estimate (logged)
         self._influenced_at = None  # the iteration of the last held-out influence measured
         self.quality = np.zeros(self.natural.size)  # Q
         if config.learnability_source == "valid":
@@ -124,9 +129,14 @@ class BaseMixture:
         if self.config.influence_shrinkage == "none":
             return zscore(self.influence)
         measured = self.influence_noise > 0
-        if not measured.any():
-            return np.zeros_like(self.influence)
-        return james_stein(self.influence, float(self.influence_noise[measured].mean()))
+        estimate = np.zeros_like(self.influence)
+        if measured.any():
+            scores, count = self.influence[measured], int(measured.sum())
+            # About their mean, the noise of D z-scores that sum to 0 has variance D / (D - 1) each.
+            noise = float(self.influence_noise[measured].mean()) * count / max(count - 1, 1)
+            self.influence_keep = james_stein_keep(scores, noise)
+            estimate[measured] = scores.mean() + self.influence_keep * (scores - scores.mean())
+        return estimate
 
     def mix(self, iteration: int) -> np.ndarray:
         """The base mixture of the next step from the running scores."""
@@ -147,16 +157,12 @@ class BaseMixture:
                 "quality": self.quality.tolist(),
                 "smoothed": self.smoothed.tolist(), "learnability": self.learnability.state_dict(),
                 "learnability_source": self.config.learnability_source,
-                "influence_target": self.config.influence_target, "influenced_at": self._influenced_at}
+                "influence_target": self.config.influence_target, "influenced_at": self._influenced_at,
+                "influence_shrinkage": self.config.influence_shrinkage}
 
     def load_state_dict(self, state: dict) -> None:
         self.influence = np.asarray(state["influence"], dtype=np.float64)
-        if "influence_noise" in state:
-            self.influence_noise = np.asarray(state["influence_noise"], dtype=np.float64)
-        else:  # (older checkpoints: the steady state of a long average, where it was measured)
-            per_score = self.config.influence_interval if self.config.influence_target == "valid" else 1
-            decay = self.config.score_smoothing ** per_score
-            self.influence_noise = np.where(self.influence != 0, (1.0 - decay) / (1.0 + decay), 0.0)
+        self.influence_noise = np.asarray(state.get("influence_noise", np.zeros_like(self.influence)), dtype=np.float64)
         self.quality = np.asarray(state["quality"], dtype=np.float64)
         self.smoothed = np.asarray(state["smoothed"], dtype=np.float64)
         saved = state.get("learnability_source", "train")
@@ -167,6 +173,10 @@ class BaseMixture:
         if saved != self.config.influence_target:
             raise ValueError(f"the checkpoint's HDS influence was measured against the {saved} gradients; "
                              f"--hds-influence-target {self.config.influence_target} cannot continue it")
+        saved = state.get("influence_shrinkage", "none")  # (older checkpoints: the z-scored tilt)
+        if saved != self.config.influence_shrinkage:
+            raise ValueError(f"the checkpoint's HDS influence tilt was {saved} (--hds-influence-shrinkage); "
+                             f"--hds-influence-shrinkage {self.config.influence_shrinkage} cannot continue it")
         self._influenced_at = state.get("influenced_at")  # (older checkpoints: the next decays by the interval)
         self.learnability.load_state_dict(state["learnability"])
         self.weights = self.output()

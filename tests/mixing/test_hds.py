@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from megatron_hds.mixing.base import StepSignals
-from megatron_hds.mixing.base_mixture import BaseMixture, james_stein
+from megatron_hds.mixing.base_mixture import BaseMixture, james_stein_keep
 from megatron_hds.mixing.config import HDSConfig, RewardConfig
 from megatron_hds.mixing.hds import HDSScheduler
 from megatron_hds.mixing.influence import DomainGradients
@@ -203,10 +203,10 @@ def test_base_mixture_tilts_towards_influential_domains_and_stays_anchored(shrin
     influence = np.array([2.0, 0.0, 0.0, -2.0])
     for step in range(1, 60):
         weights = base.update(_signals(step, rng.random(D) + 2, influence=influence, gradients=_gradients(rng)))
-    # U = (2, 0, 0, -2). James-Stein keeps 1 - (4 - 3) v / 8 of it, v = (1 - 0.5)^2 / (1 - 0.5^2) the
-    # variance of an average of unit noise; none: z(U) = (1.41, 0, 0, -1.41). Domain 0's weight
-    # against domain 1's grows by e^(0.3 x u_0).
-    u0 = 2.0 * (1.0 - (1.0 / 3.0) / 8.0) if shrinkage == "james-stein" else math.sqrt(2)
+    # U = (2, 0, 0, -2). James-Stein keeps 1 - (4 - 3) v / 8 of it, v = 4/3 x (1 - 0.5)^2 / (1 - 0.5^2)
+    # the variance about their mean of averages of 4 unit scores that sum to 0; none: z(U) = (1.41, 0,
+    # 0, -1.41). Domain 0's weight against domain 1's grows by e^(0.3 x u_0).
+    u0 = 2.0 * (1.0 - (4.0 / 9.0) / 8.0) if shrinkage == "james-stein" else math.sqrt(2)
     assert (weights[0] / weights[1]) / (START[0] / START[1]) == pytest.approx(math.exp(0.3 * u0), rel=1e-9)
     assert (weights[3] / weights[1]) / (START[3] / START[1]) == pytest.approx(math.exp(-0.3 * u0), rel=1e-9)
     # Anchored: however long the same evidence, the tilt is bounded (here e^(2 x 0.3 x 2) at most).
@@ -226,7 +226,7 @@ def test_influence_that_is_noise_leaves_the_natural_mixture(target):
     rng = np.random.default_rng(3)
     halves = rng.standard_normal((16, 6))
     gradients = DomainGradients(halves @ halves.T, np.ones(16))
-    largest = {"shrunk": 0.0, "rescaled": 0.0}
+    largest, keeps = {"shrunk": 0.0, "rescaled": 0.0}, []
     for step in range(1, 3001):
         measured = target == "train" or step % 8 == 0
         noise = rng.standard_normal(8)
@@ -237,27 +237,47 @@ def test_influence_that_is_noise_leaves_the_natural_mixture(target):
             weights = mixture.update(signals)
             if step > 500:
                 largest[name] = max(largest[name], float(np.max(np.abs(np.log(weights / natural)))))
+        keeps.append(shrunk.influence_keep)
     assert largest["rescaled"] > 0.5  # the old rule: noise tilted a domain by more than e^0.5
     assert largest["shrunk"] < 0.15
+    # James-Stein keeps about 2 / (D - 1) of pure noise's spread on average (0 much of the time).
+    assert 0.1 < np.mean(keeps[500:]) < 0.45 and np.mean(np.array(keeps[500:]) == 0.0) > 0.1
 
 
-def test_a_checkpoint_without_the_influence_noise_continues_with_a_long_averages_noise():
-    """Checkpoints from before the shrinkage hold U only: the noise is that of a long average."""
-    config = HDSConfig(influence_target="valid", influence_interval=8, score_smoothing=0.995)
+def test_influence_with_a_steady_ranking_keeps_it():
+    """A systematic part under the noise of each measurement: kept (c near 1), and the tilt follows it."""
+    natural = np.full(8, 1.0 / 8)
+    base = BaseMixture(natural, HDSConfig(ramp_fraction=0.0, influence_target="train"), train_iters=3000, floor=0.0)
+    rng = np.random.default_rng(4)
+    halves = rng.standard_normal((16, 6))
+    gradients = DomainGradients(halves @ halves.T, np.ones(16))
+    systematic = np.linspace(-1.0, 1.0, 8)
+    for step in range(1, 3001):
+        score = systematic + rng.standard_normal(8)
+        weights = base.update(StepSignals(
+            iteration=step, train_iters=3000, weights=natural, domain_loss=rng.random(8) + 2,
+            domain_tokens=np.full(8, 256.0), domain_samples=np.full(8, 8), loss=2.5,
+            extra={"influence": (score - score.mean()) / score.std(), "gradients": gradients}))
+    assert base.influence_keep > 0.9
+    assert np.corrcoef(np.log(weights / natural), systematic)[0, 1] > 0.95
+
+
+def test_a_checkpoint_of_the_zscored_tilt_continues_only_under_it():
+    """Checkpoints from before the shrinkage hold U only, and were made under the z-scored tilt."""
+    config = HDSConfig(influence_target="valid", influence_shrinkage="none")
     state = BaseMixture(START, config, 100, 0.0).state_dict()
-    state.pop("influence_noise")
-    state["influence"] = [0.2, -0.1, 0.0, -0.1]
-    resumed = BaseMixture(START, config, 100, 0.0)
-    resumed.load_state_dict(state)
-    decay = 0.995 ** 8
-    np.testing.assert_allclose(resumed.influence_noise, [(1 - decay) / (1 + decay)] * 2 + [0.0] + [(1 - decay) / (1 + decay)])
+    for key in ("influence_noise", "influence_shrinkage"):
+        state.pop(key)
+    BaseMixture(START, config, 100, 0.0).load_state_dict(state)
+    with pytest.raises(ValueError, match="tilt was none .*--hds-influence-shrinkage james-stein cannot continue it"):
+        BaseMixture(START, HDSConfig(influence_target="valid"), 100, 0.0).load_state_dict(state)
 
 
 def test_james_stein_keeps_a_clear_ranking_and_drops_noise():
-    assert np.allclose(james_stein(np.array([1.0, -1.0, 0.5, -0.5]), 0.01), [0.996, -0.996, 0.498, -0.498])
-    assert np.allclose(james_stein(np.array([0.01, -0.01, 0.0, 0.0, 0.0]), 0.01), 0.0)  # spread below the noise
-    assert np.allclose(james_stein(np.array([3.0, 1.0, 2.0, 2.0]), 0.5), [2.75, 1.25, 2.0, 2.0])  # towards the mean
-    assert np.array_equal(james_stein(np.array([0.3, -0.3]), 1.0), [0.3, -0.3])  # too few domains to shrink
+    assert james_stein_keep(np.array([1.0, -1.0, 0.5, -0.5]), 0.01) == pytest.approx(0.996)
+    assert james_stein_keep(np.array([0.01, -0.01, 0.0, 0.0, 0.0]), 0.01) == 0.0  # spread below the noise
+    assert james_stein_keep(np.array([3.0, 1.0, 2.0, 2.0]), 0.5) == pytest.approx(0.75)  # about the mean
+    assert james_stein_keep(np.array([0.3, -0.3]), 1.0) == 1.0  # too few domains to shrink
 
 
 def _scheduler(seed=0, overlap=False, agent="sac", **settings):
@@ -300,6 +320,16 @@ def test_the_agent_free_variant_plays_the_base_mixture():
         with_agent.observe(signals)
     assert len(alone.agent.buffer) == 0 and {"align", "quality", "norm", "total"} <= set(alone.last_reward())
     np.testing.assert_allclose(with_agent.base.weights, alone.base.weights, rtol=1e-12)  # same signals, same base
+
+
+def test_the_alignment_reward_pays_the_base_mixtures_influence_estimate():
+    scheduler = _scheduler()
+    _feed(scheduler, 20)
+    signals = next(_signal_stream(1, start=21))
+    base = scheduler._base_in_force.copy()
+    scheduler.observe(signals)
+    expected = float(np.dot(signals.weights - base, scheduler.base.influence_estimate()))
+    assert expected != 0.0 and scheduler.last_reward()["align"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_nan_signals_never_reach_the_agent():
