@@ -76,7 +76,8 @@ class BaseMixture:
                       "learnability": config.learnability_step}
         self.influence = np.zeros(self.natural.size)  # U
         self.influence_noise = np.zeros(self.natural.size)  # V: sum of the squared weights of U's scores
-        self.influence_keep = 1.0  # c of the last estimate (logged)
+        self.influence_estimate = np.zeros(self.natural.size)  # u, from U and V after each observe
+        self.influence_keep = 1.0  # its c (logged)
         self._influenced_at = None  # the iteration of the last held-out influence measured
         self.quality = np.zeros(self.natural.size)  # Q
         if config.learnability_source == "valid":
@@ -114,6 +115,7 @@ class BaseMixture:
             seen = seen & np.isfinite(influence)  # (a non-finite score would stay in the average for good)
             self.influence[seen] = step_decay * self.influence[seen] + (1.0 - step_decay) * influence[seen]
             self.influence_noise[seen] = step_decay ** 2 * self.influence_noise[seen] + (1.0 - step_decay) ** 2
+            self._estimate_influence()
         quality = np.asarray(signals.extra.get("quality", np.full(self.natural.size, np.nan)), dtype=np.float64)
         seen = np.isfinite(quality)
         self.quality[seen] = decay * self.quality[seen] + (1.0 - decay) * quality[seen]
@@ -124,24 +126,25 @@ class BaseMixture:
         """The trainer's periodic validation losses per domain (NaN: not evaluated)."""
         self.learnability.observe_evaluation(iteration, domain_loss)
 
-    def influence_estimate(self) -> np.ndarray:
-        """u: the influence scores the tilt and the agent's reward use (module docstring)."""
+    def _estimate_influence(self) -> None:
+        """u (and its c) from the running average U and its noise V (module docstring): the
+        influence scores the tilt and the agent's reward use."""
         if self.config.influence_shrinkage == "none":
-            return zscore(self.influence)
+            self.influence_estimate = zscore(self.influence)
+            return
         measured = self.influence_noise > 0
-        estimate = np.zeros_like(self.influence)
+        self.influence_estimate = np.zeros_like(self.influence)
         if measured.any():
             scores, count = self.influence[measured], int(measured.sum())
             # About their mean, the noise of D z-scores that sum to 0 has variance D / (D - 1) each.
             noise = float(self.influence_noise[measured].mean()) * count / max(count - 1, 1)
             self.influence_keep = james_stein_keep(scores, noise)
-            estimate[measured] = scores.mean() + self.influence_keep * (scores - scores.mean())
-        return estimate
+            self.influence_estimate[measured] = scores.mean() + self.influence_keep * (scores - scores.mean())
 
     def mix(self, iteration: int) -> np.ndarray:
         """The base mixture of the next step from the running scores."""
         ramp = min(1.0, iteration / self.ramp_steps)
-        tilt = (self.steps["align"] * clamp(self.influence_estimate(), 2.0)
+        tilt = (self.steps["align"] * clamp(self.influence_estimate, 2.0)
                 + self.steps["learnability"] * clamp(self.learnability.scores, 1.0)
                 + self.steps["quality"] * clamp(zscore(self.quality), 2.0))
         logits = self._log_natural + ramp * tilt
@@ -179,4 +182,5 @@ class BaseMixture:
                              f"--hds-influence-shrinkage {self.config.influence_shrinkage} cannot continue it")
         self._influenced_at = state.get("influenced_at")  # (older checkpoints: the next decays by the interval)
         self.learnability.load_state_dict(state["learnability"])
+        self._estimate_influence()
         self.weights = self.output()

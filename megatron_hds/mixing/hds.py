@@ -77,7 +77,7 @@ class HDSScheduler(AgentTimeline):
         self.base.observe(signals)
         # The step's influence scores are mostly noise: the base mixture's estimate from their running
         # average is the one paid.
-        parts = self.reward.components(signals, self._base_in_force, self.base.influence_estimate())
+        parts = self.reward.components(signals, self._base_in_force, self.base.influence_estimate)
         return parts, self.reward.total(parts)
 
     def _next_state(self, signals: StepSignals) -> np.ndarray:

@@ -328,7 +328,7 @@ def test_the_alignment_reward_pays_the_base_mixtures_influence_estimate():
     signals = next(_signal_stream(1, start=21))
     base = scheduler._base_in_force.copy()
     scheduler.observe(signals)
-    expected = float(np.dot(signals.weights - base, scheduler.base.influence_estimate()))
+    expected = float(np.dot(signals.weights - base, scheduler.base.influence_estimate))
     assert expected != 0.0 and scheduler.last_reward()["align"] == pytest.approx(expected, rel=1e-12)
 
 
