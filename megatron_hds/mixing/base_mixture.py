@@ -9,13 +9,13 @@ Each step, from the signals of the step just taken:
           systematic part of about 0.1 standard deviations, with a lag-1 autocorrelation of
           about 0.1), so the average spans hundreds of steps (decay 0.995).
     u  = the estimate the tilt (and the agent's reward) uses: U shrunk towards its mean by
-          positive-part James-Stein, c = max(0, 1 - (D - 3) v / sum (U - mean U)^2), with v the
+          positive-part James-Stein, k = max(0, 1 - (D - 3) v / sum (U - mean U)^2), with v the
           variance U would have, about its mean, if every score were noise: each measurement's
           z-scores have variance 1 and sum to 0, so v = V D / (D - 1), V the sum of the squared
           weights the running average gave them. Not rescaled: the tilt is per unit of U, the
           scores' own scale, so noise (U's spread about 0.14 on the real-text benchmark) tilts
-          little, c averaging about 2 / (D - 1) on top; a ranking that holds measurement after
-          measurement keeps c near 1 and tilts by U, up to a full tilt when it never varies; a
+          little, k averaging about 2 / (D - 1) on top; a ranking that holds measurement after
+          measurement keeps k near 1 and tilts by U, up to a full tilt when it never varies; a
           weak steady signal tilts in proportion to its size. (--hds-influence-shrinkage none:
           u = z(U), which rescales any spread to a full tilt, noise included: at the real-text
           benchmark's end U's spread was that of noise, and the mixtures differed from seed to
@@ -51,7 +51,7 @@ def zscore(values: np.ndarray) -> np.ndarray:
 
 
 def james_stein_keep(values: np.ndarray, noise_variance: float) -> float:
-    """The share c of the spread of ``values`` about their mean that positive-part James-Stein
+    """The share k (the keep factor) of the spread of ``values`` about their mean that positive-part James-Stein
     keeps, given the variance of each one's noise about the mean (1 for fewer than 4 values,
     which it cannot shrink)."""
     values = np.asarray(values, dtype=np.float64)
@@ -77,7 +77,7 @@ class BaseMixture:
         self.influence = np.zeros(self.natural.size)  # U
         self.influence_noise = np.zeros(self.natural.size)  # V: sum of the squared weights of U's scores
         self.influence_estimate = np.zeros(self.natural.size)  # u, from U and V after each observe
-        self.influence_keep = 1.0  # its c (logged)
+        self.influence_keep = 1.0  # its keep factor k (logged)
         self._influenced_at = None  # the iteration of the last held-out influence measured
         self.quality = np.zeros(self.natural.size)  # Q
         if config.learnability_source == "valid":
@@ -127,7 +127,7 @@ class BaseMixture:
         self.learnability.observe_evaluation(iteration, domain_loss)
 
     def _estimate_influence(self) -> None:
-        """u (and its c) from the running average U and its noise V (module docstring): the
+        """u (and its keep factor k) from the running average U and its noise V (module docstring): the
         influence scores the tilt and the agent's reward use."""
         if self.config.influence_shrinkage == "none":
             self.influence_estimate = zscore(self.influence)
