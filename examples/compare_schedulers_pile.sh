@@ -24,8 +24,8 @@
 #   LAYOUT          --mixing-batch-layout: hds is the reference (the first 22 micro-batches of
 #                   a step one per domain, so every domain has a gradient and a loss each step)  (hds)
 #   PRETRAIN_ARGS   more pretrain flags for every run, e.g. "--hds-action-bound none"           ()
-# HDS and AC-ODM run with --mixing-overlap-update (their update overlaps the next step), the
-# setting of examples/pretrain_gpt_hds.sh, which runs every job.
+# Every job runs examples/pretrain_gpt_hds.sh with the methods' defaults (HDS's and AC-ODM's
+# update overlaps the next step).
 set -euo pipefail
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_DIR"

@@ -19,8 +19,7 @@
 #   PRECISION       fp32 | bf16 | fp16                          (bf16 / fp32)
 #   TP, PP          tensor / pipeline parallel sizes            (1, 1)
 #   EVAL_INTERVAL, SAVE_INTERVAL, LOG_INTERVAL                  (417, 1000, 10 / 25, 0, 10)
-#   MIXING          data-mixing method: hds odm static uniform  (hds; the agent's update
-#                   overlaps the next step, --mixing-overlap-update)
+#   MIXING          data-mixing method: hds odm static uniform  (hds)
 #   NPROC_PER_NODE  ranks per node (default: the GPUs visible to this job -- CUDA_VISIBLE_DEVICES,
 #                   else all of the node's -- or 1 without GPUs)
 #   OUTPUT_DIR      checkpoints, metrics, plots                 ($SLURM_SUBMIT_DIR/runs/$SLURM_JOB_ID / ./demo_output)
@@ -111,7 +110,7 @@ TRAIN_ARGS=(
   --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95 --clip-grad 1.0 "${PRECISION_ARGS[@]}"
   --split "$SPLIT" --eval-interval "$EVAL_INTERVAL" --eval-iters "${EVAL_ITERS:-10}"
   --log-interval "${LOG_INTERVAL:-10}" --save "$SAVE_DIR" --load "$SAVE_DIR" --save-interval "$SAVE_INTERVAL"
-  --mixing "${MIXING:-hds}" --mixing-overlap-update
+  --mixing "${MIXING:-hds}"
   "${EXTRA[@]}"
 )
 

@@ -88,6 +88,14 @@ def test_the_learning_schedulers_default_to_the_hds_layout(method, layout):
     assert _parse([*REQUIRED, "--mixing", method, "--mixing-batch-layout", "mixed"]).mixing.batch_layout == "mixed"
 
 
+def test_the_agents_update_overlaps_the_next_step_unless_asked_not_to():
+    """The experiments ran with the overlapped update: `--mixing hds` alone must give it (the
+    older spelling that asked for it still parses)."""
+    assert _parse([*REQUIRED, "--mixing", "hds"]).mixing.overlap_update is True
+    assert _parse([*REQUIRED, "--mixing", "hds", "--mixing-overlap-update"]).mixing.overlap_update is True
+    assert _parse([*REQUIRED, "--mixing", "hds", "--mixing-no-overlap-update"]).mixing.overlap_update is False
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--bf16", "--fp16"], "--fp16 sets precision to 'fp16', which --bf16 already set"),
     (["--recompute-granularity", "full", "--recompute-activations"], "--recompute-activations sets"),

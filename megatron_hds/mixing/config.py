@@ -321,8 +321,13 @@ class MixingConfig:
     update_interval: int = option(1, help="learning schedulers act every this many steps")
     warmup_fraction: float = option(0.02, help="HDS / AC-ODM: share of the run at the initial weights before the "
                                                "agent acts (transitions are stored)")
-    overlap_update: bool = option(False, help="HDS / AC-ODM: act first, then run the agent's update on a worker "
-                                              "thread while the next step trains (acts one update later)")
+    overlap_update: bool = option(
+        True, flag="--mixing-no-overlap-update", negate=True,
+        aliases={"--mixing-overlap-update": (True, "HDS / AC-ODM: the agent's update overlaps the next step (the "
+                                                   "default)")},
+        help="HDS / AC-ODM: run the agent's update on the training thread before it acts, instead of acting "
+             "first and updating on a worker thread while the next step trains (the default, which acts one "
+             "update later; both are deterministic and resume exactly)")
     odm: ODMConfig = field(default_factory=ODMConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     sac: SACConfig = field(default_factory=SACConfig)

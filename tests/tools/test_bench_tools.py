@@ -30,24 +30,24 @@ def test_bench_scheduler_agent_part_reports_update_and_act():
 
 
 def test_bench_scheduler_training_part_with_the_overlapped_update(demo_manifest, tmp_path):
-    out = _run("tools/bench_scheduler.py", "--data-manifest", demo_manifest, "--methods", "hds", "hds-overlap",
+    out = _run("tools/bench_scheduler.py", "--data-manifest", demo_manifest, "--methods", "hds", "hds-sync",
                "--num-layers", "1", "--hidden-size", "32", "--num-attention-heads", "2", "--seq-length", "16",
                "--global-batch-size", "4", "--micro-batch-size", "1", "--steps", "3", "--warmup-steps", "1",
                "--agent-iters", "2", "--json", str(tmp_path / "b.json"),
                "--extra-args=--hds-influence-interval 2 --hds-influence-max-share 1")
     assert "agent update (worker thread)" in out and "wait for overlapped update" in out
-    assert "HDS as the example script runs it (--mixing hds --mixing-overlap-update) adds" in out
+    assert "HDS as users run it (--mixing hds at its defaults: the update overlaps the next step) adds" in out
     methods = json.loads((tmp_path / "b.json").read_text())["part_a"]["methods"]
-    assert set(methods) == {"static", "hds", "hds-overlap"}
+    assert set(methods) == {"static", "hds", "hds-sync"}
     # Timed steps alternate: the parts' device syncs stay out of the step times.
     assert all((m["plain_steps"], m["instrumented_steps"]) == (2, 1) for m in methods.values())
     # The overlapped update is not inside observe(): the synchronous one is.
-    assert "agent update" in methods["hds"]["parts_ms_median"]
-    assert "agent update" not in methods["hds-overlap"]["parts_ms_median"]
+    assert "agent update" in methods["hds-sync"]["parts_ms_median"]
+    assert "agent update" not in methods["hds"]["parts_ms_median"]
     # HDS's validation gradient passes (at iterations 0 and 2; the timed steps are 1 to 3) count, spread
     # over their interval, in the scheduler's time.
     assert methods["static"]["pass_interval"] is None and methods["static"]["pass_ms_per_step"] == 0.0
-    for hds in (methods["hds"], methods["hds-overlap"]):
+    for hds in (methods["hds"], methods["hds-sync"]):
         assert (hds["pass_interval"], hds["passes_timed"]) == (2, 1)
         assert hds["pass_ms_per_step"] == pytest.approx(hds["pass_ms_median"] / 2)
         assert hds["scheduler_incl_in_step_ms_median"] > hds["pass_ms_per_step"] > 0

@@ -230,7 +230,7 @@ LEARNING = ["--mixing-warmup-fraction", "0.25", "--hds-batch-size", "4", "--hds-
             "--hds-sketch-size", "256", "--hds-lr", "1e-3", "--odm-warmup-steps", "1"]
 
 
-VARIANTS = {"overlap": ["--mixing-overlap-update"],  # learnability from every step's validation, fitted from step 4
+VARIANTS = {"sync": ["--mixing-no-overlap-update"],  # learnability from every step's validation, fitted from step 4
             "valid": ["--hds-learnability-step", "0.5", "--hds-learnability-source", "valid",
                       "--hds-learnability-window", "1", "--eval-interval", "1"],
             # validation gradient passes at iterations 0, 3 and 6 (the share stretches the interval from 1
@@ -282,7 +282,7 @@ def test_validation_gradient_passes_feed_the_influence_and_never_the_optimizer(d
         Trainer(config, ParallelState.from_config(config.parallel))
 
 
-@pytest.mark.parametrize("method", ["hds", "hds-overlap", "hds-valid", "hds-vgrad", "hds-tgrad", "acodm", "odm",
+@pytest.mark.parametrize("method", ["hds", "hds-sync", "hds-valid", "hds-vgrad", "hds-tgrad", "acodm", "odm",
                                     "uniform"])
 def test_each_mixing_method_trains_checkpoints_and_resumes_exactly(demo_manifest, tmp_path, method):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
@@ -305,7 +305,7 @@ def test_each_mixing_method_trains_checkpoints_and_resumes_exactly(demo_manifest
 
 
 @pytest.mark.parametrize("layout,world", [(["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
-                                               "--sequence-parallel"], 4), (["--mixing-overlap-update"], 2),
+                                               "--sequence-parallel"], 4), ([], 2),
                                              (["--pipeline-model-parallel-size", "2", "--hds-influence-target", "valid",
                                                "--hds-influence-interval", "2", "--hds-influence-max-share", "1"], 4)],
                          ids=["tp2pp2sp", "dp2-overlap", "pp2dp2-validation-gradients"])
