@@ -15,7 +15,8 @@ sample shares of the step, b = the base mixture the agent acted around):
            log(||dW_l|| / ||W_l||): a penalty on abnormally large updates (instability), zero
            otherwise; never a bonus for not learning.
 Each component is divided by a running estimate of its scale (the root of a decayed mean of its
-squares), so the weights (--hds-lambda-*) compare like with like.
+squares), so the weights (--hds-lambda-*) compare like with like; one whose scale is at rounding
+level (SCALE_FLOOR) pays 0.
 
 AC-ODM's reward is the reference alignment alone: sum_i p_i r_i, r the alignment z-scores.
 """
@@ -30,6 +31,12 @@ from megatron_hds.mixing.base import StepSignals
 from megatron_hds.mixing.config import RewardConfig
 
 WARMUP_OBSERVATIONS = 10  # update ratios seen before the norm component can call one abnormal
+# A component whose running scale is below this is rounding residue, not a measurement, and pays 0.
+# Without it the normalisation rescales residue to unit size: the base mixture alone plays w = b up
+# to rounding, so its alignment was ~1e-18 per step and came out as large as the quality term; so
+# does HDS's while the influence estimate keeps no spread (k = 0, u constant: sum (w - b) u is
+# u's mean times a rounding error). Real components are many orders above it (align ~1e-4..1e-2).
+SCALE_FLOOR = 1e-12
 
 
 def realised_shares(signals: StepSignals) -> np.ndarray:
@@ -113,7 +120,7 @@ class HolisticReward:
                 continue
             size = scale.update(value)
             if name in cfg.components:
-                total += weights[name] * (value / size if size > 0 else 0.0)
+                total += weights[name] * (value / size if size > SCALE_FLOOR else 0.0)
         return total
 
     def state_dict(self) -> dict:

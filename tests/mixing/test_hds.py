@@ -103,6 +103,21 @@ def test_total_normalises_each_component_by_its_running_scale():
     assert reward.total({"align": 1.0, "quality": 1.0, "norm": math.nan}) == pytest.approx(2.0, rel=0.5)
 
 
+def test_a_component_at_rounding_level_pays_nothing_instead_of_unit_scale_noise():
+    """The base mixture played as is (w = b up to rounding), or an influence estimate without spread,
+    leave the alignment at ~1e-18: the normalisation must not rescale that residue to the size of the
+    quality term. A small real alignment is still paid at unit scale."""
+    rng = np.random.default_rng(0)
+    residue, none = HolisticReward(RewardConfig(), L), HolisticReward(RewardConfig(), L)
+    for _ in range(200):
+        quality = float(rng.standard_normal())
+        paid = residue.total({"align": 1e-18 * float(rng.standard_normal()), "quality": quality, "norm": 0.0})
+        assert paid == none.total({"align": 0.0, "quality": quality, "norm": 0.0})
+    real = HolisticReward(RewardConfig(components=("align",)), L)
+    paid = [real.total({"align": 1e-5 * s, "quality": 0.0, "norm": 0.0}) for s in (1, -1, 1, -1)]
+    assert all(abs(abs(t) - 1.0) < 1e-9 for t in paid[1:])
+
+
 def test_power_law_fit_and_learnability_prefer_the_domain_still_learning():
     t = np.arange(1, 2001)
     eps, beta, alpha = fit_power_law(t, 2.0 + 3.0 * t ** -0.3)
