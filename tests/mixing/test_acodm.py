@@ -328,6 +328,7 @@ def test_scheduler_update_interval_holds_weights_between_updates():
     for step, (weights, _) in enumerate(out, start=1):
         previous = initial if step == 1 else out[step - 2][0]
         assert np.array_equal(weights, previous) != (step % 3 == 0), step  # changes exactly when it acts
+    sched.wait_for_update()  # (the update overlaps the next step by default: step 12's is still running)
     assert sched.agent.updates == 3  # steps 3, 6, 9, 12 act; the batch of 4 is there from step 4, so 6, 9, 12 update
 
 
@@ -348,6 +349,7 @@ def test_scheduler_state_dict_round_trip_gives_identical_weights():
         assert np.array_equal(w_ref, w_res)
         assert log_ref.keys() == log_res.keys()
         assert all(log_ref[k] == log_res[k] or (math.isnan(log_ref[k]) and math.isnan(log_res[k])) for k in log_ref)
+    fresh.wait_for_update(), reference.wait_for_update()  # (each one's last update overlaps a next step)
     assert fresh.agent.updates == reference.agent.updates == 40 - 4 + 1  # from the 4th transition (a batch) on
 
 
