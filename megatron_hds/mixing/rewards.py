@@ -10,7 +10,8 @@ sample shares of the step, b = the base mixture the agent acted around):
            the agent plays the base.
 - quality: sum_i p_i q_i, q_i the mean within-domain z-score of the MTLD of domain i's drawn
            samples: how good the samples were for their domains. Zero in expectation for any
-           mixture (each domain is measured against itself), so no domain earns it by what it is.
+           mixture (each domain is measured against itself; up to the error of its reference
+           sample, ~0.03 sd), so no domain earns it by what it is.
 - norm:    -sum_l max(0, z_l - threshold), z_l the running z-score of layer l's update ratio
            log(||dW_l|| / ||W_l||): a penalty on abnormally large updates (instability), zero
            otherwise; never a bonus for not learning.
@@ -33,9 +34,9 @@ from megatron_hds.mixing.config import RewardConfig
 WARMUP_OBSERVATIONS = 10  # update ratios seen before the norm component can call one abnormal
 # A component whose running scale is below this is rounding residue, not a measurement, and pays 0.
 # Without it the normalisation rescales residue to unit size: the base mixture alone plays w = b up
-# to rounding, so its alignment was ~1e-18 per step and came out as large as the quality term; so
-# does HDS's while the influence estimate keeps no spread (k = 0, u constant: sum (w - b) u is
-# u's mean times a rounding error). Real components are many orders above it (align ~1e-4..1e-2).
+# to rounding, so its alignment was ~1e-18 per step and came out as large as the quality term; and
+# HDS's first step, drawn at the base itself, paid its residue as a full unit (the running scale of
+# one value is that value). Real components are many orders above it (align ~1e-4..1e-2).
 SCALE_FLOOR = 1e-12
 
 

@@ -321,27 +321,29 @@ def test_behaviour_cloning_brings_the_actor_to_the_warm_up_policy():
     np.testing.assert_allclose(actions, np.tile(target, (16, 1)), atol=0.1)
 
 
-def test_scheduler_update_interval_holds_weights_between_updates():
-    sched = scheduler(warmup_fraction=0.0, update_interval=3)
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "synchronous"])
+def test_scheduler_update_interval_holds_weights_between_updates(overlap):
+    sched = scheduler(warmup_fraction=0.0, update_interval=3, overlap_update=overlap)
     out, _ = run(sched, 1, 12, sched.initial_weights())
     initial = sched.initial_weights()
     for step, (weights, _) in enumerate(out, start=1):
         previous = initial if step == 1 else out[step - 2][0]
         assert np.array_equal(weights, previous) != (step % 3 == 0), step  # changes exactly when it acts
-    sched.wait_for_update()  # (the update overlaps the next step by default: step 12's is still running)
+    sched.wait_for_update()  # (an overlapped update of step 12 may still be running)
     assert sched.agent.updates == 3  # steps 3, 6, 9, 12 act; the batch of 4 is there from step 4, so 6, 9, 12 update
 
 
-def test_scheduler_state_dict_round_trip_gives_identical_weights():
-    reference = scheduler()
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "synchronous"])
+def test_scheduler_state_dict_round_trip_gives_identical_weights(overlap):
+    reference = scheduler(overlap_update=overlap)
     full, _ = run(reference, 1, 40, reference.initial_weights())
 
-    first = scheduler()
+    first = scheduler(overlap_update=overlap)
     part, weights = run(first, 1, 25, first.initial_weights())
     blob = io.BytesIO()
     torch.save(first.state_dict(), blob)
     blob.seek(0)
-    fresh = scheduler()
+    fresh = scheduler(overlap_update=overlap)
     fresh.load_state_dict(torch.load(blob, weights_only=True))
     rest, _ = run(fresh, 26, 40, weights)
     assert len(part + rest) == len(full)
@@ -349,7 +351,7 @@ def test_scheduler_state_dict_round_trip_gives_identical_weights():
         assert np.array_equal(w_ref, w_res)
         assert log_ref.keys() == log_res.keys()
         assert all(log_ref[k] == log_res[k] or (math.isnan(log_ref[k]) and math.isnan(log_res[k])) for k in log_ref)
-    fresh.wait_for_update(), reference.wait_for_update()  # (each one's last update overlaps a next step)
+    fresh.wait_for_update(), reference.wait_for_update()  # (an overlapped last update may still be running)
     assert fresh.agent.updates == reference.agent.updates == 40 - 4 + 1  # from the 4th transition (a batch) on
 
 

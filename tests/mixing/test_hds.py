@@ -114,8 +114,8 @@ def test_a_component_at_rounding_level_pays_nothing_instead_of_unit_scale_noise(
         paid = residue.total({"align": 1e-18 * float(rng.standard_normal()), "quality": quality, "norm": 0.0})
         assert paid == none.total({"align": 0.0, "quality": quality, "norm": 0.0})
     real = HolisticReward(RewardConfig(components=("align",)), L)
-    paid = [real.total({"align": 1e-5 * s, "quality": 0.0, "norm": 0.0}) for s in (1, -1, 1, -1)]
-    assert all(abs(abs(t) - 1.0) < 1e-9 for t in paid[1:])
+    paid = [real.total({"align": 1e-11 * s, "quality": 0.0, "norm": 0.0}) for s in (1, -1, 1, -1)]
+    assert all(abs(abs(t) - 1.0) < 1e-9 for t in paid)  # just above the floor: still a measurement
 
 
 def test_power_law_fit_and_learnability_prefer_the_domain_still_learning():

@@ -230,7 +230,8 @@ LEARNING = ["--mixing-warmup-fraction", "0.25", "--hds-batch-size", "4", "--hds-
             "--hds-sketch-size", "256", "--hds-lr", "1e-3", "--odm-warmup-steps", "1"]
 
 
-VARIANTS = {"sync": ["--mixing-no-overlap-update"],  # learnability from every step's validation, fitted from step 4
+VARIANTS = {"sync": ["--mixing-no-overlap-update"],
+            # learnability from every step's validation, fitted from step 4
             "valid": ["--hds-learnability-step", "0.5", "--hds-learnability-source", "valid",
                       "--hds-learnability-window", "1", "--eval-interval", "1"],
             # validation gradient passes at iterations 0, 3 and 6 (the share stretches the interval from 1
@@ -239,6 +240,24 @@ VARIANTS = {"sync": ["--mixing-no-overlap-update"],  # learnability from every s
             "vgrad": ["--hds-influence-target", "valid", "--hds-influence-interval", "1",
                       "--hds-influence-max-share", "0.3"],
             "tgrad": ["--hds-influence-target", "train", "--hds-learnability-step", "0.5"]}
+
+
+def test_training_waits_for_the_last_overlapped_update_and_raises_its_error(demo_manifest):
+    """The agent's update overlaps the next step (the default); the last step's has no next step,
+    so train() waits for it before the final evaluation, and its error is not lost."""
+    torch.set_num_threads(1)
+    config = parse_args(_argv(demo_manifest, "--mixing", "hds", *LEARNING, "--train-iters", "4"))
+    trainer = Trainer(config, ParallelState.from_config(config.parallel))
+    update = trainer.scheduler.agent.update
+
+    def failing_at_the_end(*args, **kwargs):
+        if trainer.iteration == 4:
+            raise RuntimeError("the last update failed")
+        return update(*args, **kwargs)
+
+    trainer.scheduler.agent.update = failing_at_the_end
+    with pytest.raises(RuntimeError, match="the last update failed"):
+        trainer.train()
 
 
 def test_validation_gradient_passes_feed_the_influence_and_never_the_optimizer(demo_manifest, tmp_path):
