@@ -5,8 +5,12 @@
     python tools/bench_scheduler.py --skip-training       # part B only
 
 Part A (in-process training, one rank): a fresh Trainer per --mixing method, built from
-the same flags and seed; the methods' steps are interleaved (static step, hds step, odm
-step, static step, ...) so that load changes on a shared machine hit every method alike.
+the same flags and seed; the methods take turns in short blocks (a lead-in step, then three
+timed: static's, hds's, odm's, static's again, ...) so that load changes on a shared machine
+hit every method alike. An overlapped agent update runs during its own method's next step, as
+in training (the lead-in's during the first timed one), and is waited for at the block's end,
+so it never runs during another method's step (before 2026-12-03 the methods alternated step
+by step, and an overlapped update ran during the next method's step).
 Each step is timed with time.perf_counter around Trainer.train_step() + Trainer.observe();
 observe() returns the scheduler time the training loop logs as scheduler_time_s (the
 learning signals computed after the optimizer step, the scheduler's observe, the weight
@@ -60,6 +64,7 @@ import torch
 DEFAULT_CACHE = os.path.join(tempfile.gettempdir(), "megatron_hds_bench_scheduler")
 METHODS = ("static", "hds", "odm", "acodm", "uniform", "hds-sync", "acodm-sync")
 SYNC_SUFFIX = "-sync"  # hds-sync = --mixing hds --mixing-no-overlap-update
+BLOCK = 4  # part A's steps per method in turn: one lead-in, then three timed
 
 
 def parse_args(argv=None):
@@ -331,6 +336,12 @@ class Run:
             self.step_times.append(elapsed)
             self.scheduler_times.append(scheduler_time - pass_time)
 
+    def settle(self) -> None:
+        """Let an overlapped agent update finish, outside any timed step."""
+        wait = getattr(self.trainer.scheduler, "wait_for_update", None)
+        if wait is not None:
+            wait()
+
     def part_median_ms(self, name: str) -> float:
         return median_ms([p.get(name, 0.0) for p in self.parts])
 
@@ -349,9 +360,21 @@ def part_a(args, manifest: str) -> dict:
           f"seq {args.seq_length}, gbs {args.global_batch_size}, mbs {args.micro_batch_size} "
           f"({model_params / 1e6:.2f} M parameters); {args.warmup_steps} warm-up + {args.steps} timed steps "
           f"per method, interleaved", flush=True)
-    for i in range(args.warmup_steps + args.steps):
-        for run in runs:  # timed steps alternate: plain (step and scheduler times), instrumented (parts)
-            run.step(timed=i >= args.warmup_steps, instrumented=(i - args.warmup_steps) % 2 == 1)
+    for _ in range(args.warmup_steps):
+        for run in runs:
+            run.step(timed=False, instrumented=False)
+            run.settle()
+    timed = {run.method: 0 for run in runs}
+    while min(timed.values()) < args.steps:
+        for run in runs:  # blocks of one method's steps, the methods in turn
+            # A lead-in step first, so that an overlapped update runs during this method's next step, as in
+            # training; at the block's end it is waited for, so that it never runs into another method's step.
+            run.step(timed=False, instrumented=False)
+            for _ in range(min(BLOCK - 1, args.steps - timed[run.method])):
+                # timed steps alternate: plain (step and scheduler times), instrumented (parts)
+                run.step(timed=True, instrumented=timed[run.method] % 2 == 1)
+                timed[run.method] += 1
+            run.settle()
     for run in runs:
         run.close()
 
