@@ -113,7 +113,7 @@ class HDSScheduler(AgentTimeline):
         parts, total = self._reward(signals)
         self._next_state(signals)
         self.weights = self._weights(self.action)
-        self._last = {**parts, "total": total, "influence_keep": self.base.influence_keep}
+        self._last = {**parts, "total": total, **self._diagnostics()}
         return self.weights.copy()
 
     def observe_evaluation(self, iteration: int, domain_loss: np.ndarray) -> None:
@@ -123,8 +123,11 @@ class HDSScheduler(AgentTimeline):
     def _log_fields(self) -> dict:
         # An update's losses carry the temperature it left, which is the agent's still: no tensor op to read it.
         alpha = self._losses["alpha"] if self._losses and "alpha" in self._losses else self.agent.alpha
-        return {"alpha": alpha, "residual": float(np.abs(self.action).mean()),
-                "influence_keep": self.base.influence_keep}
+        return {"alpha": alpha, "residual": float(np.abs(self.action).mean()), **self._diagnostics()}
+
+    def _diagnostics(self) -> dict:
+        """What the logs say about the signals, with or without the agent."""
+        return {"influence_keep": self.base.influence_keep, "norm_fired": self.reward.norm_fired_share}
 
     def _extra_state(self) -> dict:
         return {"base": self.base.state_dict(), "base_in_force": self._base_in_force.tolist(),

@@ -72,6 +72,7 @@ class HolisticReward:
         self.ratio_mean = np.zeros(num_matrices)  # running mean and variance of log update ratios
         self.ratio_var = np.zeros(num_matrices)
         self.ratio_count = 0
+        self.norm_fired = 0  # steps whose norm penalty was not 0 (logged as a share: is the component alive?)
 
     def components(self, signals: StepSignals, base: np.ndarray, influence=None) -> dict:
         """Every component (also the ones not paid, for logging), before normalisation; NaN where
@@ -98,6 +99,7 @@ class HolisticReward:
             variance = self.ratio_var / (1.0 - decay ** (self.ratio_count - 1))  # bias-corrected
             z = (logs - self.ratio_mean) / np.sqrt(np.maximum(variance, 1e-12))
             penalty = -float(np.maximum(0.0, z - self.config.norm_threshold).sum())
+            self.norm_fired += penalty != 0.0
         self.ratio_count += 1
         if self.ratio_count == 1:
             self.ratio_mean = logs.copy()
@@ -106,6 +108,11 @@ class HolisticReward:
             self.ratio_mean = self.ratio_mean + (1.0 - decay) * delta
             self.ratio_var = decay * (self.ratio_var + (1.0 - decay) * delta * delta)
         return penalty
+
+    @property
+    def norm_fired_share(self) -> float:
+        """The share of the steps so far whose norm penalty fired (0: the component never paid)."""
+        return self.norm_fired / max(self.ratio_count, 1)
 
     def total(self, components: dict) -> float:
         """Sum of the paid components, each over its running scale, times its weight; NaN if a paid
@@ -126,7 +133,7 @@ class HolisticReward:
 
     def state_dict(self) -> dict:
         return {"scales": {k: v.state_dict() for k, v in self.scales.items()}, "ratio_mean": self.ratio_mean.tolist(),
-                "ratio_var": self.ratio_var.tolist(), "ratio_count": self.ratio_count}
+                "ratio_var": self.ratio_var.tolist(), "ratio_count": self.ratio_count, "norm_fired": self.norm_fired}
 
     def load_state_dict(self, state: dict) -> None:
         for name, scale in self.scales.items():
@@ -134,6 +141,7 @@ class HolisticReward:
         self.ratio_mean = np.asarray(state["ratio_mean"], dtype=np.float64)
         self.ratio_var = np.asarray(state["ratio_var"], dtype=np.float64)
         self.ratio_count = int(state["ratio_count"])
+        self.norm_fired = int(state.get("norm_fired", 0))  # (not counted before 2026-12-03: from the resume on)
 
 
 def alignment_reward(signals: StepSignals) -> float:

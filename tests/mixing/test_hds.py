@@ -93,6 +93,11 @@ def test_norm_reward_is_zero_for_ordinary_updates_and_penalises_abnormal_ones():
         values.append(reward.components(_signals(step, [1.0] * D, update_ratios=ratios), np.full(D, 0.25))["norm"])
     assert values[49] < -1.0  # the spike
     assert sum(v != 0.0 for v in values[:49]) <= 3  # ordinary updates: a z above 2 now and then at most
+    assert reward.norm_fired == sum(v != 0.0 for v in values)  # what the logs report as a share
+    assert reward.norm_fired_share == pytest.approx(reward.norm_fired / 59)
+    restored = HolisticReward(RewardConfig(), L)
+    restored.load_state_dict(reward.state_dict())
+    assert restored.norm_fired == reward.norm_fired
 
 
 def test_total_normalises_each_component_by_its_running_scale():

@@ -315,7 +315,8 @@ def test_each_mixing_method_trains_checkpoints_and_resumes_exactly(demo_manifest
     weights = [tuple(a[i]["domain_weights"].values()) for i in range(1, 9)]
     if method in ("hds", "acodm"):
         assert len(set(weights[2:])) == 6  # past the 2-step warm-up the agent acts every step
-        assert set(a[8]["reward"]) >= ({"align", "quality", "norm", "total"} if method == "hds" else {"align", "total"})
+        assert set(a[8]["reward"]) >= ({"align", "quality", "norm", "total", "influence_keep", "norm_fired"}
+                                       if method == "hds" else {"align", "total"})
         assert all(np.isfinite(list(a[8]["reward"].values())))
         assert [a[i]["reward"] for i in range(1, 9)] == [b[i]["reward"] for i in range(1, 9)]  # the agent's losses too
         assert "critic_loss" in a[8]["reward"]
