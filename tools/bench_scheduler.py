@@ -359,7 +359,7 @@ def part_a(args, manifest: str) -> dict:
     print(f"part A: {len(domains)} domains, model {args.num_layers} layers x hidden {args.hidden_size}, "
           f"seq {args.seq_length}, gbs {args.global_batch_size}, mbs {args.micro_batch_size} "
           f"({model_params / 1e6:.2f} M parameters); {args.warmup_steps} warm-up + {args.steps} timed steps "
-          f"per method, interleaved", flush=True)
+          f"per method, the methods in turn (blocks of {BLOCK} steps, the first a lead-in)", flush=True)
     for _ in range(args.warmup_steps):
         for run in runs:
             run.step(timed=False, instrumented=False)
