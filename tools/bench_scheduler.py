@@ -336,12 +336,6 @@ class Run:
             self.step_times.append(elapsed)
             self.scheduler_times.append(scheduler_time - pass_time)
 
-    def settle(self) -> None:
-        """Let an overlapped agent update finish, outside any timed step."""
-        wait = getattr(self.trainer.scheduler, "wait_for_update", None)
-        if wait is not None:
-            wait()
-
     def part_median_ms(self, name: str) -> float:
         return median_ms([p.get(name, 0.0) for p in self.parts])
 
@@ -363,7 +357,7 @@ def part_a(args, manifest: str) -> dict:
     for _ in range(args.warmup_steps):
         for run in runs:
             run.step(timed=False, instrumented=False)
-            run.settle()
+            run.trainer.wait_for_scheduler()
     timed = {run.method: 0 for run in runs}
     while min(timed.values()) < args.steps:
         for run in runs:  # blocks of one method's steps, the methods in turn
@@ -374,7 +368,7 @@ def part_a(args, manifest: str) -> dict:
                 # timed steps alternate: plain (step and scheduler times), instrumented (parts)
                 run.step(timed=True, instrumented=timed[run.method] % 2 == 1)
                 timed[run.method] += 1
-            run.settle()
+            run.trainer.wait_for_scheduler()
     for run in runs:
         run.close()
 

@@ -314,10 +314,10 @@ class Trainer:
                                      "(--continue-on-save-failure)", error)
                 if stop and self.iteration < cfg.train_iters:
                     logger.info("stopping at iteration %d (%s)", self.iteration, reason)
-                    self._wait_for_scheduler()
+                    self.wait_for_scheduler()
                     self.metrics.close()
                     return {"iteration": self.iteration, "stopped_early": True}
-        self._wait_for_scheduler()
+        self.wait_for_scheduler()
         if not (cfg.eval_interval and self.iteration % cfg.eval_interval == 0):
             last_eval = self._evaluate("valid")
         test_eval = self._evaluate("test")
@@ -325,10 +325,10 @@ class Trainer:
         return {"iteration": self.iteration, "stopped_early": False, "valid": last_eval, "test": test_eval,
                 "weight_history": np.asarray(self.sampler.weight_history)}
 
-    def _wait_for_scheduler(self) -> None:
-        """Let the agent's overlapped update of the last step finish (HDS, AC-ODM: mixing/timeline.py).
-        Every other update is waited for by the next step's observe; the last has no next step, so
-        without this its error would be lost and it would run into the final evaluation."""
+    def wait_for_scheduler(self) -> None:
+        """Let the agent's overlapped update of the last step finish (HDS, AC-ODM: mixing/timeline.py),
+        re-raising its error. The next step's observe waits for it; after the last step, or before
+        anything that must not run beside it (an evaluation, a timed step of another run), call this."""
         wait = getattr(self.scheduler, "wait_for_update", None)
         if wait is not None:
             wait()
