@@ -158,3 +158,24 @@ def test_the_installed_entry_points_run_from_another_directory(installed, tmp_pa
                           text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("usage:")
+
+
+def test_running_from_the_checkout_does_not_shadow_the_registry_kernels_package(tmp_path):
+    """From the checkout's root (python -m, pytest, PYTHONPATH=checkout) `import kernels` is the
+    registry's package that transformers imports, never the checkout's folder; with no such
+    package it fails as if nothing were there. The checkout's copy still imports as
+    megatron_hds.kernels."""
+    probe = ("import importlib.metadata as m, kernels, megatron_hds.kernels as ours; "
+             "print(kernels.__file__, ours.cross_entropy_loss.__name__, m.version('kernels'))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
+    if "PackageNotFoundError" in proc.stderr or "No module named 'kernels'" in proc.stderr:
+        pass  # the registry's package is not installed here: checked below without it
+    else:
+        assert proc.returncode == 0, proc.stderr
+        path, name, _ = proc.stdout.split()
+        assert not path.startswith(str(ROOT / "kernels")) and name == "cross_entropy_loss", proc.stdout
+    # No site-packages (-S): nothing but the checkout could provide `kernels`.
+    bare = subprocess.run([sys.executable, "-S", "-c", "import kernels"], cwd=ROOT, capture_output=True, text=True)
+    assert bare.returncode != 0 and "ModuleNotFoundError: No module named 'kernels'" in bare.stderr, bare.stderr
+    assert subprocess.run([sys.executable, "-S", "-c", "import sys; print(sys.path)"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.startswith("['',")

@@ -28,7 +28,7 @@ from megatron_hds.checkpoint.store import load_checkpoint  # noqa: E402
 from megatron_hds.evaluation.downstream import DownstreamEvalConfig, maybe_evaluate_after_save  # noqa: E402
 from megatron_hds.checkpoint.hf_model import hf_architecture  # noqa: E402
 from megatron_hds.training.trainer import Trainer  # noqa: E402
-from tests.conftest import REPO_ROOT, TOOLS_DIR  # noqa: E402
+from tests.conftest import TOOLS_DIR  # noqa: E402
 from tests.distributed import run_distributed  # noqa: E402
 from tests.training.test_pretrain import _argv, _train  # noqa: E402
 
@@ -237,7 +237,7 @@ def test_lm_eval_runs_offline_on_the_exported_model(trained, tmp_path):
         f"    test: {data}\ntest_split: test\noutput_type: multiple_choice\n"
         'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: answer\n'
         "metric_list:\n  - metric: acc\n")
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, os.path.join(TOOLS_DIR, "evaluate.py"), "--load", trained["pythia"],
                            "--tasks", "tiny_local", "--include-path", str(data.parent), "--batch-size", "4"],
                           capture_output=True, text=True, env=env, timeout=300)
