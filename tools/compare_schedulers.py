@@ -40,6 +40,11 @@ queued SLURM jobs are left alone. The per-run settings are recorded in
 ``<output-dir>/comparison_settings.json``; a rerun with different ones stops with the
 difference instead of mixing incomparable runs. ``--report-only`` writes the report from
 whatever runs are complete.
+
+``--archive PATH.tar.gz`` keeps the results without the checkpoints: the settings, the command,
+the report and plots, and each complete run's metrics.jsonl and wall_time_s, at their paths
+under the output directory. Unpacked into an empty output directory, it is what a rerun or a
+``--report-only`` needs: the runs in it count as complete and are not trained again.
 """
 
 from __future__ import annotations
@@ -50,11 +55,12 @@ import os
 import shlex
 import subprocess
 import sys
+import tarfile
 import time
 
 
 import scheduler_report
-from megatron_hds.atomic_io import write_text_atomic
+from megatron_hds.atomic_io import atomic_path, write_text_atomic
 from megatron_hds.checkpoint.layout import find_latest_iteration
 from megatron_hds.training.metrics import read_metrics
 
@@ -334,6 +340,26 @@ def write_report(args, command: str) -> str:
                                          {m: wall_minutes(args, m) for m in by_seed})
 
 
+def write_archive(args, path: str) -> list[str]:
+    """A .tar.gz of what the report needs (module docstring), written atomically; returns its members."""
+    root = args.output_dir
+    members = [name for name in (SETTINGS_FILE, COMMAND_FILE, scheduler_report.REPORT_FILE)
+               if os.path.isfile(os.path.join(root, name))]
+    plots = os.path.join(root, scheduler_report.PLOTS_DIR)
+    if os.path.isdir(plots):
+        members += [os.path.join(scheduler_report.PLOTS_DIR, n) for n in sorted(os.listdir(plots))]
+    for method in args.methods:
+        for seed in args.seeds:
+            run = os.path.relpath(run_dir(root, method, seed), root)
+            if is_complete(os.path.join(root, run), args.train_iters):
+                members += [n for n in (os.path.join(run, "checkpoints", "metrics.jsonl"), os.path.join(run, "wall_time_s"))
+                            if os.path.isfile(os.path.join(root, n))]
+    with atomic_path(os.path.abspath(path), suffix=".tar.gz") as tmp, tarfile.open(tmp, "w:gz") as tar:
+        for name in members:
+            tar.add(os.path.join(root, name), arcname=name, recursive=False)
+    return members
+
+
 # ---- the command ---------------------------------------------------------------------
 def _int_list(text: str) -> list[int]:
     try:
@@ -387,6 +413,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='sbatch options for every job, one string: --sbatch-args="--nodes 2 --time 4:00:00"')
     parser.add_argument("--wait", action="store_true", help="with sbatch: wait for the jobs, then write the report")
     parser.add_argument("--report-only", action="store_true", help="write the report from the complete runs")
+    parser.add_argument("--archive", metavar="PATH", help="after the report, write PATH (.tar.gz): the settings, "
+                        "command, report and each complete run's metrics, without checkpoints (module docstring)")
     args = parser.parse_args(argv)
     if not args.seeds:
         parser.error("--seeds is empty")
@@ -425,6 +453,8 @@ def main(argv=None) -> int:
         print(f"training took {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     report = write_report(args, command)
     print(f"report: {report}")
+    if args.archive:
+        print(f"archive: {args.archive} ({len(write_archive(args, args.archive))} files)")
     if failed:
         print(f"failed runs (see their train.log): {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -188,6 +188,10 @@ def time_table(runs: dict, wall_minutes: dict) -> list:
     return lines + _table(["method", "step (ms)", "scheduler (ms)", "scheduler share", "wall time (min)"], rows)
 
 
+REPORT_FILE = "scheduler_comparison.md"
+PLOTS_DIR = "plots"
+
+
 def write_report(output_dir: str, by_seed: dict, header: dict, reference: str, baselines: list,
                  wall_minutes: dict) -> str:
     """scheduler_comparison.md and the plots for the held-out runs ``by_seed`` (method -> seed -> records)."""
@@ -222,7 +226,7 @@ def write_report(output_dir: str, by_seed: dict, header: dict, reference: str, b
     plots = write_plots(output_dir, by_seed, curves, bands)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots]
-    path = os.path.join(output_dir, "scheduler_comparison.md")
+    path = os.path.join(output_dir, REPORT_FILE)
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
@@ -234,7 +238,7 @@ def write_plots(output_dir: str, by_seed: dict, curves: dict, bands: dict) -> li
     except SystemExit as missing:  # no matplotlib: tables only
         print(missing, file=sys.stderr)
         return []
-    out_dir = os.path.join(output_dir, "plots")
+    out_dir = os.path.join(output_dir, PLOTS_DIR)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     fig, ax = plt.subplots(figsize=(9, 5))
